@@ -1,0 +1,67 @@
+"""Errors the node runtime hands to applications and clients.
+
+Each one says whether the outcome of the operation is known, because a client that
+retries must know whether it may have been applied already.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class RaftError(Exception):
+    """Base of every txraft error an application may see."""
+
+    #: True when the operation certainly had no effect.
+    definite = True
+
+
+class NotLeader(RaftError):
+    """This node is not the leader; ``leader_id``/``leader_url`` name the one it knows of.
+
+    Raised before anything was appended, so the operation certainly had no effect.
+    """
+
+    def __init__(self, leader_id: Optional[str] = None, leader_url: Optional[str] = None):
+        self.leader_id = leader_id
+        self.leader_url = leader_url
+        if leader_id is None:
+            msg = "this node is not the leader and no leader is known"
+        else:
+            msg = "this node is not the leader; the leader is %s" % (leader_id,)
+            if leader_url:
+                msg += " at %s" % (leader_url,)
+        super().__init__(msg)
+
+
+class ProposalDropped(RaftError):
+    """The entry was appended but leadership was lost or another entry took its index.
+
+    It may still have been committed by a later leader: the outcome is unknown.
+    """
+
+    definite = False
+
+
+class CommitTimeout(RaftError):
+    """The entry was not applied in time; it may still commit: the outcome is unknown."""
+
+    definite = False
+
+
+class ReadTimeout(RaftError):
+    """A linearizable read could not be confirmed in time (no effect)."""
+
+
+class StorageCorrupted(RaftError):
+    """Durable state is damaged somewhere other than a torn tail; the node must stop."""
+
+    def __init__(self, path: str, offset: int, reason: str):
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+        super().__init__("%s: corrupt record at byte offset %d: %s" % (path, offset, reason))
+
+
+class ConfigError(RaftError):
+    """The node's configuration is wrong; the message is one line a person can act on."""

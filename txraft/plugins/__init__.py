@@ -1,0 +1,1 @@
+"""The real ``twistd`` plugin code; ``twisted/plugins/txraft_raftnode.py`` points here."""
