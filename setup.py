@@ -6,7 +6,7 @@ setup(
     description="Raft consensus on Twisted over UDP, with a replicated e-commerce store",
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     package_dir={"": "."},
     packages=find_packages(include=["txraft", "txraft.*", "shop", "shop.*"])
     + ["twisted.plugins"],
