@@ -1,0 +1,389 @@
+"""The node runtime: drives a ``RaftCore`` with a reactor, a storage, a transport and an app.
+
+Every input (a datagram, a timer tick, a proposal, a read) is fed to the core at once;
+the resulting work is executed once per reactor turn in the only safe order:
+
+    persist (one fsync for the whole batch) -> send -> apply -> serve reads -> advance
+
+so a vote or an acknowledgement never leaves before the state it promises is durable, and
+all the datagrams and proposals that arrived in one turn share one fsync (group commit).
+
+Nothing here reads a global reactor: the composition root (``txraft.plugins.raftnode``)
+injects it, and tests drive this class with ``twisted.internet.task.Clock``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Dict, Hashable, Optional, Tuple
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txraft.core import LEADER, Accepted, CoreConfig, RaftCore
+from txraft.errors import CommitTimeout, NotLeader, ProposalDropped, ReadTimeout
+from txraft.interfaces import ILogStorage, IRaftNode, IStateMachine
+from txraft.messages import ENTRY_NOOP
+
+
+@attrs.frozen
+class Member:
+    """One cluster member: where its Raft UDP port and its HTTP API are."""
+
+    node_id: str
+    host: str
+    port: int
+    http_port: int
+
+    @property
+    def http_url(self) -> str:
+        host = self.host
+        if ":" in host:
+            host = "[%s]" % (host,)
+        return "http://%s:%d" % (host, self.http_port)
+
+
+@attrs.frozen
+class Timing:
+    """Wall-clock settings, converted to core ticks here (the core only knows ticks)."""
+
+    tick_seconds: float = 0.01
+    election_timeout_seconds: float = 0.15
+    heartbeat_seconds: float = 0.05
+    proposal_timeout_seconds: float = 5.0
+    read_timeout_seconds: float = 2.0
+
+    def core_ticks(self) -> Tuple[int, int]:
+        election = max(2, round(self.election_timeout_seconds / self.tick_seconds))
+        heartbeat = max(1, round(self.heartbeat_seconds / self.tick_seconds))
+        if heartbeat >= election:
+            raise ValueError(
+                "the heartbeat interval (%gs) must be shorter than the election timeout (%gs)"
+                % (self.heartbeat_seconds, self.election_timeout_seconds)
+            )
+        return election, heartbeat
+
+
+class FatalNodeError(Exception):
+    """Storage or the state machine failed: continuing could break a promise."""
+
+
+@implementer(IRaftNode)
+class RaftNode(Service):
+    """One Raft server process.  See the module docstring for the order of work."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        node_id: str,
+        members: Dict[str, Member],
+        storage: ILogStorage,
+        state_machine: IStateMachine,
+        reactor: Any,
+        rng: Any,
+        timing: Timing = Timing(),
+        core_config: Optional[CoreConfig] = None,
+        on_fatal: Optional[Callable[[Failure], None]] = None,
+    ):
+        if node_id not in members:
+            raise ValueError("node id %r is not among the members %r" % (node_id, sorted(members)))
+        self.node_id = node_id
+        self.members = dict(members)
+        self.storage = storage
+        self.state_machine = state_machine
+        self.transport: Any = None  # set by the composition root (an ITransport)
+        self.reactor = reactor
+        self.timing = timing
+        election, heartbeat = timing.core_ticks()
+        if core_config is None:
+            core_config = CoreConfig(election_ticks=election, heartbeat_ticks=heartbeat)
+        else:
+            core_config = attrs.evolve(
+                core_config, election_ticks=election, heartbeat_ticks=heartbeat
+            )
+        self._on_fatal = on_fatal
+        self._dead: Optional[Failure] = None
+
+        hard_state, snapshot, entries = storage.load()
+        applied = state_machine.applied_index()
+        self.core = RaftCore(
+            node_id,
+            sorted(members),
+            core_config,
+            rng,
+            hard_state=hard_state,
+            snapshot=snapshot,
+            entries=entries,
+            applied_index=applied,
+        )
+        self._proposals: Dict[int, Tuple[int, Deferred, Any]] = {}
+        self._reads: Dict[Hashable, Tuple[Deferred, Any]] = {}
+        self._read_ids = itertools.count(1)
+        self._process_call: Any = None
+        self._ticker: Optional[LoopingCall] = None
+        self.counters: Dict[str, int] = {
+            "readies": 0,
+            "fsync_batches": 0,
+            "entries_persisted": 0,
+            "entries_applied": 0,
+            "messages_sent": 0,
+            "messages_received": 0,
+            "proposals": 0,
+            "reads": 0,
+        }
+
+    # ---------------------------------------------------------------- service
+
+    def startService(self) -> None:
+        super().startService()
+        self._ticker = LoopingCall(self._tick)
+        self._ticker.clock = self.reactor
+        self._ticker.start(self.timing.tick_seconds, now=False)
+        if len(self.members) == 1:
+            # A cluster of one needs nobody's vote: serve at once.
+            self.core.campaign()
+        self._schedule()
+
+    def stopService(self) -> None:
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        if self._process_call is not None and self._process_call.active():
+            self._process_call.cancel()
+        self._process_call = None
+        self._fail_everything(NotLeader(None, None), ProposalDropped("the node is stopping"))
+        return super().stopService()
+
+    # ----------------------------------------------------------------- inputs
+
+    def receive(self, message: Any) -> None:
+        """Called by the transport for each authenticated message addressed to us."""
+        if self._dead is not None:
+            return
+        self.counters["messages_received"] += 1
+        self.core.step(message)
+        self._schedule()
+
+    def _tick(self) -> None:
+        if self._dead is not None:
+            return
+        self.core.tick()
+        self._schedule()
+
+    def propose(self, data: bytes) -> Deferred:
+        if self._dead is not None:
+            return _failed(FatalNodeError("node stopped after a fatal error"))
+        outcome = self.core.propose(data)
+        if not isinstance(outcome, Accepted):
+            return _failed(self._not_leader(outcome.leader_id))
+        self.counters["proposals"] += 1
+        d: Deferred = Deferred()
+        timeout = self.reactor.callLater(
+            self.timing.proposal_timeout_seconds, self._proposal_timed_out, outcome.index
+        )
+        self._proposals[outcome.index] = (outcome.term, d, timeout)
+        self._schedule()
+        return d
+
+    def read_barrier(self) -> Deferred:
+        if self._dead is not None:
+            return _failed(FatalNodeError("node stopped after a fatal error"))
+        ctx = next(self._read_ids)
+        outcome = self.core.read_index(ctx)
+        if not isinstance(outcome, Accepted):
+            return _failed(self._not_leader(outcome.leader_id))
+        self.counters["reads"] += 1
+        d: Deferred = Deferred()
+        timeout = self.reactor.callLater(
+            self.timing.read_timeout_seconds, self._read_timed_out, ctx
+        )
+        self._reads[ctx] = (d, timeout)
+        self._schedule()
+        return d
+
+    # ------------------------------------------------------------ observation
+
+    def leader(self) -> Tuple[Optional[str], Optional[str]]:
+        leader_id = self.core.leader_id
+        if leader_id is None:
+            return None, None
+        return leader_id, self.members[leader_id].http_url
+
+    def is_leader(self) -> bool:
+        return self.core.role == LEADER
+
+    def is_ready(self) -> bool:
+        return (
+            self._dead is None
+            and self.core.leader_id is not None
+            and self.core.last_applied >= self.core.commit_index
+        )
+
+    def status(self) -> Dict[str, Any]:
+        out = self.core.status()
+        leader_id, leader_url = self.leader()
+        out["leader_http_url"] = leader_url
+        out["http_url"] = self.members[self.node_id].http_url
+        out["applied_index"] = self.core.last_applied
+        out["pending_proposals"] = len(self._proposals)
+        out["pending_reads"] = len(self._reads)
+        out["counters"] = dict(self.counters)
+        if self.transport is not None:
+            out["transport"] = dict(self.transport.stats)
+        if self._dead is not None:
+            out["fatal_error"] = str(self._dead.value)
+        return out
+
+    # ------------------------------------------------------------ the driver
+
+    def _schedule(self) -> None:
+        if self._process_call is None and self._dead is None:
+            self._process_call = self.reactor.callLater(0, self._process)
+
+    def _process(self) -> None:
+        self._process_call = None
+        try:
+            while self.core.has_ready():
+                self._execute(self.core.ready())
+        except Exception:
+            self._fatal(Failure())
+
+    def _execute(self, rd: Any) -> None:
+        self.counters["readies"] += 1
+        # 1. Persist: nothing below may depend on state that is not yet durable.
+        if rd.hard_state is not None or rd.entries:
+            self.storage.save(rd.hard_state, rd.entries)
+            self.counters["fsync_batches"] += 1
+            self.counters["entries_persisted"] += len(rd.entries)
+        if rd.snapshot is not None:
+            self._install_snapshot(rd.snapshot)
+        # 2. Send.
+        if rd.messages:
+            send = self.transport.send
+            for message in rd.messages:
+                send(message)
+            self.counters["messages_sent"] += len(rd.messages)
+        # 3. Apply, in one state-machine transaction for the whole batch.
+        if rd.committed_entries:
+            results = self.state_machine.apply_batch(rd.committed_entries)
+            self.counters["entries_applied"] += len(rd.committed_entries)
+            for entry, result in zip(rd.committed_entries, results):
+                pending = self._proposals.pop(entry.index, None)
+                if pending is None:
+                    continue
+                term, d, timeout = pending
+                _cancel(timeout)
+                if entry.term == term and entry.kind != ENTRY_NOOP:
+                    d.callback((entry.index, result))
+                else:
+                    d.errback(
+                        ProposalDropped(
+                            "another entry (term %d) was committed at index %d; the proposal "
+                            "was not applied" % (entry.term, entry.index)
+                        )
+                    )
+        # 4. Serve reads the batch made safe; fail the ones whose leader was lost.
+        applied = self.core.last_applied
+        if rd.committed_entries:
+            applied = rd.committed_entries[-1].index
+        for ctx in rd.reads:
+            pending = self._reads.pop(ctx, None)
+            if pending is not None:
+                _cancel(pending[1])
+                pending[0].callback(applied)
+        for ctx in rd.failed_reads:
+            pending = self._reads.pop(ctx, None)
+            if pending is not None:
+                _cancel(pending[1])
+                pending[0].errback(self._not_leader(self.core.leader_id))
+        if rd.soft_state is not None:
+            self._role_changed(rd.soft_state)
+        self.core.advance(rd)
+
+    def _role_changed(self, soft: Any) -> None:
+        self.log.info(
+            "{node}: {role} in term {term}, leader {leader}",
+            node=self.node_id, role=soft.role, term=soft.term, leader=soft.leader_id,
+        )
+        if soft.role != LEADER and self._proposals:
+            # The entries may still be committed by the next leader: the outcome is
+            # unknown, and the client must retry with its idempotency key.
+            pending, self._proposals = self._proposals, {}
+            for index, (term, d, timeout) in sorted(pending.items()):
+                _cancel(timeout)
+                d.errback(
+                    ProposalDropped(
+                        "leadership was lost before entry %d was committed; it may still "
+                        "be committed by the next leader (outcome unknown)" % (index,)
+                    )
+                )
+
+    def _install_snapshot(self, meta: Any) -> None:
+        raise FatalNodeError(
+            "snapshot installation at index %d is not supported by this runtime yet" % meta.index
+        )
+
+    # -------------------------------------------------------------- failures
+
+    def _not_leader(self, leader_id: Optional[str]) -> NotLeader:
+        url = self.members[leader_id].http_url if leader_id in self.members else None
+        return NotLeader(leader_id, url)
+
+    def _proposal_timed_out(self, index: int) -> None:
+        pending = self._proposals.pop(index, None)
+        if pending is not None:
+            pending[1].errback(
+                CommitTimeout(
+                    "entry %d was not committed within %gs; it may still be (outcome unknown)"
+                    % (index, self.timing.proposal_timeout_seconds)
+                )
+            )
+
+    def _read_timed_out(self, ctx: Hashable) -> None:
+        pending = self._reads.pop(ctx, None)
+        if pending is not None:
+            pending[0].errback(
+                ReadTimeout(
+                    "leadership could not be confirmed within %gs"
+                    % (self.timing.read_timeout_seconds,)
+                )
+            )
+
+    def _fail_everything(self, read_error: Exception, write_error: Exception) -> None:
+        proposals, self._proposals = self._proposals, {}
+        for _, d, timeout in proposals.values():
+            _cancel(timeout)
+            d.errback(write_error)
+        reads, self._reads = self._reads, {}
+        for d, timeout in reads.values():
+            _cancel(timeout)
+            d.errback(read_error)
+
+    def _fatal(self, failure: Failure) -> None:
+        self._dead = failure
+        self.log.failure(
+            "{node}: fatal error; the node stops taking part to keep its promises",
+            failure, node=self.node_id,
+        )
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        error = FatalNodeError(str(failure.value))
+        self._fail_everything(error, error)
+        if self._on_fatal is not None:
+            self._on_fatal(failure)
+
+
+def _cancel(call: Any) -> None:
+    if call is not None and call.active():
+        call.cancel()
+
+
+def _failed(error: Exception) -> Deferred:
+    d: Deferred = Deferred()
+    d.errback(error)
+    return d
