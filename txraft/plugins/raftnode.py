@@ -1,0 +1,329 @@
+"""``twistd raftnode``: the composition root that picks the real parts.
+
+Everything below this module is injected (reactor, random source, storage, transport,
+application); only here are the real ones chosen.  Misconfiguration is reported by
+``Options.postOptions`` as one line (a ``UsageError``), before anything starts.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import os
+import random
+import socket
+import time
+from typing import Any, Dict, Optional
+
+from twisted.application import internet, service
+from twisted.python import usage
+from twisted.logger import Logger
+
+from txraft.errors import ConfigError, RaftError
+from txraft.node import Member, Timing
+
+log = Logger()
+
+#: Applications known by a short name; anything else is taken as ``module:attribute``.
+#: Names, not imports: the library never imports the shop.
+APPLICATIONS = {"kv": "txraft.kv:application", "shop": "shop.app:application"}
+
+SECRET_ENV = "TXRAFT_SECRET"
+
+
+def parse_members(text: str, default_http_offset: int = 0) -> Dict[str, Member]:
+    """Parse ``id=host:port[:http_port],...``; the HTTP port defaults to the UDP port."""
+    members: Dict[str, Member] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        node_id, sep, address = item.partition("=")
+        node_id = node_id.strip()
+        if not sep or not node_id or not address:
+            raise ConfigError("member %r is not of the form id=host:port[:http_port]" % item)
+        if address.startswith("["):  # [v6]:port[:http]
+            host, _, rest = address[1:].partition("]")
+            parts = rest.lstrip(":").split(":") if rest else []
+        else:
+            host, *parts = address.split(":")
+        if not host or not 1 <= len(parts) <= 2:
+            raise ConfigError("member %r is not of the form id=host:port[:http_port]" % item)
+        try:
+            ports = [int(p) for p in parts]
+        except ValueError:
+            raise ConfigError("member %r has a port that is not a number" % item) from None
+        if not all(0 < p < 65536 for p in ports):
+            raise ConfigError("member %r has a port outside 1-65535" % item)
+        if node_id in members:
+            raise ConfigError("member id %r appears twice in --members" % node_id)
+        http_port = ports[1] if len(ports) == 2 else ports[0]
+        members[node_id] = Member(node_id, host, ports[0], http_port)
+    if not members:
+        raise ConfigError("--members names no member")
+    return members
+
+
+def load_application(name: str) -> Any:
+    target = APPLICATIONS.get(name, name)
+    module_name, sep, attribute = target.partition(":")
+    if not sep:
+        raise ConfigError(
+            "unknown application %r: use one of %s or module:attribute"
+            % (name, ", ".join(sorted(APPLICATIONS)))
+        )
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, attribute)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError("cannot load application %r (%s): %s" % (name, target, e)) from None
+
+
+def _check_port_free(kind: int, host: str, port: int, label: str) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, kind)
+    try:
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise ConfigError("%s port %d on %s is already in use" % (label, port, host)) from None
+        raise ConfigError("cannot bind %s port %d on %s: %s" % (label, port, host, e.strerror)) from None
+    finally:
+        sock.close()
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run one txraft node: Raft over UDP on --port, the application's HTTP API on TCP "
+        "(--http-port, by default the same number). With no --members the node is a "
+        "single-node cluster. Example 3-node cluster on one machine: run, for i in 1 2 3, "
+        "'twistd -n raftnode --id n$i --port 500$i "
+        "--members n1=127.0.0.1:5001,n2=127.0.0.1:5002,n3=127.0.0.1:5003'."
+    )
+    optParameters = [
+        ["port", "p", 5001, "UDP port for Raft; also the HTTP port unless --http-port.", int],
+        ["http-port", None, None, "TCP port for the HTTP API [default: --port].", int],
+        ["bind", None, "127.0.0.1", "Address to listen on (0.0.0.0 in a container)."],
+        ["id", None, None,
+         "This node's id [default: node1 alone; with --members, the member on --port]."],
+        ["members", None, None,
+         "All members, this node included: id=host:port[:http_port],... "
+         "(host names are resolved, and again when a peer goes silent)."],
+        ["data-dir", "d", None, "Directory for the Raft log and the app's database "
+         "[default: ./data/<id>]."],
+        ["app", None, "shop", "Application: shop, kv, or module:attribute."],
+        ["secret-file", None, None,
+         "File holding the cluster secret (HMAC-SHA256 key for every datagram); "
+         "or set %s. Without one, any host that reaches the UDP port can join." % SECRET_ENV],
+        ["cluster-id", None, "txraft", "Cluster name; datagrams of other clusters are dropped."],
+        ["election-timeout-ms", None, 150,
+         "Minimum election timeout; each node draws from [T, 2T). Lower: faster failover, "
+         "more spurious elections under load.", int],
+        ["heartbeat-ms", None, 50, "Leader heartbeat interval (must be < election timeout).", int],
+        ["tick-ms", None, 10, "Timer resolution of the Raft core.", int],
+        ["max-datagram", None, 1400,
+         "Largest UDP datagram sent (1400 fits a 1500-byte MTU, e.g. a Docker bridge); "
+         "bigger messages are fragmented by txraft.", int],
+        ["proposal-timeout-ms", None, 5000,
+         "How long a write waits to commit before answering 'outcome unknown'.", int],
+        ["read-timeout-ms", None, 2000,
+         "How long a linearizable read waits for the leader to confirm itself.", int],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            self._validate()
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def _validate(self) -> None:
+        port = self["port"]
+        if not 0 < port < 65536:
+            raise ConfigError("--port must be between 1 and 65535")
+        http_port = self["http-port"] if self["http-port"] is not None else port
+        if not 0 < http_port < 65536:
+            raise ConfigError("--http-port must be between 1 and 65535")
+        if self["members"]:
+            members = parse_members(self["members"])
+            node_id = self["id"]
+            if node_id is None:
+                on_port = [m.node_id for m in members.values() if m.port == port]
+                if len(on_port) != 1:
+                    raise ConfigError(
+                        "--id is needed: %d members use port %d" % (len(on_port), port)
+                    )
+                node_id = on_port[0]
+            if node_id not in members:
+                raise ConfigError(
+                    "--id %r is not among the members (%s)" % (node_id, ", ".join(sorted(members)))
+                )
+            me = members[node_id]
+            if me.port != port:
+                raise ConfigError(
+                    "member %s is listed on port %d but --port is %d" % (node_id, me.port, port)
+                )
+            if self["http-port"] is not None and me.http_port != http_port:
+                raise ConfigError(
+                    "member %s is listed with HTTP port %d but --http-port is %d"
+                    % (node_id, me.http_port, http_port)
+                )
+            http_port = me.http_port
+        else:
+            node_id = self["id"] or "node1"
+            members = {node_id: Member(node_id, self["bind"], port, http_port)}
+        self["node_id"] = node_id
+        self["member_map"] = members
+        self["http-port"] = http_port
+        if self["heartbeat-ms"] <= 0 or self["tick-ms"] <= 0:
+            raise ConfigError("--heartbeat-ms and --tick-ms must be positive")
+        if self["heartbeat-ms"] >= self["election-timeout-ms"]:
+            raise ConfigError("--heartbeat-ms must be shorter than --election-timeout-ms")
+        if self["tick-ms"] > self["heartbeat-ms"]:
+            raise ConfigError("--tick-ms must not exceed --heartbeat-ms")
+        self["timing"] = Timing(
+            tick_seconds=self["tick-ms"] / 1000.0,
+            election_timeout_seconds=self["election-timeout-ms"] / 1000.0,
+            heartbeat_seconds=self["heartbeat-ms"] / 1000.0,
+            proposal_timeout_seconds=self["proposal-timeout-ms"] / 1000.0,
+            read_timeout_seconds=self["read-timeout-ms"] / 1000.0,
+        )
+        self["application"] = load_application(self["app"])
+        self["secret"] = self._secret()
+        data_dir = self["data-dir"] or os.path.join("data", node_id)
+        self["data-dir"] = os.path.abspath(data_dir)
+        self._check_data_dir(self["data-dir"])
+        _check_port_free(socket.SOCK_DGRAM, self["bind"], port, "UDP")
+        _check_port_free(socket.SOCK_STREAM, self["bind"], http_port, "HTTP (TCP)")
+
+    def _secret(self) -> Optional[bytes]:
+        path = self["secret-file"]
+        if path:
+            try:
+                with open(path, "rb") as f:
+                    secret = f.read().strip()
+            except OSError as e:
+                raise ConfigError("cannot read --secret-file %s: %s" % (path, e.strerror)) from None
+            if not secret:
+                raise ConfigError("--secret-file %s is empty" % path)
+            return secret
+        env = os.environ.get(SECRET_ENV, "").strip()
+        return env.encode("utf-8") if env else None
+
+    def _check_data_dir(self, data_dir: str) -> None:
+        try:
+            os.makedirs(data_dir, exist_ok=True)
+        except OSError as e:
+            raise ConfigError("cannot create data directory %s: %s" % (data_dir, e.strerror)) from None
+        if not os.access(data_dir, os.W_OK | os.X_OK):
+            raise ConfigError("data directory %s is not writable" % data_dir)
+        from txraft.storage import FileLogStorage
+
+        # Opening takes the directory lock and checks every record: a busy or corrupt
+        # directory is reported now, as one line, rather than as a traceback later.
+        try:
+            FileLogStorage(os.path.join(data_dir, "raft")).close()
+        except RaftError as e:
+            raise ConfigError(str(e)) from None
+
+
+class RaftNodeService(service.MultiService):
+    """Owns the storage, the node, the UDP port and the HTTP site of one process."""
+
+    def __init__(self, options: Options, reactor: Any):
+        super().__init__()
+        self.options = options
+        self.reactor = reactor
+
+    def startService(self) -> None:
+        # Imported here: twistd loads the plugin module just to list its options.
+        from twisted.web.client import Agent, HTTPConnectionPool
+        from twisted.web.server import Site
+        from treq.client import HTTPClient
+
+        from txraft.codec import append_entries_overhead
+        from txraft.core import CoreConfig
+        from txraft.node import RaftNode
+        from txraft.storage import FileLogStorage
+        from txraft.transport import UDPTransport
+
+        opts = self.options
+        reactor = self.reactor
+        data_dir = opts["data-dir"]
+        application = opts["application"]
+        members = opts["member_map"]
+        node_id = opts["node_id"]
+        self.storage = FileLogStorage(os.path.join(data_dir, "raft"))
+        self.state_machine = application.make_state_machine(data_dir)
+        receivers = []
+        transport = UDPTransport(
+            node_id=node_id,
+            cluster_id=opts["cluster-id"],
+            peers={m.node_id: (m.host, m.port) for m in members.values()},
+            secret=opts["secret"],
+            deliver=lambda message: receivers[0](message),
+            reactor=reactor,
+            # Grows across restarts, which the transport's replay protection relies on.
+            incarnation=time.time_ns() // 1000,
+            max_datagram=opts["max-datagram"],
+        )
+        longest = max(members, key=len)
+        budget = transport.max_payload - append_entries_overhead(longest, longest)
+        node = RaftNode(
+            node_id,
+            members,
+            self.storage,
+            self.state_machine,
+            reactor,
+            random.SystemRandom(),
+            opts["timing"],
+            core_config=CoreConfig(max_append_bytes=max(1, budget)),
+            on_fatal=self._fatal,
+        )
+        receivers.append(node.receive)
+        node.transport = transport
+        self.node = node
+        self.udp_port = reactor.listenUDP(opts["port"], transport, interface=opts["bind"])
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = 16
+        http_client = HTTPClient(Agent(reactor, pool=pool))
+        resource = application.make_resource(node, reactor, http_client)
+        site = Site(resource)
+        site.noisy = False
+        self.http_service = internet.TCPServer(
+            opts["http-port"], site, interface=opts["bind"], reactor=reactor
+        )
+        self.http_service.setServiceParent(self)
+        node.setServiceParent(self)
+        super().startService()
+        log.info(
+            "txraft node {node} ({app}) on UDP {bind}:{port}, HTTP {url}, data {data}, "
+            "{n} member(s){secret}",
+            node=node_id, app=opts["app"], bind=opts["bind"], port=opts["port"],
+            url=members[node_id].http_url, data=data_dir, n=len(members),
+            secret="" if opts["secret"] else " -- WITHOUT a cluster secret",
+        )
+
+    def stopService(self):
+        d = super().stopService()
+
+        def close(result):
+            self.udp_port.stopListening()
+            self.state_machine.close()
+            self.storage.close()
+            return result
+
+        return d.addBoth(close) if d is not None else close(None)
+
+    def _fatal(self, failure) -> None:
+        log.critical("stopping the process: {error}", error=failure.value)
+        # Exit at once with a failure status; a supervisor restarts us from disk.
+        self.reactor.callLater(0, os._exit, 70)
+
+
+def makeService(options: Options) -> service.IService:
+    from twisted.internet import reactor
+
+    return RaftNodeService(options, reactor)
