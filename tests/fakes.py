@@ -1,0 +1,202 @@
+"""A controllable stand-in for the node runtime, for tests of the HTTP layers.
+
+``FakeRaftNode`` provides ``IRaftNode`` and applies each proposal straight to a real state
+machine, as a one-node cluster would, with switches for the situations a real cluster
+produces: being a follower (``NotLeader`` naming a leader), knowing no leader, commit
+timeouts (with or without the entry having been applied: the outcome is unknown either
+way), read timeouts, and held operations released on demand.  Every call is counted.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from typing import List, Optional
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from txraft.errors import CommitTimeout, NotLeader, ProposalDropped, ReadTimeout
+from txraft.interfaces import IRaftNode
+from txraft.messages import ENTRY_NOOP, Entry
+
+
+@implementer(IRaftNode)
+class FakeRaftNode:
+    def __init__(self, state_machine, node_id: str = "n1", url: str = "http://n1.test",
+                 term: int = 1):
+        self.node_id = node_id
+        self.url = url
+        self.state_machine = state_machine
+        self.term = term
+        self.role = "leader"
+        self.leader_id: Optional[str] = node_id
+        self.leader_url: Optional[str] = url
+        #: Fail proposals with CommitTimeout; with ``apply_on_timeout`` apply them first.
+        self.commit_timeout = False
+        self.apply_on_timeout = False
+        #: Fail proposals with ProposalDropped (after applying them when asked to).
+        self.drop_proposals = False
+        self.read_timeout = False
+        #: Keep proposals and barriers pending until ``release()``.
+        self.hold = False
+        self.held: List = []
+        self.calls = collections.Counter()
+        self.proposed: List[bytes] = []
+        self.ready = True
+
+    # -- switches ---------------------------------------------------------------------
+
+    def lead(self) -> None:
+        self.role = "leader"
+        self.leader_id, self.leader_url = self.node_id, self.url
+
+    def follow(self, leader_id: str, leader_url: Optional[str]) -> None:
+        self.role = "follower"
+        self.leader_id, self.leader_url = leader_id, leader_url
+
+    def lose_leader(self) -> None:
+        self.role = "follower"
+        self.leader_id = self.leader_url = None
+
+    def release(self) -> None:
+        """Complete every held proposal and barrier, in order."""
+        held, self.held = self.held, []
+        for action in held:
+            action()
+
+    def noop(self) -> int:
+        """Apply a NOOP entry, as a new leader does; return its index."""
+        index = self.state_machine.applied_index() + 1
+        self.state_machine.apply_batch([Entry(index, self.term, b"", ENTRY_NOOP)])
+        return index
+
+    # -- IRaftNode --------------------------------------------------------------------
+
+    def _not_leader(self):
+        return defer.fail(NotLeader(self.leader_id, self.leader_url))
+
+    def propose(self, data: bytes):
+        self.calls["propose"] += 1
+        if self.role != "leader":
+            return self._not_leader()
+        self.proposed.append(data)
+        d = defer.Deferred()
+
+        def commit():
+            if (self.commit_timeout or self.drop_proposals) and not self.apply_on_timeout:
+                d.errback(ProposalDropped() if self.drop_proposals else CommitTimeout())
+                return
+            index = self.state_machine.applied_index() + 1
+            [result] = self.state_machine.apply_batch([Entry(index, self.term, data)])
+            if self.commit_timeout:
+                d.errback(CommitTimeout())
+            elif self.drop_proposals:
+                d.errback(ProposalDropped())
+            else:
+                d.callback((index, result))
+
+        if self.hold:
+            self.held.append(commit)
+        else:
+            commit()
+        return d
+
+    def read_barrier(self):
+        self.calls["read_barrier"] += 1
+        if self.role != "leader":
+            return self._not_leader()
+        if self.read_timeout:
+            return defer.fail(ReadTimeout())
+        d = defer.Deferred()
+        if self.hold:
+            self.held.append(lambda: d.callback(self.state_machine.applied_index()))
+        else:
+            d.callback(self.state_machine.applied_index())
+        return d
+
+    def leader(self):
+        self.calls["leader"] += 1
+        return self.leader_id, self.leader_url
+
+    def is_leader(self) -> bool:
+        return self.role == "leader"
+
+    def is_ready(self) -> bool:
+        self.calls["is_ready"] += 1
+        return self.ready and self.leader_id is not None
+
+    def status(self) -> dict:
+        self.calls["status"] += 1
+        applied = self.state_machine.applied_index()
+        return {
+            "id": self.node_id,
+            "role": self.role,
+            "term": self.term,
+            "leader_id": self.leader_id,
+            "leader_url": self.leader_url,
+            "commit_index": applied,
+            "applied_index": applied,
+            "last_log_index": applied,
+            "peers": {},
+        }
+
+
+# -- HTTP helpers -----------------------------------------------------------------------
+
+
+class Answer:
+    """A fully read HTTP answer: ``code``, ``headers`` (twisted ``Headers``), ``body``."""
+
+    def __init__(self, code: int, headers, body: bytes):
+        self.code = code
+        self.headers = headers
+        self.body = body
+
+    def header(self, name: str) -> Optional[str]:
+        values = self.headers.getRawHeaders(name)
+        return None if not values else values[0]
+
+    def json(self):
+        return json.loads(self.body)
+
+    @property
+    def error_code(self) -> Optional[str]:
+        return self.json()["error"]["code"]
+
+    def __repr__(self):
+        return "<Answer %d %r>" % (self.code, self.body[:200])
+
+
+def start_request(stub, method: str, url: str, **kwargs):
+    """Send a request through ``stub`` (a StubTreq); a Deferred firing with an Answer."""
+    kwargs.setdefault("allow_redirects", False)
+    d = stub.request(method, url, **kwargs)
+
+    def read(response):
+        return response.content().addCallback(
+            lambda body: Answer(response.code, response.headers, body))
+
+    return d.addCallback(read)
+
+
+def request(testcase, stub, method: str, url: str, **kwargs) -> Answer:
+    """Send a request through ``stub`` and return its answer, which must be complete."""
+    d = start_request(stub, method, url, **kwargs)
+    stub.flush()
+    return testcase.successResultOf(d)
+
+
+class RecordingClient:
+    """A treq-like client that records requests and delegates to ``inner`` (or fails)."""
+
+    def __init__(self, inner=None, failure: Optional[Exception] = None):
+        self.inner = inner
+        self.failure = failure
+        self.requests: List[tuple] = []
+
+    def request(self, method, url, **kwargs):
+        self.requests.append((method, url, kwargs))
+        if self.failure is not None:
+            return defer.fail(self.failure)
+        return self.inner.request(method, url, **kwargs)

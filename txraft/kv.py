@@ -1,0 +1,291 @@
+"""A minimal replicated key-value store: the test and benchmark application.
+
+``PUT /kv/<key>`` (raw body) → 204, ``GET /kv/<key>`` → the raw value, ``DELETE /kv/<key>``
+→ 204; writes answer with ``X-Raft-Index``.  Reads are linearizable unless
+``?consistency=stale``; followers forward or redirect through ``txraft.web``.
+
+The state lives in SQLite.  ``SQLiteStateMachine`` is the durable, exactly-once part any
+SQLite-backed application can reuse (the shop does): one file in WAL mode with
+``synchronous=FULL``, one transaction per ``apply_batch`` that also records the applied
+index and term, whole-database snapshots as msgpack.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any, List, Optional, Sequence, Tuple
+
+import msgpack
+from klein import Klein
+from zope.interface import implementer
+
+from txraft.interfaces import IStateMachine
+from txraft.messages import ENTRY_NORMAL
+from txraft.web import Application, HTTPError, RaftHTTP, error_document, json_response
+
+MAX_KEY_BYTES = 1024
+
+_META_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+    "INSERT OR IGNORE INTO meta VALUES ('applied_index', 0)",
+    "INSERT OR IGNORE INTO meta VALUES ('applied_term', 0)",
+)
+
+
+def fsync_directory(path: str) -> None:
+    """Make a file's creation in directory ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SQLiteStateMachine:
+    """The exactly-once, durable half of an ``IStateMachine`` on one SQLite file.
+
+    Subclasses give ``schema`` (CREATE statements), ``tables`` (``(name, order_by)`` for
+    every table a snapshot holds, ``meta`` excluded) and ``apply_command(entry)``.
+    Each ``apply_batch`` is one transaction: its entries' effects and the new applied
+    index commit together, so after a crash an entry is applied exactly once.  Entries at
+    or below the applied index are skipped (their result is ``None``).
+    """
+
+    schema: Tuple[str, ...] = ()
+    tables: Tuple[Tuple[str, str], ...] = ()
+    snapshot_format: str = "sqlite/1"
+
+    def __init__(self, path: str):
+        self.path = path
+        created = not os.path.exists(path)
+        db = sqlite3.connect(path, isolation_level=None)
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise RuntimeError("%s: SQLite refused WAL mode (got %s)" % (path, mode))
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("BEGIN IMMEDIATE")
+        for statement in _META_SCHEMA + tuple(self.schema):
+            db.execute(statement)
+        db.execute("COMMIT")
+        if created:
+            fsync_directory(os.path.dirname(os.path.abspath(path)))
+        self._db = db
+        self._load_meta()
+
+    def _load_meta(self) -> None:
+        meta = dict(self._db.execute("SELECT name, value FROM meta"))
+        self._applied_index = meta["applied_index"]
+        self._applied_term = meta["applied_term"]
+        self.load_meta(meta)
+
+    def load_meta(self, meta: dict) -> None:
+        """Hook: read application counters kept in ``meta`` (after open and restore)."""
+
+    # -- IStateMachine --------------------------------------------------------------------
+
+    def applied_index(self) -> int:
+        return self._applied_index
+
+    def applied_term(self) -> int:
+        return self._applied_term
+
+    def apply_batch(self, entries: Sequence) -> List[Any]:
+        db = self._db
+        applied_index = self._applied_index
+        applied_term = self._applied_term
+        results: List[Any] = []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for entry in entries:
+                if entry.index <= applied_index:
+                    results.append(None)
+                    continue
+                if entry.index != applied_index + 1:
+                    raise ValueError(
+                        "%s: entry %d applied after %d; the runtime skipped entries"
+                        % (self.path, entry.index, applied_index)
+                    )
+                if entry.kind == ENTRY_NORMAL:
+                    results.append(self.apply_command(entry))
+                else:
+                    results.append(None)
+                applied_index = entry.index
+                applied_term = entry.term
+            if applied_index != self._applied_index:
+                db.execute(
+                    "UPDATE meta SET value = ? WHERE name = 'applied_index'", (applied_index,)
+                )
+                db.execute(
+                    "UPDATE meta SET value = ? WHERE name = 'applied_term'", (applied_term,)
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            self._load_meta()
+            raise
+        self._applied_index = applied_index
+        self._applied_term = applied_term
+        return results
+
+    def apply_command(self, entry) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def dump(self) -> bytes:
+        """Every table, rows in primary-key order, as msgpack: equal states, equal bytes."""
+        db = self._db
+        tables = {"meta": [list(row) for row in db.execute("SELECT * FROM meta ORDER BY name")]}
+        for name, order_by in self.tables:
+            tables[name] = [
+                list(row) for row in db.execute("SELECT * FROM %s ORDER BY %s" % (name, order_by))
+            ]
+        return msgpack.packb({"format": self.snapshot_format, "tables": tables})
+
+    def snapshot(self) -> Tuple[int, int, bytes]:
+        return self._applied_index, self._applied_term, self.dump()
+
+    def restore(self, index: int, term: int, data: bytes) -> None:
+        image = msgpack.unpackb(data, raw=False)
+        if not isinstance(image, dict) or image.get("format") != self.snapshot_format:
+            raise ValueError("%s: not a %s snapshot" % (self.path, self.snapshot_format))
+        tables = image["tables"]
+        expected = {"meta"} | {name for name, _ in self.tables}
+        if set(tables) != expected:
+            raise ValueError("%s: snapshot tables %s, expected %s"
+                             % (self.path, sorted(tables), sorted(expected)))
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for name in sorted(expected):
+                db.execute("DELETE FROM %s" % (name,))
+                rows = tables[name]
+                if rows:
+                    marks = ",".join("?" * len(rows[0]))
+                    db.executemany("INSERT INTO %s VALUES (%s)" % (name, marks), rows)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('applied_index', ?)", (index,))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('applied_term', ?)", (term,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        finally:
+            self._load_meta()
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+# -- the key-value state machine ---------------------------------------------------------
+
+OP_PUT = 0
+OP_DELETE = 1
+
+
+def encode_put(key: bytes, value: bytes) -> bytes:
+    return msgpack.packb([OP_PUT, key, value])
+
+
+def encode_delete(key: bytes) -> bytes:
+    return msgpack.packb([OP_DELETE, key])
+
+
+@implementer(IStateMachine)
+class KVStateMachine(SQLiteStateMachine):
+    """Keys and values are bytes; a command is msgpack ``[0, key, value]`` or ``[1, key]``.
+
+    The result of an entry is ``None``, or an error document for a command that does not
+    decode (every replica reaches the same verdict).
+    """
+
+    schema = ("CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",)
+    tables = (("kv", "key"),)
+    snapshot_format = "txraft.kv/1"
+
+    def apply_command(self, entry):
+        try:
+            command = msgpack.unpackb(entry.data, raw=False)
+        except Exception:
+            return error_document("invalid_command", "entry %d is not msgpack" % (entry.index,))
+        if (
+            isinstance(command, list)
+            and len(command) >= 2
+            and isinstance(command[1], bytes)
+        ):
+            if command[0] == OP_PUT and len(command) == 3 and isinstance(command[2], bytes):
+                self._db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (command[1], command[2]))
+                return None
+            if command[0] == OP_DELETE and len(command) == 2:
+                self._db.execute("DELETE FROM kv WHERE key = ?", (command[1],))
+                return None
+        return error_document("invalid_command", "entry %d is not a kv command" % (entry.index,))
+
+    def get(self, key: bytes) -> Optional[bytes]:
+        row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+
+def open_state_machine(data_dir: str) -> KVStateMachine:
+    os.makedirs(data_dir, exist_ok=True)
+    return KVStateMachine(os.path.join(data_dir, "kv.db"))
+
+
+# -- HTTP ------------------------------------------------------------------------------
+
+
+class KVAPI:
+    """The Klein routes of the key-value store."""
+
+    def __init__(self, http: RaftHTTP):
+        self.http = http
+        self.state_machine = http.node.state_machine
+        app = self.app = Klein()
+        app.route("/kv/<path:key>", methods=["GET"], endpoint="kv_get")(self.get)
+        app.route("/kv/<path:key>", methods=["PUT"], endpoint="kv_put")(self.put)
+        app.route("/kv/<path:key>", methods=["DELETE"], endpoint="kv_delete")(self.delete)
+        http.install(app)
+
+    @staticmethod
+    def _key(key: str) -> bytes:
+        raw = key.encode("utf-8")
+        if len(raw) > MAX_KEY_BYTES:
+            raise HTTPError(422, "invalid_value", "key is over %d bytes" % (MAX_KEY_BYTES,),
+                            field="key")
+        return raw
+
+    def get(self, request, key):
+        raw = self._key(key)
+        return self.http.read(request, lambda: self._value(request, raw))
+
+    def _value(self, request, key: bytes):
+        value = self.state_machine.get(key)
+        if value is None:
+            raise HTTPError(404, "not_found", "no such key")
+        request.setHeader(b"Content-Type", b"application/octet-stream")
+        return value
+
+    def put(self, request, key):
+        raw = self._key(key)
+        return self.http.write(request, encode_put(raw, self.http.body(request)),
+                               lambda index, result: self._written(request, index, result))
+
+    def delete(self, request, key):
+        raw = self._key(key)
+        return self.http.write(request, encode_delete(raw),
+                               lambda index, result: self._written(request, index, result))
+
+    @staticmethod
+    def _written(request, index, result):
+        request.setHeader(b"X-Raft-Index", b"%d" % (index,))
+        if result is not None:
+            return json_response(request, 500, result)
+        request.setResponseCode(204)
+        return b""
+
+
+def make_resource(node, clock, http_client):
+    return KVAPI(RaftHTTP(node, clock, http_client)).app.resource()
+
+
+application = Application("kv", open_state_machine, make_resource)

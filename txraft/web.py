@@ -1,0 +1,452 @@
+"""HTTP plumbing shared by every txraft application (Klein): errors, leader routing, reads.
+
+An application is a state machine plus an HTTP root.  This module gives the HTTP root what
+every replicated service needs and nothing application specific:
+
+* JSON errors ``{"error": {"code", "message", "field"?}}`` for everything, including
+  routing failures (Klein's HTML 404/405 never leak);
+* request bodies with a size limit (413), a JSON content type (415) and well-formed JSON
+  (400);
+* the mapping of ``txraft.errors`` to statuses (503 ``no_leader``, 504 ``commit_timeout``,
+  503 ``read_timeout``);
+* leader routing: a node that cannot serve a request itself (a write, or a linearizable
+  read, on a follower) forwards it to the leader with the injected treq-like client and
+  relays the answer, or answers ``307`` when the client asked ``?redirect=true``.  A
+  forwarded request is marked with ``X-Raft-Forwarded-By`` and is never forwarded again,
+  so a request cannot loop while nodes disagree about who leads;
+* ``?consistency=stale`` local reads (with ``X-Raft-Applied-Index``) and linearizable reads
+  through ``IRaftNode.read_barrier()`` by default;
+* ``GET /raft/status``, ``GET /health`` and ``GET /ready``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Iterable, Optional, Tuple
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.logger import Logger
+from twisted.web.client import RequestGenerationFailed, RequestNotSent, RequestTransmissionFailed
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+from txraft.errors import CommitTimeout, NotLeader, ProposalDropped, RaftError, ReadTimeout
+
+log = Logger()
+
+DEFAULT_BODY_LIMIT = 64 * 1024
+DEFAULT_FORWARD_TIMEOUT_SECONDS = 5.0
+
+JSON_TYPE = b"application/json"
+FORWARDED_BY = b"X-Raft-Forwarded-By"
+
+#: Request headers a forwarded request carries to the leader (besides the marker).
+FORWARDED_REQUEST_HEADERS = (
+    b"content-type",
+    b"accept",
+    b"idempotency-key",
+    b"if-match",
+    b"if-none-match",
+)
+#: Response headers relayed from the leader's answer (plus every ``x-raft-*``).
+RELAYED_RESPONSE_HEADERS = frozenset(
+    (
+        b"content-type",
+        b"location",
+        b"etag",
+        b"retry-after",
+        b"allow",
+        b"idempotent-replayed",
+    )
+)
+
+_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON as UTF-8 bytes (one encoding, no round trips)."""
+    return _encode_json(value).encode("utf-8")
+
+
+@attrs.frozen
+class Application:
+    """What the node runtime needs to host an application.
+
+    ``make_state_machine(data_dir)`` opens the durable ``IStateMachine``;
+    ``make_resource(node, clock, http_client)`` builds the HTTP root ``IResource`` given
+    the local ``IRaftNode``, an ``IReactorTime`` and a treq-like client (for forwarding).
+    """
+
+    name: str
+    make_state_machine: Callable[[str], Any]
+    make_resource: Callable[[Any, Any, Any], Any]
+
+
+class HTTPError(Exception):
+    """An answer that is an error: raised anywhere in a handler, rendered as JSON."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: Optional[str] = None,
+        headers: Iterable[Tuple[bytes, bytes]] = (),
+    ):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.headers = tuple(headers)
+
+
+def error_document(code: str, message: str, field: Optional[str] = None) -> dict:
+    """The JSON error shape every txraft application answers with."""
+    error = {"code": code, "message": message}
+    if field is not None:
+        error["field"] = field
+    return {"error": error}
+
+
+def json_response(request, status: int, value: Any, headers: Iterable[Tuple[bytes, bytes]] = ()) -> bytes:
+    """Set status, JSON content type and ``headers`` on ``request``; return the body."""
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", JSON_TYPE)
+    for name, header_value in headers:
+        request.setHeader(name, header_value)
+    return dumps(value)
+
+
+def render_error(request, error: HTTPError) -> bytes:
+    return json_response(
+        request, error.status, error_document(error.code, error.message, error.field), error.headers
+    )
+
+
+def no_leader(message: str = "no leader is known; retry shortly") -> HTTPError:
+    return HTTPError(503, "no_leader", message, headers=((b"Retry-After", b"1"),))
+
+
+def commit_timeout(message: Optional[str] = None) -> HTTPError:
+    return HTTPError(
+        504,
+        "commit_timeout",
+        message
+        or "the write was not confirmed in time; the outcome is unknown (it may still be "
+        "applied): retry with the same Idempotency-Key or read before retrying",
+    )
+
+
+def method_not_allowed(allowed: Iterable[str]) -> HTTPError:
+    """A 405 with the ``Allow`` header listing ``allowed``."""
+    allow = ", ".join(sorted(set(allowed)))
+    return HTTPError(
+        405,
+        "method_not_allowed",
+        "method not allowed here; allowed: %s" % (allow,),
+        headers=((b"Allow", allow.encode("ascii")),),
+    )
+
+
+def query_arg(request, name: bytes) -> Optional[str]:
+    """The first value of query parameter ``name`` as text, or ``None`` when absent."""
+    values = request.args.get(name)
+    if not values:
+        return None
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise HTTPError(
+            400, "malformed_query", "query parameter is not UTF-8", field=name.decode("ascii")
+        )
+
+
+def is_json_type(content_type: Optional[bytes]) -> bool:
+    """``application/json`` or any ``application/*+json`` (e.g. merge-patch), any params."""
+    if not content_type:
+        return False
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == JSON_TYPE or (media.startswith(b"application/") and media.endswith(b"+json"))
+
+
+def _reject_constant(name):
+    raise ValueError("%s is not JSON" % (name,))
+
+
+def _raw_body(request) -> bytes:
+    content = request.content
+    if content is None:
+        return b""
+    content.seek(0)
+    return content.read()
+
+
+class RaftHTTP:
+    """The per-node HTTP plumbing an application's Klein routes are built on.
+
+    ``node`` provides ``IRaftNode``; ``clock`` provides ``IReactorTime`` (forwarding
+    timeouts); ``http_client`` is treq-like (``request(method, url, headers=, data=,
+    allow_redirects=)`` whose responses have ``code``, ``headers`` and ``content()``).
+    """
+
+    def __init__(
+        self,
+        node,
+        clock,
+        http_client,
+        body_limit: int = DEFAULT_BODY_LIMIT,
+        forward_timeout_seconds: float = DEFAULT_FORWARD_TIMEOUT_SECONDS,
+    ):
+        self.node = node
+        self.clock = clock
+        self.http_client = http_client
+        self.body_limit = body_limit
+        self.forward_timeout_seconds = forward_timeout_seconds
+        self._node_id_bytes = str(node.node_id).encode("utf-8")
+
+    # -- installation -------------------------------------------------------------------
+
+    def install(self, app) -> None:
+        """Add the common routes and the JSON error handlers to the Klein ``app``.
+
+        Call it after the application's own ``handle_errors`` registrations, if any: the
+        catch-all 500 handler registered here must come last.
+        """
+        app.route("/raft/status", methods=["GET"], endpoint="raft_status")(self.raft_status)
+        app.route("/health", methods=["GET"], endpoint="raft_health")(self.health)
+        app.route("/ready", methods=["GET"], endpoint="raft_ready")(self.ready)
+        app.handle_errors(HTTPError)(self._handle_http_error)
+        app.handle_errors(MethodNotAllowed)(self._handle_method_not_allowed)
+        app.handle_errors(HTTPException)(self._handle_routing_error)
+        app.handle_errors(RaftError)(self._handle_raft_error)
+        app.handle_errors(Exception)(self._handle_unexpected)
+
+    def raft_status(self, request):
+        return json_response(request, 200, self.node.status())
+
+    def health(self, request):
+        return json_response(request, 200, {"status": "ok"})
+
+    def ready(self, request):
+        if self.node.is_ready():
+            return json_response(request, 200, {"ready": True})
+        return json_response(
+            request,
+            503,
+            error_document("not_ready", "no leader known or this node is still catching up"),
+            ((b"Retry-After", b"1"),),
+        )
+
+    # -- error handlers -----------------------------------------------------------------
+
+    def _handle_http_error(self, request, failure):
+        return render_error(request, failure.value)
+
+    def _handle_method_not_allowed(self, request, failure):
+        return render_error(request, method_not_allowed(failure.value.valid_methods or ()))
+
+    def _handle_routing_error(self, request, failure):
+        error = failure.value
+        code = error.code or 500
+        if code == 404:
+            return render_error(request, HTTPError(404, "not_found", "no such path: %s" % (
+                request.path.decode("utf-8", "replace"),)))
+        return json_response(
+            request, code, error_document("http_error", error.description or error.name)
+        )
+
+    def _handle_raft_error(self, request, failure):
+        return self.raft_failure(failure, request)
+
+    def _handle_unexpected(self, request, failure):
+        log.failure("unhandled error answering {method} {uri}", failure,
+                    method=request.method, uri=request.uri)
+        return json_response(
+            request, 500, error_document("internal_error", "internal error; see the node's log")
+        )
+
+    # -- request bodies and parameters ---------------------------------------------------
+
+    def body(self, request) -> bytes:
+        """The raw request body, or 413 when it is over the limit."""
+        length = request.getHeader(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                raise HTTPError(400, "bad_request", "malformed Content-Length")
+            if declared > self.body_limit:
+                raise self._too_large()
+        content = request.content
+        if content is None:
+            return b""
+        content.seek(0)
+        data = content.read(self.body_limit + 1)
+        if len(data) > self.body_limit:
+            raise self._too_large()
+        return data
+
+    def _too_large(self) -> HTTPError:
+        return HTTPError(
+            413, "body_too_large", "request body is over the limit of %d bytes" % (self.body_limit,)
+        )
+
+    def json_body(self, request) -> Any:
+        """The request body parsed as JSON: 413 too large, 415 not JSON, 400 malformed."""
+        data = self.body(request)
+        if not is_json_type(request.getHeader(b"content-type")):
+            raise HTTPError(
+                415,
+                "unsupported_media_type",
+                "the request body must be JSON (Content-Type: application/json)",
+            )
+        try:
+            return json.loads(data, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as e:
+            raise HTTPError(400, "malformed_json", "request body is not valid JSON: %s" % (e,))
+
+    def is_stale(self, request) -> bool:
+        """True for ``?consistency=stale``; linearizable (the default) otherwise."""
+        value = query_arg(request, b"consistency")
+        if value is None or value == "linearizable":
+            return False
+        if value == "stale":
+            return True
+        raise HTTPError(
+            422, "invalid_value", "consistency must be 'linearizable' or 'stale'", field="consistency"
+        )
+
+    # -- reads and writes through Raft ---------------------------------------------------
+
+    def read(self, request, render: Callable[[], Any], stale: Optional[bool] = None):
+        """Answer a read with ``render()``: locally when stale, else after a read barrier.
+
+        A non-leader forwards the request (or redirects); the answer carries
+        ``X-Raft-Applied-Index``, the state it reflects.
+        """
+        if stale is None:
+            stale = self.is_stale(request)
+        if stale:
+            request.setHeader(
+                b"X-Raft-Applied-Index", b"%d" % (self.node.state_machine.applied_index(),)
+            )
+            return render()
+        d = defer.maybeDeferred(self.node.read_barrier)
+
+        def barrier_passed(applied_index):
+            request.setHeader(b"X-Raft-Applied-Index", b"%d" % (applied_index,))
+            return render()
+
+        d.addCallbacks(barrier_passed, self.raft_failure, errbackArgs=(request,))
+        return d
+
+    def write(self, request, data: bytes, render: Callable[[int, Any], Any]):
+        """Propose ``data``; answer with ``render(index, result)`` once it is applied.
+
+        A non-leader forwards the original request to the leader (or redirects).
+        """
+        d = defer.maybeDeferred(self.node.propose, data)
+        d.addCallbacks(_unpack_proposal, self.raft_failure, callbackArgs=(render,),
+                       errbackArgs=(request,))
+        return d
+
+    def raft_failure(self, failure, request):
+        """Turn a ``txraft.errors`` failure into an answer (forwarding on ``NotLeader``)."""
+        error = failure.value
+        if isinstance(error, NotLeader):
+            return self.forward(request, error.leader_id, error.leader_url)
+        if isinstance(error, (CommitTimeout, ProposalDropped)):
+            raise commit_timeout()
+        if isinstance(error, ReadTimeout):
+            raise HTTPError(
+                503,
+                "read_timeout",
+                "the leader could not confirm its leadership in time; retry shortly",
+                headers=((b"Retry-After", b"1"),),
+            )
+        if isinstance(error, RaftError):
+            raise HTTPError(503, "unavailable", str(error), headers=((b"Retry-After", b"1"),))
+        return failure
+
+    # -- leader routing ------------------------------------------------------------------
+
+    def forward(self, request, leader_id: Optional[str], leader_url: Optional[str]):
+        """Serve ``request`` on the leader: 307 with ``?redirect=true``, else proxy it."""
+        if leader_url is None or leader_id is None or leader_id == self.node.node_id:
+            raise no_leader()
+        location = leader_url.rstrip("/") + request.uri.decode("latin-1")
+        if request.args.get(b"redirect") == [b"true"]:
+            return json_response(
+                request,
+                307,
+                {"leader_id": leader_id, "location": location},
+                ((b"Location", location.encode("utf-8")),
+                 (b"X-Raft-Leader", leader_id.encode("utf-8"))),
+            )
+        if request.requestHeaders.hasHeader(FORWARDED_BY):
+            # The node that sent us this request thought we lead; we think someone else
+            # does.  Leadership is moving: answering beats bouncing the request around.
+            raise no_leader("leadership is changing (a forwarded request reached a follower); "
+                            "retry shortly")
+        headers = {}
+        request_headers = request.requestHeaders
+        for name in FORWARDED_REQUEST_HEADERS:
+            values = request_headers.getRawHeaders(name)
+            if values:
+                headers[name] = values
+        headers[FORWARDED_BY] = [self._node_id_bytes]
+        method = request.method
+        body = _raw_body(request)
+        d = self.http_client.request(
+            method.decode("ascii"),
+            location,
+            headers=headers,
+            data=body if body else None,
+            allow_redirects=False,
+        )
+        d.addCallback(_with_content)
+        d.addTimeout(self.forward_timeout_seconds, self.clock)
+        d.addCallbacks(
+            self._relay,
+            self._forward_failed,
+            callbackArgs=(request, leader_id),
+            errbackArgs=(request, leader_id, method),
+        )
+        return d
+
+    def _relay(self, answer, request, leader_id):
+        response, content = answer
+        request.setResponseCode(response.code)
+        for name, values in response.headers.getAllRawHeaders():
+            lower = name.lower()
+            if lower in RELAYED_RESPONSE_HEADERS or lower.startswith(b"x-raft-"):
+                request.responseHeaders.setRawHeaders(name, values)
+        if not request.responseHeaders.hasHeader(b"X-Raft-Leader"):
+            request.setHeader(b"X-Raft-Leader", leader_id.encode("utf-8"))
+        return content
+
+    def _forward_failed(self, failure, request, leader_id, method):
+        if failure.check(ConnectError, DNSLookupError, RequestNotSent, RequestGenerationFailed,
+                         RequestTransmissionFailed):
+            # The leader never received the whole request: certainly no effect.
+            raise no_leader("the leader %s is unreachable; retry shortly" % (leader_id,))
+        if method in (b"GET", b"HEAD"):
+            raise no_leader("the leader %s did not answer in time; retry shortly" % (leader_id,))
+        raise commit_timeout(
+            "the leader %s received the write but did not answer in time; the outcome is "
+            "unknown (it may have been applied): retry with the same Idempotency-Key"
+            % (leader_id,)
+        )
+
+
+def _unpack_proposal(index_and_result, render):
+    index, result = index_and_result
+    return render(index, result)
+
+
+def _with_content(response):
+    d = response.content()
+    d.addCallback(lambda content: (response, content))
+    return d
