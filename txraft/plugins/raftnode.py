@@ -131,6 +131,9 @@ class Options(usage.Options):
          "How long a write waits to commit before answering 'outcome unknown'.", int],
         ["read-timeout-ms", None, 2000,
          "How long a linearizable read waits for the leader to confirm itself.", int],
+        ["admin-token-file", None, None,
+         "Enable the fault-injection endpoint /admin/faults (chaos testing only): "
+         "loopback clients presenting this file's token as a Bearer token. Off by default."],
     ]
 
     def postOptions(self) -> None:
@@ -192,6 +195,9 @@ class Options(usage.Options):
         )
         self["application"] = load_application(self["app"])
         self["secret"] = self._secret()
+        self["admin-token"] = None
+        if self["admin-token-file"]:
+            self["admin-token"] = self._read_secret_file(self["admin-token-file"], "--admin-token-file")
         data_dir = self["data-dir"] or os.path.join("data", node_id)
         self["data-dir"] = os.path.abspath(data_dir)
         self._check_data_dir(self["data-dir"])
@@ -199,18 +205,20 @@ class Options(usage.Options):
         _check_port_free(socket.SOCK_STREAM, self["bind"], http_port, "HTTP (TCP)")
 
     def _secret(self) -> Optional[bytes]:
-        path = self["secret-file"]
-        if path:
-            try:
-                with open(path, "rb") as f:
-                    secret = f.read().strip()
-            except OSError as e:
-                raise ConfigError("cannot read --secret-file %s: %s" % (path, e.strerror)) from None
-            if not secret:
-                raise ConfigError("--secret-file %s is empty" % path)
-            return secret
+        if self["secret-file"]:
+            return self._read_secret_file(self["secret-file"], "--secret-file")
         env = os.environ.get(SECRET_ENV, "").strip()
         return env.encode("utf-8") if env else None
+
+    def _read_secret_file(self, path: str, option: str) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                secret = f.read().strip()
+        except OSError as e:
+            raise ConfigError("cannot read %s %s: %s" % (option, path, e.strerror)) from None
+        if not secret:
+            raise ConfigError("%s %s is empty" % (option, path))
+        return secret
 
     def _check_data_dir(self, data_dir: str) -> None:
         try:
@@ -290,6 +298,11 @@ class RaftNodeService(service.MultiService):
         pool.maxPersistentPerHost = 16
         http_client = HTTPClient(Agent(reactor, pool=pool))
         resource = application.make_resource(node, reactor, http_client)
+        if opts["admin-token"]:
+            from txraft.admin import AdminRoot
+
+            resource = AdminRoot(resource, transport, opts["admin-token"])
+            log.warn("fault-injection admin endpoint enabled at /admin/faults")
         site = Site(resource)
         site.noisy = False
         self.http_service = internet.TCPServer(
