@@ -45,14 +45,14 @@ def fsync_directory(path: str) -> None:
 class SQLiteStateMachine:
     """The exactly-once, durable half of an ``IStateMachine`` on one SQLite file.
 
-    Subclasses give ``schema`` (CREATE statements), ``tables`` (``(name, order_by)`` for
+    Subclasses give ``ddl`` (CREATE statements), ``tables`` (``(name, order_by)`` for
     every table a snapshot holds, ``meta`` excluded) and ``apply_command(entry)``.
     Each ``apply_batch`` is one transaction: its entries' effects and the new applied
     index commit together, so after a crash an entry is applied exactly once.  Entries at
     or below the applied index are skipped (their result is ``None``).
     """
 
-    schema: Tuple[str, ...] = ()
+    ddl: Tuple[str, ...] = ()
     tables: Tuple[Tuple[str, str], ...] = ()
     snapshot_format: str = "sqlite/1"
 
@@ -65,7 +65,7 @@ class SQLiteStateMachine:
             raise RuntimeError("%s: SQLite refused WAL mode (got %s)" % (path, mode))
         db.execute("PRAGMA synchronous=FULL")
         db.execute("BEGIN IMMEDIATE")
-        for statement in _META_SCHEMA + tuple(self.schema):
+        for statement in _META_SCHEMA + tuple(self.ddl):
             db.execute(statement)
         db.execute("COMMIT")
         if created:
@@ -80,7 +80,8 @@ class SQLiteStateMachine:
         self.load_meta(meta)
 
     def load_meta(self, meta: dict) -> None:
-        """Hook: read application counters kept in ``meta`` (after open and restore)."""
+        """Hook: read application counters kept in ``meta`` (after open, restore and a
+        failed batch, so in-memory copies never run ahead of what committed)."""
 
     # -- IStateMachine --------------------------------------------------------------------
 
@@ -119,6 +120,7 @@ class SQLiteStateMachine:
                 db.execute(
                     "UPDATE meta SET value = ? WHERE name = 'applied_term'", (applied_term,)
                 )
+            self.before_commit()
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -130,6 +132,9 @@ class SQLiteStateMachine:
 
     def apply_command(self, entry) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def before_commit(self) -> None:
+        """Hook: write application counters to ``meta`` inside the batch's transaction."""
 
     def dump(self) -> bytes:
         """Every table, rows in primary-key order, as msgpack: equal states, equal bytes."""
@@ -199,7 +204,7 @@ class KVStateMachine(SQLiteStateMachine):
     decode (every replica reaches the same verdict).
     """
 
-    schema = ("CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",)
+    ddl = ("CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",)
     tables = (("kv", "key"),)
     snapshot_format = "txraft.kv/1"
 
