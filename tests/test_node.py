@@ -6,8 +6,10 @@ that journal what they were asked to do, so the order of work is asserted exactl
 
 from __future__ import annotations
 
+import os
 import random
 
+import msgpack
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -22,37 +24,32 @@ from txraft.messages import (
     SnapshotMeta,
 )
 from txraft.node import FatalNodeError, Member, RaftNode, Timing
+from txraft.snapshot import SnapshotStore
+from txraft.storage import MemoryLogStorage
 
 
-@implementer(ILogStorage)
-class JournalStorage:
-    """Keeps the 'durable' state in memory and journals every save."""
+class JournalStorage(MemoryLogStorage):
+    """MemoryLogStorage that journals every save and can be made to fail."""
 
     def __init__(self, journal, node_id):
+        super().__init__()
         self.journal = journal
         self.node_id = node_id
-        self.hard_state = HardState()
-        self.entries = []
         self.fail = False
 
-    def load(self):
-        return self.hard_state, SnapshotMeta(), list(self.entries)
+    @property
+    def hard_state(self):
+        return self.load()[0]
+
+    def last_index(self):
+        _, snapshot, entries = self.load()
+        return snapshot.index + len(entries)
 
     def save(self, hard_state, entries):
         if self.fail:
             raise OSError("disk on fire")
-        if hard_state is not None:
-            self.hard_state = hard_state
-        if entries:
-            del self.entries[entries[0].index - 1 :]
-            self.entries.extend(entries)
-        self.journal.append(("persist", self.node_id, len(self.entries)))
-
-    def compact(self, snapshot_meta):
-        raise NotImplementedError
-
-    def close(self):
-        pass
+        super().save(hard_state, entries)
+        self.journal.append(("persist", self.node_id, self.last_index()))
 
 
 @implementer(IStateMachine)
@@ -64,38 +61,48 @@ class JournalStateMachine:
         self.node_id = node_id
         self.applied = []
         self._applied_index = 0
+        self._applied_term = 0
 
     def applied_index(self):
         return self._applied_index
+
+    def applied_term(self):
+        return self._applied_term
 
     def apply_batch(self, entries):
         results = []
         for entry in entries:
             assert entry.index == self._applied_index + 1, (entry.index, self._applied_index)
             self._applied_index = entry.index
+            self._applied_term = entry.term
             self.applied.append((entry.index, entry.data))
             self.journal.append(("apply", self.node_id, entry.index))
             results.append(entry.data[::-1])
         return results
 
     def snapshot(self):
-        raise NotImplementedError
+        return self._applied_index, self._applied_term, msgpack.packb(self.applied)
 
     def restore(self, index, term, data):
-        raise NotImplementedError
+        self.applied = [tuple(item) for item in msgpack.unpackb(data)]
+        self._applied_index = index
+        self._applied_term = term
+        self.journal.append(("restore", self.node_id, index))
 
     def close(self):
         pass
 
 
 class Network:
-    """Delivers messages on the next clock turn; can cut nodes off."""
+    """Delivers messages on the next clock turn; can cut nodes off or lose a share."""
 
     def __init__(self, clock, journal):
         self.clock = clock
         self.journal = journal
         self.nodes = {}
         self.cut = set()
+        self.lose_every = 0
+        self._count = 0
 
     def transport_for(self, node_id):
         network = self
@@ -107,6 +114,9 @@ class Network:
                 network.journal.append(("send", node_id, message))
                 network.check_durable(node_id, message)
                 if node_id in network.cut or message.receiver in network.cut:
+                    return
+                network._count += 1
+                if network.lose_every and network._count % network.lose_every == 0:
                     return
                 network.clock.callLater(0, network.deliver, message)
 
@@ -127,7 +137,7 @@ class Network:
             if not message.pre_vote:
                 assert storage.hard_state.voted_for == message.receiver
         if isinstance(message, AppendEntriesResponse) and message.success:
-            assert len(storage.entries) >= message.match_index, (message, len(storage.entries))
+            assert storage.last_index() >= message.match_index, (message, storage.last_index())
 
 
 def members(n):
@@ -137,7 +147,9 @@ def members(n):
 
 
 class Cluster:
-    def __init__(self, test, n, seed=1):
+    def __init__(self, test, n, seed=1, timing=Timing(), snapshot_root=None):
+        self.timing = timing
+        self.snapshot_root = snapshot_root
         self.clock = Clock()
         self.journal = []
         self.network = Network(self.clock, self.journal)
@@ -161,14 +173,21 @@ class Cluster:
             self.machines[node_id],
             self.clock,
             random.Random(self.rng.random()),
-            Timing(),
+            self.timing,
             on_fatal=self.fatal.append,
+            snapshots=self.snapshot_store(node_id),
+            snapshot_chunk_bytes=100,
         )
         node.transport = self.network.transport_for(node_id)
         self.network.nodes[node_id] = node
         self.nodes[node_id] = node
         node.startService()
         return node
+
+    def snapshot_store(self, node_id):
+        if self.snapshot_root is None:
+            return None
+        return SnapshotStore(os.path.join(self.snapshot_root, node_id))
 
     def stop_all(self):
         for node in self.nodes.values():
@@ -345,3 +364,89 @@ class ClusterTests(SynchronousTestCase):
         # Step the clock to the timeout without letting CheckQuorum run first.
         cluster.clock.advance(Timing().proposal_timeout_seconds)
         out[0].trap(CommitTimeout, ProposalDropped)
+
+
+SNAPSHOT_TIMING = Timing(snapshot_entries=20, snapshot_trailing_entries=5)
+
+
+class SnapshotTests(SynchronousTestCase):
+    def cluster(self, n=3):
+        return Cluster(self, n, timing=SNAPSHOT_TIMING, snapshot_root=self.mktemp())
+
+    def write(self, cluster, count, prefix=b"v"):
+        outs = []
+        for i in range(count):
+            leader = cluster.leader()
+            outs.append(result_of(leader.propose(prefix + b"%d" % i)))
+            cluster.run(0.01)
+        cluster.run(0.2)
+        return outs
+
+    def test_log_is_compacted_behind_a_durable_snapshot(self):
+        """Section 7: after enough applied entries the node stores a snapshot and drops
+        the log entries it covers (keeping a trailing window)."""
+        cluster = self.cluster()
+        cluster.run(1.0)
+        self.write(cluster, 60)
+        for node_id, node in cluster.nodes.items():
+            self.assertGreater(node.counters["snapshots_taken"], 0, node_id)
+            self.assertGreater(node.core.log.snapshot_index, 0)
+            _, meta, _ = cluster.storages[node_id].load()
+            self.assertEqual(meta.index, node.core.log.snapshot_index)
+            self.assertIsNotNone(SnapshotStore(
+                os.path.join(cluster.snapshot_root, node_id)).latest())
+
+    def test_lagging_follower_catches_up_by_snapshot(self):
+        """Section 7 / Figure 13: a follower that was down while the leader compacted
+        past its log receives the snapshot in chunks over a lossy network, restores it,
+        then the rest of the log."""
+        cluster = self.cluster()
+        cluster.run(1.0)
+        self.write(cluster, 10)
+        leader = cluster.leader()
+        victim = next(i for i in cluster.nodes if i != leader.node_id)
+        cluster.nodes[victim].stopService()
+        self.write(cluster, 80, b"w")
+        self.assertGreater(leader.core.log.snapshot_index, cluster.storages[victim].last_index())
+        cluster.network.lose_every = 7
+        node = cluster.start(victim)
+        cluster.run(3.0)
+        cluster.network.lose_every = 0
+        cluster.run(0.5)
+        self.assertEqual(node.counters["snapshots_installed"], 1)
+        self.assertEqual(cluster.machines[victim].applied,
+                         cluster.machines[leader.node_id].applied)
+        self.assertEqual(node.core.commit_index, cluster.leader().core.commit_index)
+        self.assertIn(("restore", victim, node.core.log.snapshot_index), cluster.journal)
+
+    def test_restart_after_compaction(self):
+        """A node restarts from a compacted log plus its state machine, applying
+        nothing twice."""
+        cluster = self.cluster(1)
+        cluster.clock.advance(0)
+        self.write(cluster, 50)
+        before = list(cluster.machines["n1"].applied)
+        cluster.nodes["n1"].stopService()
+        node = cluster.start("n1")
+        cluster.clock.advance(0)
+        out = result_of(node.propose(b"later"))
+        cluster.clock.advance(0)
+        self.assertEqual(out[0][1], b"retal")
+        self.assertEqual(cluster.machines["n1"].applied[: len(before)], before)
+
+    def test_recovers_from_crash_between_restore_and_compaction(self):
+        """A crash after the state machine restored a snapshot but before the log was
+        compacted: at restart the applied index becomes the log's starting point."""
+        cluster = self.cluster(1)
+        cluster.clock.advance(0)
+        self.write(cluster, 3)
+        cluster.nodes["n1"].stopService()
+        machine = cluster.machines["n1"]
+        machine.restore(40, 7, msgpack.packb([(i, b"s") for i in range(1, 41)]))
+        node = cluster.start("n1")
+        self.assertEqual(node.core.log.snapshot_index, 40)
+        self.assertEqual(node.core.commit_index, 40)
+        cluster.clock.advance(0)
+        out = result_of(node.propose(b"x"))
+        cluster.clock.advance(0)
+        self.assertEqual(out[0][0], 42)

@@ -114,6 +114,38 @@ class ThreeNodeTests(ClusterTestMixin, SynchronousTestCase):
         self.assertEqual(result.status, 204)
 
 
+class SnapshotProcessTests(ClusterTestMixin, SynchronousTestCase):
+    def test_restarted_follower_catches_up_from_a_snapshot(self):
+        """Section 7 with real processes: a follower down while the others compacted
+        their logs is repaired by an InstallSnapshot transfer over UDP, then restarts
+        again from its own compacted state."""
+        cluster = self.make_cluster(
+            3, extra_args=["--snapshot-entries", "40", "--snapshot-trailing-entries", "5"]
+        )
+        cluster.start_all()
+        leader = cluster.wait_for_leader(15)
+        follower = next(n for n in cluster.nodes if n != leader)
+        cluster.stop(follower)
+        top = 0
+        for i in range(150):
+            result = self.put(leader, "k%d" % i, b"x" * 200 + b"%d" % i)
+            if result.status != 204:
+                self.fail_with_logs("write failed: %r" % (result,))
+            top = int(result.headers["X-Raft-Index"])
+        status = cluster.nodes[leader].status()
+        self.assertGreater(status["snapshot_index"], 40)
+        cluster.start(follower)
+        cluster.wait_for_applied(top, [follower], timeout=20)
+        status = cluster.nodes[follower].status()
+        self.assertEqual(status["counters"]["snapshots_installed"], 1)
+        for i in (0, 77, 149):
+            self.assertEqual(self.stale_get(follower, "k%d" % i).body, b"x" * 200 + b"%d" % i)
+        cluster.kill(follower)
+        cluster.start(follower)
+        cluster.wait_for_applied(top, [follower], timeout=20)
+        self.assertEqual(self.stale_get(follower, "k149").body, b"x" * 200 + b"149")
+
+
 class FiveNodeTests(ClusterTestMixin, SynchronousTestCase):
     def test_five_nodes_survive_two_failures(self):
         """A 5-node cluster keeps committing with two nodes killed (a minority), and the

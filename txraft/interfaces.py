@@ -22,6 +22,9 @@ class IStateMachine(Interface):
     def applied_index():
         """Return the index of the last applied entry, as stored durably (0 when empty)."""
 
+    def applied_term():
+        """Return the term of that entry (0 when empty), stored with it."""
+
     def apply_batch(entries):
         """Apply ``entries`` (a sequence of ``txraft.messages.Entry``) atomically.
 

@@ -28,7 +28,13 @@ from zope.interface import implementer
 from txraft.core import LEADER, Accepted, CoreConfig, RaftCore
 from txraft.errors import CommitTimeout, NotLeader, ProposalDropped, ReadTimeout
 from txraft.interfaces import ILogStorage, IRaftNode, IStateMachine
-from txraft.messages import ENTRY_NOOP
+from txraft.messages import (
+    ENTRY_NOOP,
+    InstallSnapshot,
+    InstallSnapshotResponse,
+    SnapshotMeta,
+)
+from txraft.snapshot import SnapshotStore, SnapshotTransfers
 
 
 @attrs.frozen
@@ -57,6 +63,10 @@ class Timing:
     heartbeat_seconds: float = 0.05
     proposal_timeout_seconds: float = 5.0
     read_timeout_seconds: float = 2.0
+    #: Take a snapshot and compact the log every this many applied entries ...
+    snapshot_entries: int = 10000
+    #: ... keeping this many entries behind it for followers that lag a little.
+    snapshot_trailing_entries: int = 1000
 
     def core_ticks(self) -> Tuple[int, int]:
         election = max(2, round(self.election_timeout_seconds / self.tick_seconds))
@@ -90,6 +100,8 @@ class RaftNode(Service):
         timing: Timing = Timing(),
         core_config: Optional[CoreConfig] = None,
         on_fatal: Optional[Callable[[Failure], None]] = None,
+        snapshots: Optional[SnapshotStore] = None,
+        snapshot_chunk_bytes: int = 1200,
     ):
         if node_id not in members:
             raise ValueError("node id %r is not among the members %r" % (node_id, sorted(members)))
@@ -110,8 +122,8 @@ class RaftNode(Service):
         self._on_fatal = on_fatal
         self._dead: Optional[Failure] = None
 
-        hard_state, snapshot, entries = storage.load()
-        applied = state_machine.applied_index()
+        self.snapshots = snapshots
+        hard_state, snapshot, entries, applied = self._recover()
         self.core = RaftCore(
             node_id,
             sorted(members),
@@ -127,6 +139,14 @@ class RaftNode(Service):
         self._read_ids = itertools.count(1)
         self._process_call: Any = None
         self._ticker: Optional[LoopingCall] = None
+        self.transfers = SnapshotTransfers(
+            node_id,
+            self._send_direct,
+            reactor.seconds,
+            latest=self.snapshots.latest if self.snapshots is not None else (lambda: None),
+            chunk_bytes=snapshot_chunk_bytes,
+            resend_after_seconds=max(0.05, 4 * timing.tick_seconds),
+        )
         self.counters: Dict[str, int] = {
             "readies": 0,
             "fsync_batches": 0,
@@ -136,7 +156,44 @@ class RaftNode(Service):
             "messages_received": 0,
             "proposals": 0,
             "reads": 0,
+            "snapshots_taken": 0,
+            "snapshots_installed": 0,
         }
+
+    def _recover(self) -> Tuple[Any, Any, Any, int]:
+        """Reconcile the log, the state machine and the snapshot after a restart.
+
+        The state machine's applied index is durable with its data; the log may lag it
+        after a crash between installing a snapshot and compacting the log, and the
+        state machine may lag the log's compaction point if its file was lost.
+        """
+        storage, sm = self.storage, self.state_machine
+        hard_state, snapshot, entries = storage.load()
+        applied = sm.applied_index()
+        last_index = snapshot.index + len(entries)
+        if applied > snapshot.index:
+            if applied > last_index:
+                term_at_applied = None
+            elif applied == snapshot.index:
+                term_at_applied = snapshot.term
+            else:
+                term_at_applied = entries[applied - snapshot.index - 1].term
+            applied_term = sm.applied_term()
+            if term_at_applied != applied_term:
+                # Everything applied is committed: make it the log's starting point.
+                storage.compact(SnapshotMeta(applied, applied_term))
+                hard_state, snapshot, entries = storage.load()
+        elif applied < snapshot.index:
+            latest = self.snapshots.latest() if self.snapshots is not None else None
+            if latest is None or latest[0].index < snapshot.index:
+                raise FatalNodeError(
+                    "the state machine is at index %d but the log starts after %d and no "
+                    "snapshot covers the gap" % (applied, snapshot.index)
+                )
+            meta, data = latest
+            sm.restore(meta.index, meta.term, data)
+            applied = sm.applied_index()
+        return hard_state, snapshot, entries, applied
 
     # ---------------------------------------------------------------- service
 
@@ -166,13 +223,24 @@ class RaftNode(Service):
         if self._dead is not None:
             return
         self.counters["messages_received"] += 1
-        self.core.step(message)
+        if isinstance(message, InstallSnapshot):
+            self._snapshot_chunk(message)
+        elif (
+            isinstance(message, InstallSnapshotResponse)
+            and message.success
+            and message.next_offset > 0
+        ):
+            self.transfers.acknowledged(message)
+        else:
+            self.core.step(message)
         self._schedule()
 
     def _tick(self) -> None:
         if self._dead is not None:
             return
         self.core.tick()
+        if self.transfers.outgoing:
+            self.transfers.tick(self._transfer_wanted)
         self._schedule()
 
     def propose(self, data: bytes) -> Deferred:
@@ -261,12 +329,16 @@ class RaftNode(Service):
             self.counters["fsync_batches"] += 1
             self.counters["entries_persisted"] += len(rd.entries)
         if rd.snapshot is not None:
-            self._install_snapshot(rd.snapshot)
+            # The state machine already holds this snapshot (see _snapshot_chunk).
+            self.storage.compact(rd.snapshot)
         # 2. Send.
         if rd.messages:
             send = self.transport.send
             for message in rd.messages:
-                send(message)
+                if isinstance(message, InstallSnapshot):
+                    self._start_snapshot_transfer(message)
+                else:
+                    send(message)
             self.counters["messages_sent"] += len(rd.messages)
         # 3. Apply, in one state-machine transaction for the whole batch.
         if rd.committed_entries:
@@ -304,6 +376,12 @@ class RaftNode(Service):
         if rd.soft_state is not None:
             self._role_changed(rd.soft_state)
         self.core.advance(rd)
+        if (
+            self.snapshots is not None
+            and self.core.last_applied - self.core.log.snapshot_index
+            >= self.timing.snapshot_entries + self.timing.snapshot_trailing_entries
+        ):
+            self.take_snapshot()
 
     def _role_changed(self, soft: Any) -> None:
         self.log.info(
@@ -323,10 +401,78 @@ class RaftNode(Service):
                     )
                 )
 
-    def _install_snapshot(self, meta: Any) -> None:
-        raise FatalNodeError(
-            "snapshot installation at index %d is not supported by this runtime yet" % meta.index
+    # ------------------------------------------------------------- snapshots
+
+    def take_snapshot(self) -> SnapshotMeta:
+        """Store the state machine's image durably, then compact the log behind it."""
+        if self.snapshots is None:
+            raise FatalNodeError("this node has no snapshot store")
+        index, term, data = self.state_machine.snapshot()
+        meta = SnapshotMeta(index, term)
+        self.snapshots.save(meta, data)
+        self.counters["snapshots_taken"] += 1
+        upto = min(index, self.core.last_applied) - self.timing.snapshot_trailing_entries
+        if upto > self.core.log.snapshot_index:
+            compact = SnapshotMeta(upto, self.core.log.term_at(upto))
+            self.storage.compact(compact)
+            self.core.compact(compact)
+        self.log.info(
+            "{node}: snapshot at index {index} ({size} bytes); log starts after {first}",
+            node=self.node_id, index=index, size=len(data), first=self.core.log.snapshot_index,
         )
+        return meta
+
+    def _start_snapshot_transfer(self, message: InstallSnapshot) -> None:
+        latest = self.snapshots.latest() if self.snapshots is not None else None
+        if latest is None or latest[0].index < message.last_included_index:
+            raise FatalNodeError(
+                "a follower needs a snapshot at index %d or later but none is stored"
+                % message.last_included_index
+            )
+        meta, data = latest
+        self.transfers.start(message.receiver, message.term, meta, data)
+
+    def _transfer_wanted(self, peer: str, term: int) -> bool:
+        core = self.core
+        if core.role != LEADER or core.term != term:
+            return False
+        progress = core.progress.get(peer)
+        return progress is not None and progress.state == "snapshot"
+
+    def _snapshot_chunk(self, message: InstallSnapshot) -> None:
+        core = self.core
+        if (
+            message.last_included_index <= core.commit_index
+            and message.term == core.term
+            and message.sender == core.leader_id
+            and self.transfers.incoming is None
+        ):
+            # We already hold everything it covers (perhaps our last answer was lost):
+            # let the core say so, which ends the leader's transfer.
+            meta, data = SnapshotMeta(message.last_included_index, message.last_included_term), None
+        else:
+            complete = self.transfers.received(message, core.term, core.leader_id)
+            if complete is None:
+                return
+            meta, data = complete
+        if meta.index > self.core.commit_index:
+            if self.snapshots is not None:
+                self.snapshots.save(meta, data)
+            # Durable state machine first: a crash after this is reconciled by _recover.
+            self.state_machine.restore(meta.index, meta.term, data)
+            self.counters["snapshots_installed"] += 1
+            self.log.info(
+                "{node}: installed snapshot at index {index} from {leader}",
+                node=self.node_id, index=meta.index, leader=message.sender,
+            )
+        self.core.step(
+            InstallSnapshot(
+                message.term, message.sender, self.node_id, meta.index, meta.term, done=True
+            )
+        )
+
+    def _send_direct(self, message: Any) -> None:
+        self.transport.send(message)
 
     # -------------------------------------------------------------- failures
 

@@ -131,6 +131,12 @@ class Options(usage.Options):
          "How long a write waits to commit before answering 'outcome unknown'.", int],
         ["read-timeout-ms", None, 2000,
          "How long a linearizable read waits for the leader to confirm itself.", int],
+        ["snapshot-entries", None, 10000,
+         "Snapshot the state machine and compact the log every this many applied entries. "
+         "Lower: less disk and memory, more snapshot work.", int],
+        ["snapshot-trailing-entries", None, 1000,
+         "Log entries kept behind a snapshot, so a slightly lagging follower is repaired "
+         "from the log rather than by a snapshot transfer.", int],
         ["admin-token-file", None, None,
          "Enable the fault-injection endpoint /admin/faults (chaos testing only): "
          "loopback clients presenting this file's token as a Bearer token. Off by default."],
@@ -192,7 +198,11 @@ class Options(usage.Options):
             heartbeat_seconds=self["heartbeat-ms"] / 1000.0,
             proposal_timeout_seconds=self["proposal-timeout-ms"] / 1000.0,
             read_timeout_seconds=self["read-timeout-ms"] / 1000.0,
+            snapshot_entries=self["snapshot-entries"],
+            snapshot_trailing_entries=self["snapshot-trailing-entries"],
         )
+        if self["snapshot-entries"] < 1 or self["snapshot-trailing-entries"] < 0:
+            raise ConfigError("--snapshot-entries must be positive and the trailing count >= 0")
         self["application"] = load_application(self["app"])
         self["secret"] = self._secret()
         self["admin-token"] = None
@@ -251,7 +261,9 @@ class RaftNodeService(service.MultiService):
         from twisted.web.server import Site
         from treq.client import HTTPClient
 
-        from txraft.codec import append_entries_overhead
+        from txraft.codec import append_entries_overhead, encode_message
+        from txraft.messages import InstallSnapshot
+        from txraft.snapshot import SnapshotStore
         from txraft.core import CoreConfig
         from txraft.node import RaftNode
         from txraft.storage import FileLogStorage
@@ -279,6 +291,11 @@ class RaftNodeService(service.MultiService):
         )
         longest = max(members, key=len)
         budget = transport.max_payload - append_entries_overhead(longest, longest)
+        big = 2**63 - 1
+        chunk_overhead = len(
+            encode_message(InstallSnapshot(big, longest, longest, big, big, big, b"", True, big))
+        ) + 5  # the largest bin header
+        chunk_bytes = transport.max_payload - chunk_overhead
         node = RaftNode(
             node_id,
             members,
@@ -289,11 +306,13 @@ class RaftNodeService(service.MultiService):
             opts["timing"],
             core_config=CoreConfig(max_append_bytes=max(1, budget)),
             on_fatal=self._fatal,
+            snapshots=SnapshotStore(os.path.join(data_dir, "snapshots")),
+            snapshot_chunk_bytes=chunk_bytes,
         )
         receivers.append(node.receive)
         node.transport = transport
         self.node = node
-        self.udp_port = reactor.listenUDP(opts["port"], transport, interface=opts["bind"])
+        self.udp_port = transport.listen(opts["port"], opts["bind"])
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 16
         http_client = HTTPClient(Agent(reactor, pool=pool))
