@@ -450,3 +450,18 @@ class SnapshotTests(SynchronousTestCase):
         out = result_of(node.propose(b"x"))
         cluster.clock.advance(0)
         self.assertEqual(out[0][0], 42)
+
+
+class LeadershipChangeTests(SynchronousTestCase):
+    def test_proposals_of_an_earlier_term_fail_when_leadership_returns(self):
+        """A node that loses and regains leadership fails the proposals of its earlier
+        term as 'outcome unknown' rather than leaving them hanging or mismatched."""
+        cluster = Cluster(self, 3)
+        cluster.run(1.0)
+        leader = cluster.leader()
+        cluster.network.cut.add(leader.node_id)
+        out = result_of(leader.propose(b"old"))
+        cluster.run(2.0)  # CheckQuorum deposes it; the others elect someone
+        self.assertEqual(len(out), 1)
+        out[0].trap(ProposalDropped)
+        self.assertIn("outcome unknown", str(out[0].value))

@@ -388,18 +388,22 @@ class RaftNode(Service):
             "{node}: {role} in term {term}, leader {leader}",
             node=self.node_id, role=soft.role, term=soft.term, leader=soft.leader_id,
         )
-        if soft.role != LEADER and self._proposals:
-            # The entries may still be committed by the next leader: the outcome is
-            # unknown, and the client must retry with its idempotency key.
-            pending, self._proposals = self._proposals, {}
-            for index, (term, d, timeout) in sorted(pending.items()):
-                _cancel(timeout)
-                d.errback(
-                    ProposalDropped(
-                        "leadership was lost before entry %d was committed; it may still "
-                        "be committed by the next leader (outcome unknown)" % (index,)
-                    )
+        # Proposals of an earlier leadership may still be committed by the next leader
+        # (or may have been overwritten): the outcome is unknown, and the client must
+        # retry with its idempotency key.
+        lost = [
+            index for index, (term, _, _) in self._proposals.items()
+            if soft.role != LEADER or term != soft.term
+        ]
+        for index in sorted(lost):
+            term, d, timeout = self._proposals.pop(index)
+            _cancel(timeout)
+            d.errback(
+                ProposalDropped(
+                    "leadership (term %d) was lost before entry %d was committed; it may "
+                    "still be committed by the next leader (outcome unknown)" % (term, index)
                 )
+            )
 
     # ------------------------------------------------------------- snapshots
 
