@@ -43,6 +43,8 @@ class FakeRaftNode:
         self.held: List = []
         self.calls = collections.Counter()
         self.proposed: List[bytes] = []
+        #: Every entry this node applied, in order (what a follower would replicate).
+        self.log: List[Entry] = []
         self.ready = True
 
     # -- switches ---------------------------------------------------------------------
@@ -68,8 +70,20 @@ class FakeRaftNode:
     def noop(self) -> int:
         """Apply a NOOP entry, as a new leader does; return its index."""
         index = self.state_machine.applied_index() + 1
-        self.state_machine.apply_batch([Entry(index, self.term, b"", ENTRY_NOOP)])
+        self._apply(Entry(index, self.term, b"", ENTRY_NOOP))
         return index
+
+    def catch_up(self, other: "FakeRaftNode") -> None:
+        """Apply the entries ``other`` applied that this node lacks (replication)."""
+        missing = [e for e in other.log if e.index > self.state_machine.applied_index()]
+        if missing:
+            self.state_machine.apply_batch(missing)
+            self.log.extend(missing)
+
+    def _apply(self, entry: Entry):
+        [result] = self.state_machine.apply_batch([entry])
+        self.log.append(entry)
+        return result
 
     # -- IRaftNode --------------------------------------------------------------------
 
@@ -88,7 +102,7 @@ class FakeRaftNode:
                 d.errback(ProposalDropped() if self.drop_proposals else CommitTimeout())
                 return
             index = self.state_machine.applied_index() + 1
-            [result] = self.state_machine.apply_batch([Entry(index, self.term, data)])
+            result = self._apply(Entry(index, self.term, data))
             if self.commit_timeout:
                 d.errback(CommitTimeout())
             elif self.drop_proposals:

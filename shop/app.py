@@ -1,0 +1,8 @@
+"""The shop as a txraft ``Application``: what ``twistd raftnode --app shop`` loads."""
+
+from txraft.web import Application
+
+from shop.api import make_resource
+from shop.state import open_state_machine
+
+application = Application("shop", open_state_machine, make_resource)
