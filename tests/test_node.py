@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from txraft.errors import CommitTimeout, NotLeader, ProposalDropped, ReadTimeout
+from txraft.errors import CommitTimeout, NotLeader, Overloaded, ProposalDropped, ReadTimeout
 from txraft.interfaces import ILogStorage, IRaftNode, IStateMachine
 from txraft.messages import (
     AppendEntriesResponse,
@@ -465,3 +465,20 @@ class LeadershipChangeTests(SynchronousTestCase):
         self.assertEqual(len(out), 1)
         out[0].trap(ProposalDropped)
         self.assertIn("outcome unknown", str(out[0].value))
+
+    def test_overload_is_refused_before_anything_is_appended(self):
+        """Beyond max_pending waiting proposals a new one fails at once (definite), so a
+        flood cannot grow memory without bound."""
+        cluster = Cluster(self, 3, timing=Timing(max_pending=3))
+        cluster.run(1.0)
+        leader = cluster.leader()
+        for node_id in cluster.nodes:
+            if node_id != leader.node_id:
+                cluster.network.cut.add(node_id)
+        last = leader.core.log.last_index
+        waiting = [result_of(leader.propose(b"%d" % i)) for i in range(3)]
+        refused = result_of(leader.propose(b"one too many"))
+        refused[0].trap(Overloaded)
+        self.assertTrue(refused[0].value.definite)
+        self.assertEqual(leader.core.log.last_index, last + 3)
+        self.assertEqual([w for w in waiting if w], [])

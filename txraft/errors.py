@@ -49,6 +49,10 @@ class CommitTimeout(RaftError):
     definite = False
 
 
+class Overloaded(RaftError):
+    """Too many proposals or reads are waiting on this node; nothing was appended."""
+
+
 class ReadTimeout(RaftError):
     """A linearizable read could not be confirmed in time (no effect)."""
 

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txraft.core import LEADER, Accepted, CoreConfig, RaftCore
-from txraft.errors import CommitTimeout, NotLeader, ProposalDropped, ReadTimeout
+from txraft.errors import CommitTimeout, NotLeader, Overloaded, ProposalDropped, ReadTimeout
 from txraft.interfaces import ILogStorage, IRaftNode, IStateMachine
 from txraft.messages import (
     ENTRY_NOOP,
@@ -67,6 +67,8 @@ class Timing:
     snapshot_entries: int = 10000
     #: ... keeping this many entries behind it for followers that lag a little.
     snapshot_trailing_entries: int = 1000
+    #: Proposals (and, separately, reads) waiting at once before new ones are refused.
+    max_pending: int = 20000
 
     def core_ticks(self) -> Tuple[int, int]:
         election = max(2, round(self.election_timeout_seconds / self.tick_seconds))
@@ -246,6 +248,10 @@ class RaftNode(Service):
     def propose(self, data: bytes) -> Deferred:
         if self._dead is not None:
             return _failed(FatalNodeError("node stopped after a fatal error"))
+        if len(self._proposals) >= self.timing.max_pending:
+            return _failed(Overloaded(
+                "%d proposals are already waiting to commit; retry shortly" % len(self._proposals)
+            ))
         outcome = self.core.propose(data)
         if not isinstance(outcome, Accepted):
             return _failed(self._not_leader(outcome.leader_id))
@@ -261,6 +267,10 @@ class RaftNode(Service):
     def read_barrier(self) -> Deferred:
         if self._dead is not None:
             return _failed(FatalNodeError("node stopped after a fatal error"))
+        if len(self._reads) >= self.timing.max_pending:
+            return _failed(Overloaded(
+                "%d reads are already waiting for confirmation; retry shortly" % len(self._reads)
+            ))
         ctx = next(self._read_ids)
         outcome = self.core.read_index(ctx)
         if not isinstance(outcome, Accepted):
