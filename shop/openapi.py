@@ -201,8 +201,9 @@ RESPONSES = {
     "Invalid": _error("Validation: missing_field, unknown_field, invalid_type, invalid_value, "
                       "empty_order, unknown_product, unknown_customer, idempotency_key_reused. "
                       "`field` names the culprit."),
-    "Unavailable": _error("no_leader (no leader known, or leadership is moving) or "
-                          "read_timeout: retry after Retry-After seconds.", "Retry-After"),
+    "Unavailable": _error("no_leader (no leader known, or leadership is moving), "
+                          "read_timeout or overloaded: nothing was done; retry after "
+                          "Retry-After seconds.", "Retry-After"),
     "CommitTimeout": _error("commit_timeout: the write was not confirmed in time and its "
                             "outcome is unknown (it may have been applied). Retry with the same "
                             "Idempotency-Key."),

@@ -17,6 +17,7 @@ from zope.interface.verify import verifyObject
 
 import txraft
 from txraft import kv, web
+from txraft.errors import Overloaded
 from txraft.interfaces import IRaftNode, IStateMachine
 
 from tests.fakes import FakeRaftNode, RecordingClient, request, start_request
@@ -226,6 +227,13 @@ class RaftErrorMappingTests(SynchronousTestCase):
         self.leader.read_timeout = True
         answer = request(self, self.http, "GET", "http://n1/kv/a")
         self.assertEqual((answer.code, answer.error_code), (503, "read_timeout"))
+        self.assertEqual(answer.header("Retry-After"), "1")
+
+    def test_overloaded(self):
+        """A node with too much waiting work refuses definitely: 503 overloaded."""
+        self.leader.propose = lambda data: defer.fail(Overloaded())
+        answer = request(self, self.http, "PUT", "http://n1/kv/a", data=b"v")
+        self.assertEqual((answer.code, answer.error_code), (503, "overloaded"))
         self.assertEqual(answer.header("Retry-After"), "1")
 
     def test_linearizable_read_waits_for_barrier(self):

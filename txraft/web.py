@@ -31,7 +31,8 @@ from twisted.logger import Logger
 from twisted.web.client import RequestGenerationFailed, RequestNotSent, RequestTransmissionFailed
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from txraft.errors import CommitTimeout, NotLeader, ProposalDropped, RaftError, ReadTimeout
+from txraft.errors import (CommitTimeout, NotLeader, Overloaded, ProposalDropped, RaftError,
+                           ReadTimeout)
 
 log = Logger()
 
@@ -366,6 +367,9 @@ class RaftHTTP:
                 "the leader could not confirm its leadership in time; retry shortly",
                 headers=((b"Retry-After", b"1"),),
             )
+        if isinstance(error, Overloaded):
+            raise HTTPError(503, "overloaded", "this node has too much waiting work; retry "
+                            "shortly", headers=((b"Retry-After", b"1"),))
         if isinstance(error, RaftError):
             raise HTTPError(503, "unavailable", str(error), headers=((b"Retry-After", b"1"),))
         return failure
