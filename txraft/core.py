@@ -145,6 +145,7 @@ class Progress:
     commit_sent: int = 0
     match_at_heartbeat: int = 0
     snapshot_index: int = 0
+    snapshot_elapsed: int = 0
 
 
 class RaftCore:
@@ -546,6 +547,16 @@ class RaftCore:
                     return
                 for pr in self.progress.values():
                     pr.recent_active = False
+        for peer, pr in self.progress.items():
+            if pr.state == SNAPSHOT:
+                pr.snapshot_elapsed += 1
+                if pr.snapshot_elapsed >= self.config.election_ticks:
+                    # Over UDP the snapshot or its answer can be lost, and nothing else
+                    # ever leaves this state: probe again, which re-offers the snapshot
+                    # while the follower still needs one (Figure 13; section 7).
+                    pr.state = PROBE
+                    pr.probe_sent = False
+                    self._send_append(peer)
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks:
             self.heartbeat_elapsed = 0
             for peer, pr in self.progress.items():
@@ -596,6 +607,7 @@ class RaftCore:
             # The entries it needs were compacted: the runtime must send a snapshot.
             pr.state = SNAPSHOT
             pr.snapshot_index = self.log.snapshot_index
+            pr.snapshot_elapsed = 0
             pr.inflight.clear()
             self._send(
                 InstallSnapshot(
