@@ -1,0 +1,7 @@
+"""Chaos testing of real txraft clusters: workloads, a nemesis and a linearizability checker.
+
+``checker`` decides whether a recorded history of concurrent operations is linearizable
+(pure, no I/O); ``history`` records what clients did; ``nemesis`` injects faults into a
+``txraft.localcluster.LocalCluster``; ``workload`` drives the key-value store and the shop;
+``harness`` ties them together and ``python -m txraft.chaos`` runs it.
+"""
