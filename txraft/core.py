@@ -278,13 +278,12 @@ class RaftCore:
         elif m.term < self.term:
             if isinstance(m, AppendEntries):
                 # Tell a deposed leader about the newer term so it steps down; without
-                # this a leader cut off by PreVote/CheckQuorum could linger.
-                self._send(
-                    AppendEntriesResponse(
-                        self.term, self.id, m.sender, False, rejected_index=m.prev_log_index,
-                        read_seq=m.read_seq,
-                    )
-                )
+                # this a leader cut off by PreVote/CheckQuorum could linger.  The answer
+                # carries our term and nothing else: it acknowledges no entries and no
+                # ReadIndex round, because the sender may itself already lead our term
+                # (it restarted, so its read_seq counts from 0 again) and must not take
+                # an echo of its old term's read_seq as a quorum for new reads.
+                self._send(AppendEntriesResponse(self.term, self.id, m.sender, False))
             elif isinstance(m, InstallSnapshot):
                 self._send(
                     InstallSnapshotResponse(
