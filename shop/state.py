@@ -181,10 +181,10 @@ class ShopStateMachine(SQLiteStateMachine):
     snapshot_format = "shop/1"
 
     def __init__(self, path: str, idempotency_retention_ms: int = DEFAULT_IDEMPOTENCY_RETENTION_MS,
-                 idempotency_max_keys: int = DEFAULT_IDEMPOTENCY_MAX_KEYS):
+                 idempotency_max_keys: int = DEFAULT_IDEMPOTENCY_MAX_KEYS, durable: bool = True):
         self.idempotency_retention_ms = idempotency_retention_ms
         self.idempotency_max_keys = idempotency_max_keys
-        super().__init__(path)
+        super().__init__(path, durable)
         self._operations = {
             "product.create": self._create_simple,
             "product.replace": self._replace_simple,
@@ -625,6 +625,6 @@ def encode_command(op: str, ts: int, ident: Optional[str] = None, data: Any = No
     return msgpack.packb(command)
 
 
-def open_state_machine(data_dir: str) -> ShopStateMachine:
+def open_state_machine(data_dir: str, durable: bool = True) -> ShopStateMachine:
     os.makedirs(data_dir, exist_ok=True)
-    return ShopStateMachine(os.path.join(data_dir, "shop.db"))
+    return ShopStateMachine(os.path.join(data_dir, "shop.db"), durable=durable)

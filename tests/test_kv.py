@@ -44,6 +44,13 @@ class StateMachineTests(SynchronousTestCase):
         """KVStateMachine provides IStateMachine."""
         self.assertTrue(verifyObject(IStateMachine, self.sm))
 
+    def test_non_durable_mode(self):
+        """durable=False (tests only) turns fsync off and nothing else."""
+        sm = kv.open_state_machine(self.mktemp(), durable=False)
+        self.addCleanup(sm.close)
+        self.assertEqual(sm._db.execute("PRAGMA synchronous").fetchone()[0], 0)
+        self.assertEqual(sm._db.execute("PRAGMA journal_mode").fetchone()[0], "wal")
+
     def test_durability_settings(self):
         """The database is one kv.db file in WAL mode with synchronous=FULL."""
         path = os.path.join(self.dir, "kv.db")
@@ -163,8 +170,8 @@ class ReplicaPropertyTests(SynchronousTestCase):
         """Two replicas applying the same entries in different batches end byte-identical."""
         base = tempfile.mkdtemp()
         try:
-            one = kv.open_state_machine(os.path.join(base, "one"))
-            two = kv.open_state_machine(os.path.join(base, "two"))
+            one = kv.open_state_machine(os.path.join(base, "one"), durable=False)
+            two = kv.open_state_machine(os.path.join(base, "two"), durable=False)
             entries = to_entries(commands)
             one.apply_batch(entries)
             position = 0

@@ -34,7 +34,7 @@ class ShopCluster:
         self.http = {}
         self.clients = {}
         for node_id in ("n1", "n2"):
-            sm = state.open_state_machine(os.path.join(base, node_id))
+            sm = state.open_state_machine(os.path.join(base, node_id), durable=False)
             testcase.addCleanup(sm.close)
             node = FakeRaftNode(sm, node_id, "http://%s.test" % (node_id,))
             self.nodes[node_id] = node

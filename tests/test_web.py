@@ -29,8 +29,8 @@ class Cluster:
     def __init__(self, testcase):
         self.clock = Clock()
         base = testcase.mktemp()
-        self.leader_sm = kv.open_state_machine(os.path.join(base, "n1"))
-        self.follower_sm = kv.open_state_machine(os.path.join(base, "n2"))
+        self.leader_sm = kv.open_state_machine(os.path.join(base, "n1"), durable=False)
+        self.follower_sm = kv.open_state_machine(os.path.join(base, "n2"), durable=False)
         testcase.addCleanup(self.leader_sm.close)
         testcase.addCleanup(self.follower_sm.close)
         self.leader = FakeRaftNode(self.leader_sm, "n1", "http://n1.test:5001")
