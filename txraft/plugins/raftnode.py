@@ -114,7 +114,7 @@ class Options(usage.Options):
          "(host names are resolved, and again when a peer goes silent)."],
         ["data-dir", "d", None, "Directory for the Raft log and the app's database "
          "[default: ./data/<id>]."],
-        ["app", None, "kv", "Application: shop, kv, or module:attribute."],
+        ["app", None, "shop", "Application: shop (the store), kv, or module:attribute."],
         ["secret-file", None, None,
          "File holding the cluster secret (HMAC-SHA256 key for every datagram); "
          "or set %s. Without one, any host that reaches the UDP port can join." % SECRET_ENV],
