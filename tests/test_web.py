@@ -11,6 +11,7 @@ from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.web.http_headers import Headers
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseNeverReceived
 from zope.interface.verify import verifyObject
@@ -391,6 +392,22 @@ class LeaderRoutingTests(SynchronousTestCase):
         self.assertEqual((answer.code, answer.error_code), (504, "commit_timeout"))
         answer = self.successResultOf(read)
         self.assertEqual((answer.code, answer.error_code), (503, "no_leader"))
+
+    def test_client_gone_while_forwarding(self):
+        """A forward cancelled because our client left stays a cancellation (which Klein
+        ignores) instead of becoming an error answer nobody reads (and Klein logs)."""
+        c = self.cluster
+        c.leader.hold = True
+        http = web.RaftHTTP(c.follower, c.clock, RecordingClient(c.leader_http))
+        fake_request = type("R", (), {})()
+        fake_request.uri = b"/kv/a"
+        fake_request.args = {}
+        fake_request.method = b"PUT"
+        fake_request.content = None
+        fake_request.requestHeaders = Headers()
+        d = http.forward(fake_request, "n1", "http://n1.test:5001")
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
 
     def test_not_leader_naming_itself(self):
         """A NotLeader naming this very node is treated as no leader, not a self-forward."""

@@ -403,22 +403,31 @@ class RaftHTTP:
         headers[FORWARDED_BY] = [self._node_id_bytes]
         method = request.method
         body = _raw_body(request)
-        d = self.http_client.request(
+        inner = self.http_client.request(
             method.decode("ascii"),
             location,
             headers=headers,
             data=body if body else None,
             allow_redirects=False,
         )
-        d.addCallback(_with_content)
-        d.addTimeout(self.forward_timeout_seconds, self.clock)
-        d.addCallbacks(
+        inner.addCallback(_with_content)
+        inner.addTimeout(self.forward_timeout_seconds, self.clock)
+        gone = []
+
+        def client_gone(outer):
+            # Klein cancels the answer when our client disconnects; stop forwarding.
+            gone.append(True)
+            inner.cancel()
+
+        outer = defer.Deferred(client_gone)
+        inner.addCallbacks(
             self._relay,
             self._forward_failed,
             callbackArgs=(request, leader_id),
-            errbackArgs=(request, leader_id, method),
+            errbackArgs=(request, leader_id, method, gone),
         )
-        return d
+        inner.chainDeferred(outer)
+        return outer
 
     def _relay(self, answer, request, leader_id):
         response, content = answer
@@ -431,7 +440,11 @@ class RaftHTTP:
             request.setHeader(b"X-Raft-Leader", leader_id.encode("utf-8"))
         return content
 
-    def _forward_failed(self, failure, request, leader_id, method):
+    def _forward_failed(self, failure, request, leader_id, method, gone=()):
+        if gone:
+            # Nobody waits for an answer; a cancellation is what Klein expects (and
+            # does not log).
+            raise defer.CancelledError()
         if failure.check(ConnectError, DNSLookupError, RequestNotSent, RequestGenerationFailed,
                          RequestTransmissionFailed):
             # The leader never received the whole request: certainly no effect.
