@@ -1,0 +1,67 @@
+"""``python -m txraft.chaos``: run a chaos round and print its summary table.
+
+    python -m txraft.chaos --nodes 5 --duration 60 --seed 7 --workload kv
+    python -m txraft.chaos --workload shop --duration 1800 --seed 3      # a long soak
+    python -m txraft.chaos check chaos-failures/shop-seed3-...           # re-check offline
+
+Exit status 0 when every check passed, 1 otherwise (the run's folder is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from txraft.chaos.harness import ChaosRun, Config, recheck
+from txraft.chaos.nemesis import FAULT_KINDS
+from txraft.chaos.workload import WORKLOADS
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["check"]:
+        parser = argparse.ArgumentParser(prog="python -m txraft.chaos check")
+        parser.add_argument("folder")
+        parser.add_argument("--max-steps", type=int, default=Config().max_steps)
+        args = parser.parse_args(argv[1:])
+        problems = recheck(args.folder, args.max_steps)
+        for problem in problems:
+            print(problem)
+        print("linearizable" if not problems else "%d partition(s) failed" % len(problems))
+        return 1 if problems else 0
+
+    defaults = Config()
+    parser = argparse.ArgumentParser(prog="python -m txraft.chaos",
+                                     description="Chaos testing of a real txraft cluster.")
+    parser.add_argument("--nodes", type=int, default=defaults.nodes)
+    parser.add_argument("--duration", type=float, default=defaults.duration,
+                        help="seconds of faults and load")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default=defaults.workload)
+    parser.add_argument("--clients", type=int, default=defaults.clients)
+    parser.add_argument("--election-timeout-ms", type=int, default=defaults.election_timeout_ms)
+    parser.add_argument("--heartbeat-ms", type=int, default=defaults.heartbeat_ms)
+    parser.add_argument("--snapshot-entries", type=int, default=defaults.snapshot_entries)
+    parser.add_argument("--no-nemesis", dest="nemesis", action="store_false",
+                        help="load only, no faults (a baseline)")
+    parser.add_argument("--faults", default=None,
+                        help="comma-separated fault kinds to use (default: all): "
+                        + ", ".join(FAULT_KINDS))
+    parser.add_argument("--max-steps", type=int, default=defaults.max_steps,
+                        help="checker search budget per partition")
+    parser.add_argument("--out", default=defaults.out, help="where failed runs are saved")
+    parser.add_argument("--root", default=None, help="working directory (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    args = parser.parse_args(argv)
+    config = Config(nodes=args.nodes, duration=args.duration, seed=args.seed,
+                    workload=args.workload, clients=args.clients,
+                    election_timeout_ms=args.election_timeout_ms, heartbeat_ms=args.heartbeat_ms,
+                    snapshot_entries=args.snapshot_entries, nemesis=args.nemesis, faults=args.faults,
+                    max_steps=args.max_steps, out=args.out, root=args.root, keep=args.keep)
+    report = ChaosRun(config).execute()
+    print(report.table())
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

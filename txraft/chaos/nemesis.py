@@ -1,0 +1,250 @@
+"""The nemesis: a seeded schedule of faults injected into a ``LocalCluster``.
+
+One fault at a time, each followed by its healing and a quiet spell:
+
+* ``kill``: SIGKILL of one node (the leader more often than not; on five nodes sometimes
+  two), restarted from its data directory after a while;
+* ``pause``: SIGSTOP of one node (often the leader) for one to ten election timeouts, then
+  SIGCONT;
+* ``partition``: a random minority cut off from the majority, both ways;
+* ``isolate_leader``: the leader alone on one side;
+* ``one_way``: one node stops hearing from (or reaching) some others while the other
+  direction works;
+* ``lossy``: some nodes lose a fraction of the datagrams they send.
+
+Network faults go through each node's ``/admin/faults`` endpoint (``txraft.admin``), so
+nothing here needs root.  The choice of fault, its shape and its timing come from the
+seed; which node is "the leader" is found at run time, so a replay with the same seed
+reproduces the schedule's kinds and timing, not every target.  Everything done is logged
+in ``events`` with the harness's monotonic clock.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import random
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from txraft.localcluster import LocalCluster, http
+
+FAULT_KINDS = ("kill", "pause", "partition", "isolate_leader", "one_way", "lossy")
+DEFAULT_WEIGHTS = {"kill": 3, "pause": 3, "partition": 2, "isolate_leader": 2,
+                   "one_way": 2, "lossy": 2}
+
+
+class Nemesis:
+    """Runs the fault schedule in its own thread until ``stop`` is set, then heals."""
+
+    def __init__(self, cluster: LocalCluster, seed: int, admin_token: str,
+                 election_timeout_seconds: float, clock: Callable[[], float] = time.monotonic,
+                 weights: Optional[Dict[str, int]] = None, quiet_seconds=(0.5, 2.0),
+                 fault_seconds=(1.0, 5.0)):
+        self.cluster = cluster
+        self.rng = random.Random(seed)
+        self.token = admin_token
+        self.election_timeout = election_timeout_seconds
+        self.clock = clock
+        self.t0 = clock()
+        self.weights = dict(weights or DEFAULT_WEIGHTS)
+        self.quiet_seconds = quiet_seconds
+        self.fault_seconds = fault_seconds
+        self.stop = threading.Event()
+        self.events: List[Dict[str, Any]] = []
+        self.counts: collections.Counter = collections.Counter()
+        self.errors: List[str] = []
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+
+    # -- running ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="nemesis", daemon=True)
+        self._thread.start()
+
+    def finish(self, timeout: float = 30.0) -> None:
+        """Stop injecting, wait for the current fault to end, then heal everything."""
+        self.stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.heal_all()
+
+    def _run(self) -> None:
+        kinds = sorted(self.weights)
+        weights = [self.weights[k] for k in kinds]
+        try:
+            while not self._sleep(self.rng.uniform(*self.quiet_seconds)):
+                kind = self.rng.choices(kinds, weights)[0]
+                getattr(self, "_" + kind)()
+        except Exception as e:  # a harness bug must not leave faults in place silently
+            self.errors.append("nemesis crashed: %r" % (e,))
+            self.log("error", error=repr(e))
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep unless stopped; True when stopped."""
+        return self.stop.wait(seconds)
+
+    def log(self, action: str, **fields: Any) -> None:
+        event = {"t": round(self.clock() - self.t0, 4), "action": action}
+        event.update(fields)
+        with self._lock:
+            self.events.append(event)
+
+    # -- targets --------------------------------------------------------------------------
+
+    def leader(self) -> Optional[str]:
+        """The node that most recently claims to lead (highest term), if any."""
+        best = None
+        for node_id, node in self.cluster.nodes.items():
+            status = node.status(timeout=0.5)
+            if status and status.get("role") == "leader":
+                if best is None or status["term"] > best[1]:
+                    best = (node_id, status["term"])
+        return best[0] if best else None
+
+    def _pick(self, prefer_leader: float) -> str:
+        ids = sorted(self.cluster.nodes)
+        choice = self.rng.choice(ids)
+        if self.rng.random() < prefer_leader:
+            return self.leader() or choice
+        return choice
+
+    def _duration(self) -> float:
+        return self.rng.uniform(*self.fault_seconds)
+
+    # -- faults ---------------------------------------------------------------------------
+
+    def _kill(self) -> None:
+        ids = sorted(self.cluster.nodes)
+        count = 1
+        if len(ids) >= 5 and self.rng.random() < 0.3:
+            count = (len(ids) - 1) // 2
+        first = self._pick(0.6)
+        others = [i for i in ids if i != first]
+        self.rng.shuffle(others)
+        victims = [first] + others[: count - 1]
+        down = self.rng.uniform(0.3, 3.0)
+        for node_id in victims:
+            self.cluster.kill(node_id)
+        self.counts["kill"] += 1
+        self.log("kill", nodes=victims, down_seconds=round(down, 3))
+        self._sleep(down)
+        for node_id in victims:
+            self._restart(node_id)
+
+    def _restart(self, node_id: str) -> None:
+        node = self.cluster.nodes[node_id]
+        if not node.alive():
+            self.cluster.start(node_id)
+            self.log("restart", nodes=[node_id])
+
+    def _pause(self) -> None:
+        victim = self._pick(0.6)
+        timeouts = self.rng.randint(1, 10)
+        self.cluster.pause(victim)
+        self.counts["pause"] += 1
+        self.log("pause", nodes=[victim], election_timeouts=timeouts)
+        self.stop.wait(timeouts * self.election_timeout)  # short: finish it even if stopping
+        self.cluster.resume(victim)
+        self.log("resume", nodes=[victim])
+
+    def _partition(self, minority: Optional[List[str]] = None, kind: str = "partition") -> None:
+        ids = sorted(self.cluster.nodes)
+        if minority is None:
+            shuffled = list(ids)
+            self.rng.shuffle(shuffled)
+            size = self.rng.randint(1, max(1, (len(ids) - 1) // 2))
+            minority = sorted(shuffled[:size])
+        majority = [i for i in ids if i not in minority]
+        duration = self._duration()
+        for side, other in ((minority, majority), (majority, minority)):
+            for node_id in side:
+                self._set_faults(node_id, {"drop_to": other, "drop_from": other})
+        self.counts[kind] += 1
+        self.log(kind, minority=minority, majority=majority, seconds=round(duration, 3))
+        self._sleep(duration)
+        self.heal_network()
+
+    def _isolate_leader(self) -> None:
+        leader = self.leader()
+        if leader is None:
+            leader = self.rng.choice(sorted(self.cluster.nodes))
+        self._partition([leader], kind="isolate_leader")
+
+    def _one_way(self) -> None:
+        ids = sorted(self.cluster.nodes)
+        source = self._pick(0.5)
+        others = [i for i in ids if i != source]
+        targets = sorted(self.rng.sample(others, self.rng.randint(1, len(others))))
+        deaf = self.rng.random() < 0.5  # source cannot hear targets; else cannot reach them
+        duration = self._duration()
+        if deaf:
+            self._set_faults(source, {"drop_from": targets})
+            for t in targets:
+                self._set_faults(t, {"drop_to": [source]})
+        else:
+            self._set_faults(source, {"drop_to": targets})
+            for t in targets:
+                self._set_faults(t, {"drop_from": [source]})
+        self.counts["one_way"] += 1
+        self.log("one_way", node=source, others=targets,
+                 direction="cannot_hear" if deaf else "cannot_reach", seconds=round(duration, 3))
+        self._sleep(duration)
+        self.heal_network()
+
+    def _lossy(self) -> None:
+        ids = sorted(self.cluster.nodes)
+        nodes = sorted(self.rng.sample(ids, self.rng.randint(1, len(ids))))
+        rate = round(self.rng.uniform(0.1, 0.5), 3)
+        duration = self._duration()
+        for node_id in nodes:
+            self._set_faults(node_id, {"loss_rate": rate})
+        self.counts["lossy"] += 1
+        self.log("lossy", nodes=nodes, loss_rate=rate, seconds=round(duration, 3))
+        self._sleep(duration)
+        self.heal_network()
+
+    # -- healing --------------------------------------------------------------------------
+
+    def _set_faults(self, node_id: str, spec: Dict[str, Any]) -> bool:
+        node = self.cluster.nodes[node_id]
+        if not node.alive() or node.paused:
+            return False
+        result = http("PUT", node.url + "/admin/faults", json.dumps(spec).encode(),
+                      {"Authorization": "Bearer " + self.token,
+                       "Content-Type": "application/json"}, timeout=3.0)
+        if result.status != 200:
+            self.log("admin_error", node=node_id, status=result.status, error=result.error)
+            return False
+        return True
+
+    def heal_network(self) -> None:
+        for node_id, node in self.cluster.nodes.items():
+            if node.alive() and not node.paused:
+                result = http("DELETE", node.url + "/admin/faults",
+                              headers={"Authorization": "Bearer " + self.token}, timeout=3.0)
+                if result.status != 200:
+                    self.log("admin_error", node=node_id, status=result.status,
+                             error=result.error)
+        self.log("heal_network")
+
+    def heal_all(self) -> None:
+        """Resume every paused node, restart every dead one, clear every network fault."""
+        for node_id, node in sorted(self.cluster.nodes.items()):
+            if node.paused:
+                self.cluster.resume(node_id)
+                self.log("resume", nodes=[node_id])
+        for node_id in sorted(self.cluster.nodes):
+            self._restart(node_id)
+        self.heal_network()
+        self.log("healed")
+
+    def summary(self) -> Dict[str, int]:
+        return {kind: self.counts.get(kind, 0) for kind in FAULT_KINDS}
+
+    def save(self, path: str) -> None:
+        with open(path, "w") as f:
+            for event in list(self.events):
+                f.write(json.dumps(event, sort_keys=True) + "\n")
