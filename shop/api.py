@@ -19,6 +19,7 @@ from klein import Klein
 from txraft.web import HTTPError, RaftHTTP, json_response, query_arg, dumps
 
 from shop import schema
+from shop.openapi import spec
 from shop.schema import invalid
 from shop.state import Result, encode_command
 
@@ -70,8 +71,6 @@ class ShopAPI:
         self.http = http
         self.clock = clock
         self.state_machine = http.node.state_machine
-        from shop.openapi import spec  # late: openapi describes this module's routes
-
         self._spec = dumps(spec())
         app = self.app = Klein()
         for prefix, collection in COLLECTIONS.items():

@@ -192,14 +192,14 @@ def table(headers: Sequence[str], rows: List[Sequence[str]]) -> str:
 def render(args, result: Any) -> str:
     """Human-readable output of a command's result."""
     if args.resource == "status":
-        rows = []
+        rows, problems = [], []
         for url, status in result:
             if isinstance(status, dict):
                 rows.append([url] + [_cell(status.get(key)) for _, key in STATUS_COLUMNS])
             else:
-                rows.append([url, "unreachable: %s" % (getattr(status, "message", status),)]
-                            + [""] * (len(STATUS_COLUMNS) - 1))
-        return table(["URL"] + [h for h, _ in STATUS_COLUMNS], rows)
+                rows.append([url, "-", "unreachable"] + ["-"] * (len(STATUS_COLUMNS) - 2))
+                problems.append("%s: %s" % (url, getattr(status, "message", status)))
+        return "\n".join([table(["URL"] + [h for h, _ in STATUS_COLUMNS], rows)] + problems)
     if args.action == "list":
         columns = COLUMNS[args.resource]
         rows = [[_cell(item.get(key)) for _, key in columns] for item in result["items"]]

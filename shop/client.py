@@ -34,8 +34,8 @@ class ShopError(Exception):
 
     def __init__(self, status: int, code: str, message: str, field: Optional[str] = None,
                  body: Any = None):
-        super().__init__("%s %s: %s%s" % (status, code, message,
-                                          " (field %s)" % (field,) if field else ""))
+        super().__init__("%s%s: %s%s" % ("%d " % (status,) if status else "", code, message,
+                                         " (field %s)" % (field,) if field else ""))
         self.status = status
         self.code = code
         self.message = message

@@ -261,5 +261,10 @@ class CLITests(ClientCase):
                                             "APPLIED", "LAST", "LOG"])
         self.assertEqual(lines[1].split()[:5], ["http://n2.test", "n2", "follower", "1", "n1"])
         self.assertEqual(lines[2].split()[:6], ["http://n1.test", "n1", "leader", "1", "n1", "1"])
+        status, out, _ = self.shopctl("--cluster", "http://n1.test,http://gone.test", "status")
+        self.assertEqual(status, 0)
+        self.assertEqual(out.splitlines()[2].split(),
+                         ["http://gone.test", "-", "unreachable", "-", "-", "-", "-", "-"])
+        self.assertTrue(out.splitlines()[3].startswith("http://gone.test: "))
         status, out, _ = self.shopctl("--json", "status")
         self.assertEqual([n["status"]["role"] for n in json.loads(out)], ["follower", "leader"])
