@@ -12,7 +12,7 @@ node that already holds the record answers a repeat at once, without a log entry
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, List, Optional
 
 from klein import Klein
 
