@@ -404,6 +404,7 @@ class LeaderRoutingTests(SynchronousTestCase):
         fake_request.method = b"PUT"
         fake_request.content = None
         fake_request.requestHeaders = Headers()
+        fake_request.getHeader = lambda name: None
         d = http.forward(fake_request, "n1", "http://n1.test:5001")
         d.cancel()
         self.failureResultOf(d, defer.CancelledError)

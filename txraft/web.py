@@ -176,14 +176,6 @@ def _reject_constant(name):
     raise ValueError("%s is not JSON" % (name,))
 
 
-def _raw_body(request) -> bytes:
-    content = request.content
-    if content is None:
-        return b""
-    content.seek(0)
-    return content.read()
-
-
 class RaftHTTP:
     """The per-node HTTP plumbing an application's Klein routes are built on.
 
@@ -380,14 +372,14 @@ class RaftHTTP:
         """Serve ``request`` on the leader: 307 with ``?redirect=true``, else proxy it."""
         if leader_url is None or leader_id is None or leader_id == self.node.node_id:
             raise no_leader()
-        location = leader_url.rstrip("/") + request.uri.decode("latin-1")
+        location_bytes = leader_url.rstrip("/").encode("utf-8") + request.uri
+        location = location_bytes.decode("latin-1")
         if request.args.get(b"redirect") == [b"true"]:
             return json_response(
                 request,
                 307,
                 {"leader_id": leader_id, "location": location},
-                ((b"Location", location.encode("utf-8")),
-                 (b"X-Raft-Leader", leader_id.encode("utf-8"))),
+                ((b"Location", location_bytes), (b"X-Raft-Leader", leader_id.encode("utf-8"))),
             )
         if request.requestHeaders.hasHeader(FORWARDED_BY):
             # The node that sent us this request thought we lead; we think someone else
@@ -402,7 +394,7 @@ class RaftHTTP:
                 headers[name] = values
         headers[FORWARDED_BY] = [self._node_id_bytes]
         method = request.method
-        body = _raw_body(request)
+        body = self.body(request)
         inner = self.http_client.request(
             method.decode("ascii"),
             location,
