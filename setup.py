@@ -18,12 +18,14 @@ setup(
         "attrs>=23.1.0",
         "zope.interface>=6.0",
         "msgpack>=1.0.5",
+        "werkzeug>=2.0",  # imported directly by txraft.web (it also comes with klein)
     ],
     extras_require={
         "test": ["hypothesis>=6.80"],
     },
     entry_points={
         "console_scripts": [
+            "shopctl = shop.cli:main",
         ],
     },
 )

@@ -137,6 +137,9 @@ class Options(usage.Options):
         ["snapshot-trailing-entries", None, 1000,
          "Log entries kept behind a snapshot, so a slightly lagging follower is repaired "
          "from the log rather than by a snapshot transfer.", int],
+        ["access-log", None, None,
+         "Write an HTTP access log (combined format) to this file. Off by default: one "
+         "log line per request costs throughput."],
         ["admin-token-file", None, None,
          "Enable the fault-injection endpoint /admin/faults (chaos testing only): "
          "loopback clients presenting this file's token as a Bearer token. Off by default."],
@@ -257,8 +260,7 @@ class RaftNodeService(service.MultiService):
 
     def startService(self) -> None:
         # Imported here: twistd loads the plugin module just to list its options.
-        from twisted.web.client import Agent, HTTPConnectionPool
-        from twisted.web.server import Site
+        from twisted.web.client import Agent
         from treq.client import HTTPClient
 
         from txraft.codec import append_entries_overhead, encode_message
@@ -269,6 +271,7 @@ class RaftNodeService(service.MultiService):
         from txraft.storage import FileLogStorage
         from txraft.transport import UDPTransport
 
+        _QuietPool, _Site = _web_classes()
         opts = self.options
         reactor = self.reactor
         data_dir = opts["data-dir"]
@@ -313,8 +316,10 @@ class RaftNodeService(service.MultiService):
         node.transport = transport
         self.node = node
         self.udp_port = transport.listen(opts["port"], opts["bind"])
-        pool = HTTPConnectionPool(reactor, persistent=True)
-        pool.maxPersistentPerHost = 16
+        pool = _QuietPool(reactor, persistent=True)
+        # Followers forward concurrent requests to the leader: keep enough connections
+        # alive that a busy follower does not open and close one per request.
+        pool.maxPersistentPerHost = 128
         http_client = HTTPClient(Agent(reactor, pool=pool))
         resource = application.make_resource(node, reactor, http_client)
         if opts["admin-token"]:
@@ -322,7 +327,7 @@ class RaftNodeService(service.MultiService):
 
             resource = AdminRoot(resource, transport, opts["admin-token"])
             log.warn("fault-injection admin endpoint enabled at /admin/faults")
-        site = Site(resource)
+        site = _Site(resource, logPath=opts["access-log"])
         site.noisy = False
         self.http_service = internet.TCPServer(
             opts["http-port"], site, interface=opts["bind"], reactor=reactor
@@ -353,6 +358,26 @@ class RaftNodeService(service.MultiService):
         log.critical("stopping the process: {error}", error=failure.value)
         # Exit at once with a failure status; a supervisor restarts us from disk.
         self.reactor.callLater(0, os._exit, 70)
+
+
+def _web_classes():
+    from twisted.web.client import HTTPConnectionPool
+    from twisted.web.server import Site
+
+    class QuietPool(HTTPConnectionPool):
+        """A connection pool that does not log every connection it opens or closes."""
+
+        class _factory(HTTPConnectionPool._factory):  # type: ignore[name-defined]
+            noisy = False
+
+    class QuietSite(Site):
+        """Logs requests only when an access log file was asked for."""
+
+        def log(self, request):
+            if self.logPath:
+                super().log(request)
+
+    return QuietPool, QuietSite
 
 
 def makeService(options: Options) -> service.IService:
