@@ -722,20 +722,23 @@ class RaftCore:
         if m.success:
             if m.match_index > self.log.last_index:
                 return  # cannot be a response to this leader's messages
-            if m.match_index > pr.match_index:
+            advanced = m.match_index > pr.match_index
+            if advanced:
                 pr.match_index = m.match_index
                 pr.next_index = max(pr.next_index, m.match_index + 1)
                 while pr.inflight and pr.inflight[0] <= m.match_index:
                     pr.inflight.popleft()
+            # A success proves the logs agree up to match_index, even when it is no news
+            # (a probe right after a snapshot, with nothing after it to send): leave
+            # PROBE then too, or each answer would draw another empty probe, forever.
+            if advanced or (pr.state == PROBE and m.match_index == pr.match_index):
                 if pr.state != REPLICATE:
                     pr.state = REPLICATE
                     pr.probe_sent = False
                     pr.inflight.clear()
-                    pr.next_index = m.match_index + 1
-                self._maybe_commit()
-                self._append_pending = True
-            elif pr.state == PROBE:
-                pr.probe_sent = False
+                    pr.next_index = pr.match_index + 1
+                if advanced:
+                    self._maybe_commit()
                 self._append_pending = True
             return
         # A rejection only counts if it answers a message sent since the last success:
