@@ -1,0 +1,935 @@
+"""A deterministic cluster simulator for ``RaftCore``: many nodes, one seed, every fault.
+
+``Simulation`` runs N ``RaftCore`` objects on a simulated millisecond clock.  Everything
+random -- election timeouts, message loss, duplication and delay, fault choices, client
+behaviour -- comes from ONE ``random.Random(seed)``, so a seed replays exactly, event for
+event (``Simulation.trace`` records them).
+
+Each simulated node executes every ``Ready`` in the order the core's contract demands:
+persist (to a ``MemoryStorage``), send, apply (to a pluggable state machine), advance.
+A crash keeps only what was persisted and may strike between those steps
+(``crash(node_id, at="persist")`` crashes right after persisting, before sending).
+
+Closed-loop ``SimClient``s propose writes and issue ReadIndex reads to whichever node they
+think leads, with timeouts and retries; outcomes may be unknown, as in production.
+
+After every event the ``SafetyChecker`` (``txraft.testing.sim_invariants``) checks the
+paper's five safety properties and linearizable reads; a violation raises
+``InvariantViolation`` naming the seed and the command that replays it.  After
+``heal()``, ``await_quiet()`` checks liveness: a leader within a bound and every pending
+operation resolved.
+
+Using it for your own state machine: pass ``state_machine_factory`` (a zero-argument
+callable returning an object with ``apply(entry)``, ``query(query)``, ``snapshot()`` and
+``restore(data)``; ``IStateMachineAdapter`` wraps a ``txraft.interfaces.IStateMachine``)
+and a ``workload`` that invents operations and checks read results.
+
+Time: ``SimConfig.tick_ms`` milliseconds per core tick (10 by default, so the default
+election timeout of 15 ticks is 150-300 ms and heartbeats go every 50 ms).
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import attrs
+
+from txraft.core import LEADER, CoreConfig, NotLeaderOutcome, RaftCore
+from txraft.messages import (
+    ENTRY_NOOP,
+    AppendEntries,
+    AppendEntriesResponse,
+    HardState,
+    InstallSnapshot,
+    SnapshotMeta,
+)
+from txraft.testing.sim_invariants import InvariantViolation, LivenessViolation, SafetyChecker
+from txraft.testing.sim_network import SimNetwork
+
+DEFAULT_REPLAY = "TXRAFT_SEED=%(seed)d python -m twisted.trial tests.test_sim_random"
+
+CRASH_POINTS = ("persist", "send", "apply")
+
+
+@attrs.frozen
+class SimConfig:
+    """The simulated cluster: sizes and timings (ticks, milliseconds, bytes)."""
+
+    nodes: int = 3
+    tick_ms: int = 10
+    election_ticks: int = 15
+    heartbeat_ticks: int = 5
+    max_append_bytes: int = 1024
+    max_append_entries: int = 4096
+    max_inflight: int = 8
+    max_apply_entries: int = 4096
+    pre_vote: bool = True
+    check_quorum: bool = True
+    #: Compact the log once this many entries are applied past the snapshot (0: never).
+    snapshot_every: int = 0
+    clients: int = 2
+    #: A client gives up on one attempt after this long (the outcome is then unknown).
+    client_timeout_ms: int = 300
+    #: A client waits up to this long between operations.
+    client_think_ms: int = 20
+    #: Attempts of one operation before the client moves on.
+    client_attempts: int = 8
+
+    def core_config(self) -> CoreConfig:
+        return CoreConfig(
+            election_ticks=self.election_ticks,
+            heartbeat_ticks=self.heartbeat_ticks,
+            max_append_bytes=self.max_append_bytes,
+            max_append_entries=self.max_append_entries,
+            max_inflight=self.max_inflight,
+            max_apply_entries=self.max_apply_entries,
+            pre_vote=self.pre_vote,
+            check_quorum=self.check_quorum,
+        )
+
+
+# ------------------------------------------------------------------- storage
+
+
+class MemoryStorage:
+    """What one node has made durable: hard state, snapshot and log; survives crashes."""
+
+    def __init__(self) -> None:
+        self.hard_state = HardState()
+        self.snapshot = SnapshotMeta()
+        self.snapshot_data: Optional[bytes] = None
+        self.entries: List[Any] = []
+        self.truncations = 0
+
+    @property
+    def last_index(self) -> int:
+        return self.snapshot.index + len(self.entries)
+
+    def term_at(self, index: int) -> Optional[int]:
+        if index == self.snapshot.index:
+            return self.snapshot.term
+        offset = index - self.snapshot.index - 1
+        if offset < 0 or offset >= len(self.entries):
+            return None
+        return self.entries[offset].term
+
+    def save(self, hard_state: Optional[HardState], entries: Any) -> None:
+        """One atomic fsync: ``entries`` replace stored ones at the same or higher index."""
+        if hard_state is not None:
+            self.hard_state = hard_state
+        if not entries:
+            return
+        first = entries[0].index
+        if first > self.last_index + 1:
+            raise AssertionError(
+                "Ready entries start at %d, after the durable log's end %d"
+                % (first, self.last_index)
+            )
+        offset = first - self.snapshot.index - 1
+        if offset < 0:
+            entries = entries[-offset:]
+            offset = 0
+        if offset < len(self.entries):
+            if self.entries[offset].term != entries[0].term:
+                self.truncations += 1
+            del self.entries[offset:]
+        self.entries.extend(entries)
+
+    def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """A durable snapshot at ``meta``; entries it covers are dropped, later ones kept
+        only if the log agrees with the snapshot's last entry."""
+        if self.term_at(meta.index) == meta.term:
+            del self.entries[: meta.index - self.snapshot.index]
+        else:
+            self.entries = []
+        self.snapshot = meta
+        self.snapshot_data = data
+
+    def load(self) -> Tuple[HardState, SnapshotMeta, Optional[bytes], List[Any]]:
+        return self.hard_state, self.snapshot, self.snapshot_data, list(self.entries)
+
+
+# ------------------------------------------------------------- state machine
+
+
+class KVStateMachine:
+    """The default state machine: a map of registers; entry data is ``b"key=value"``.
+
+    Each register remembers the index of the entry that wrote it, so reads can be checked
+    against the log.
+    """
+
+    def __init__(self) -> None:
+        self.values: Dict[bytes, Tuple[bytes, int]] = {}
+
+    def apply(self, entry: Any) -> int:
+        key, sep, value = entry.data.partition(b"=")
+        if sep:
+            self.values[key] = (value, entry.index)
+        return entry.index
+
+    def query(self, key: bytes) -> Tuple[Optional[bytes], int]:
+        return self.values.get(key, (None, 0))
+
+    def snapshot(self) -> bytes:
+        return b"\n".join(
+            b"%s=%s=%d" % (k, v, i) for k, (v, i) in sorted(self.values.items())
+        )
+
+    def restore(self, data: bytes) -> None:
+        self.values = {}
+        for line in data.split(b"\n"):
+            if line:
+                k, v, i = line.split(b"=")
+                self.values[k] = (v, int(i))
+
+
+class IStateMachineAdapter:
+    """Run a ``txraft.interfaces.IStateMachine`` in the simulator.
+
+    ``query`` is a callable given the wrapped state machine and the read's query.
+    """
+
+    def __init__(self, machine: Any, query: Callable[[Any, Any], Any]):
+        self.machine = machine
+        self._query = query
+        self._last = (0, 0)
+
+    def apply(self, entry: Any) -> Any:
+        self._last = (entry.index, entry.term)
+        return self.machine.apply_batch([entry])[0]
+
+    def query(self, query: Any) -> Any:
+        return self._query(self.machine, query)
+
+    def snapshot(self) -> bytes:
+        return self.machine.snapshot()[2]
+
+    def restore(self, data: bytes) -> None:
+        self.machine.restore(self._last[0], self._last[1], data)
+
+
+@attrs.frozen
+class Operation:
+    """One client operation: ``kind`` is "write" (``payload`` is entry data) or "read"
+    (``payload`` is the state machine query); ``key`` names what it touches."""
+
+    kind: str
+    payload: Any
+    key: Any = None
+
+
+class KVWorkload:
+    """Random writes and reads on a few registers, with the linearizability check for
+    reads: a read must return a value at least as new as every write or read of that
+    register that completed before the read began."""
+
+    def __init__(self, keys: int = 3, write_ratio: float = 0.6):
+        self.keys = [b"k%d" % i for i in range(keys)]
+        self.write_ratio = write_ratio
+        self.sim: Any = None
+        #: key -> highest log index of a write to it that a client saw complete (or that
+        #: a completed read returned).
+        self.completed: Dict[bytes, int] = {}
+
+    def bind(self, sim: Any) -> None:
+        self.sim = sim
+
+    def next_operation(self, rng: random.Random, client: str, seq: int,
+                       kind: Optional[str] = None, key: Any = None) -> Operation:
+        """A new operation; ``kind``/``key`` ask for a particular one (a retry)."""
+        if kind is None:
+            kind = "write" if rng.random() < self.write_ratio else "read"
+        if key is None:
+            key = rng.choice(self.keys)
+        if kind == "write":
+            return Operation("write", b"%s=%s.%d" % (key, client.encode(), seq), key)
+        return Operation("read", key, key)
+
+    def read_started(self, op: Operation) -> int:
+        return self.completed.get(op.key, 0)
+
+    def write_completed(self, op: Operation, index: int, result: Any) -> None:
+        if index > self.completed.get(op.key, 0):
+            self.completed[op.key] = index
+
+    def read_completed(self, op: Operation, required: int, result: Any) -> Optional[str]:
+        value, index = result
+        if index:
+            entry = self.sim.checker.committed.get(index)
+            if entry is None or entry.data != b"%s=%s" % (op.key, value):
+                return "read of %r returned %r from index %d, which the log does not hold" % (
+                    op.key, value, index)
+        elif value is not None:
+            return "read of %r returned %r without an index" % (op.key, value)
+        if index < required:
+            return (
+                "stale read: %r returned the write at index %d, but the write at index %d "
+                "had completed before the read began (dissertation section 6.4)"
+                % (op.key, index, required)
+            )
+        if index > self.completed.get(op.key, 0):
+            self.completed[op.key] = index
+        return None
+
+
+# ------------------------------------------------------------ client traffic
+
+
+@attrs.frozen(slots=True)
+class ClientRequest:
+    client: str
+    req_id: int
+    op: Operation
+    receiver: str
+
+
+@attrs.frozen(slots=True)
+class ClientResponse:
+    client: str
+    req_id: int
+    status: str  # "ok", "not_leader", "unknown", "failed"
+    sender: str
+    result: Any = None
+    index: int = 0
+    leader_id: Optional[str] = None
+
+
+# ---------------------------------------------------------------------- nodes
+
+
+class SimNode:
+    """One server: a core, its durable storage and its (volatile) state machine."""
+
+    def __init__(self, sim: "Simulation", node_id: str):
+        self.sim = sim
+        self.id = node_id
+        self.storage = MemoryStorage()
+        self.core: Optional[RaftCore] = None
+        self.machine: Any = None
+        self.paused_until = 0
+        self.dirty = False
+        self.crash_point: Optional[str] = None
+        self.tick_rate = 1.0
+        self._tick_credit = 0.0
+        self.incarnation = 0
+        self.pending_writes: Dict[int, Tuple[int, ClientRequest]] = {}
+        self._writes_term = 0
+        self.pending_reads: Dict[Any, ClientRequest] = {}
+        self._reads_accepted = 0
+        self._incoming_snapshots: Dict[Tuple[int, int], bytes] = {}
+
+    @property
+    def up(self) -> bool:
+        return self.core is not None
+
+    def start(self) -> None:
+        """Boot from storage, as after a crash: only durable state survives."""
+        sim = self.sim
+        hard_state, snapshot, data, entries = self.storage.load()
+        self.core = RaftCore(
+            self.id, sim.node_ids, sim.core_config, sim.rng,
+            hard_state=hard_state, snapshot=snapshot, entries=entries,
+            applied_index=snapshot.index,
+        )
+        self.machine = sim.state_machine_factory()
+        if data is not None:
+            self.machine.restore(data)
+        self.incarnation += 1
+        self.crash_point = None
+        self.pending_writes = {}
+        self.pending_reads = {}
+        self._incoming_snapshots = {}
+        sim.checker.on_start(self)
+        sim.record("start", self.id, self.core.term, self.core.log.last_index)
+
+    def crash(self) -> None:
+        """Lose everything not in storage; clients waiting on this node time out."""
+        sim = self.sim
+        sim.stats["crashes"] += 1
+        for ctx in self.pending_reads:
+            sim.checker.on_read_dropped(ctx)
+        self.core = None
+        self.machine = None
+        self.pending_writes = {}
+        self.pending_reads = {}
+        self.crash_point = None
+        sim.record("crash", self.id)
+
+    # -------------------------------------------------------------- inputs
+
+    def tick(self) -> None:
+        core = self.core
+        self._tick_credit += self.tick_rate
+        while self._tick_credit >= 1.0:
+            self._tick_credit -= 1.0
+            was_leader = core.role == LEADER
+            core.tick()
+            if was_leader and core.role != LEADER:
+                self.sim.stats["check_quorum_stepdowns"] += 1
+                self.sim.record("stepdown", self.id, core.term)
+            self.drain()
+            core = self.core
+            if core is None:
+                return
+
+    def receive(self, message: Any) -> None:
+        core = self.core
+        if core is None:
+            return
+        if self.paused_until > self.sim.now:
+            self.sim.schedule_at(self.paused_until, self._receive_later, message)
+            return
+        sim = self.sim
+        sim.record("recv", self.id, message.sender, type(message).__name__, message.term)
+        if isinstance(message, InstallSnapshot):
+            self._incoming_snapshots[(message.last_included_index,
+                                      message.last_included_term)] = message.data
+        elif isinstance(message, AppendEntriesResponse):
+            sim.observe_append_response(core, message)
+        elif isinstance(message, AppendEntries):
+            sim.observe_append(core, message)
+        core.step(message)
+        self.drain()
+
+    def _receive_later(self, message: Any) -> None:
+        self.receive(message)
+
+    def client_request(self, req: ClientRequest) -> None:
+        core = self.core
+        if core is None:
+            return
+        sim = self.sim
+        if self.paused_until > sim.now:
+            sim.schedule_at(self.paused_until, self._client_later, req)
+            return
+        sim.record("client", self.id, req.client, req.req_id, req.op.kind)
+        if req.op.kind == "write":
+            out = core.propose(req.op.payload)
+            if isinstance(out, NotLeaderOutcome):
+                self.reply(req, "not_leader", leader_id=out.leader_id)
+                return
+            if self._writes_term != out.term:
+                self._fail_pending_writes()
+                self._writes_term = out.term
+            self.pending_writes[out.index] = (out.term, req)
+        else:
+            # A duplicated request is a second read: give each its own context.
+            self._reads_accepted += 1
+            ctx = (self.id, self.incarnation, self._reads_accepted)
+            if core.role == LEADER and core.term < sim.checker.max_leader_term:
+                sim.stats["deposed_leader_reads"] += 1
+            out = core.read_index(ctx)
+            if isinstance(out, NotLeaderOutcome):
+                self.reply(req, "not_leader", leader_id=out.leader_id)
+                return
+            self.pending_reads[ctx] = req
+            sim.checker.on_read_accepted(self, ctx)
+        self.drain()
+
+    def _client_later(self, req: ClientRequest) -> None:
+        self.client_request(req)
+
+    def reply(self, req: ClientRequest, status: str, **kw: Any) -> None:
+        sim = self.sim
+        resp = ClientResponse(req.client, req.req_id, status, self.id, **kw)
+        client = sim.clients_by_id[req.client]
+        sim.network.send(self.id, req.client, resp, client.on_response)
+
+    def _fail_pending_writes(self) -> None:
+        if self.pending_writes:
+            for _, req in self.pending_writes.values():
+                self.reply(req, "unknown")
+            self.pending_writes = {}
+
+    # ---------------------------------------------------------- the Ready loop
+
+    def drain(self) -> None:
+        """Execute Ready batches until there are none: persist, send, apply, advance."""
+        core = self.core
+        sim = self.sim
+        checker = sim.checker
+        if not self.dirty:
+            checker.touch(self)
+        storage = self.storage
+        while core.has_ready():
+            rd = core.ready()
+            crash_point = self.crash_point
+            # 1. persist (one fsync)
+            if rd.snapshot is not None:
+                data = self._incoming_snapshots.pop((rd.snapshot.index, rd.snapshot.term))
+                storage.save_snapshot(rd.snapshot, data)
+                sim.stats["snapshots_installed"] += 1
+            if rd.hard_state is not None or rd.entries:
+                storage.save(rd.hard_state, rd.entries)
+                checker.on_persist(self, rd.hard_state, rd.entries)
+            if crash_point == "persist":
+                sim.stats["crashes_after_persist"] += 1
+                self.crash()
+                return
+            # 2. send
+            for m in rd.messages:
+                checker.on_send(self, m)
+                if isinstance(m, InstallSnapshot):
+                    if storage.snapshot.index != m.last_included_index:
+                        raise AssertionError(
+                            "core asked to send snapshot %d, storage holds %d"
+                            % (m.last_included_index, storage.snapshot.index)
+                        )
+                    m = attrs.evolve(m, data=storage.snapshot_data or b"")
+                    sim.stats["snapshots_sent"] += 1
+                receiver = sim.nodes.get(m.receiver)
+                if receiver is not None:
+                    sim.network.send(self.id, m.receiver, m, receiver.receive)
+            if crash_point == "send":
+                sim.stats["crashes_after_send"] += 1
+                self.crash()
+                return
+            # 3. apply, then serve reads
+            if rd.snapshot is not None:
+                self.machine.restore(storage.snapshot_data)
+                checker.on_restore(self, rd.snapshot.index)
+                for index in [i for i in self.pending_writes if i <= rd.snapshot.index]:
+                    self.reply(self.pending_writes.pop(index)[1], "unknown")
+            machine = self.machine
+            pending = self.pending_writes
+            for entry in rd.committed_entries:
+                checker.on_apply(self, entry)
+                result = None
+                if entry.kind != ENTRY_NOOP:
+                    result = machine.apply(entry)
+                if pending:
+                    waiting = pending.pop(entry.index, None)
+                    if waiting is not None:
+                        term, req = waiting
+                        if term == entry.term:
+                            self.reply(req, "ok", result=result, index=entry.index)
+                        else:
+                            self.reply(req, "failed")
+            for ctx in rd.reads:
+                req = self.pending_reads.pop(ctx)
+                checker.on_read_released(self, ctx)
+                sim.stats["reads_served"] += 1
+                self.reply(req, "ok", result=machine.query(req.op.payload))
+            for ctx in rd.failed_reads:
+                req = self.pending_reads.pop(ctx, None)
+                checker.on_read_dropped(ctx)
+                sim.stats["reads_failed"] += 1
+                if req is not None:
+                    self.reply(req, "failed")
+            if rd.soft_state is not None:
+                sim.record("role", self.id, rd.soft_state.role, rd.soft_state.term,
+                           rd.soft_state.leader_id)
+            if crash_point == "apply":
+                sim.stats["crashes_after_apply"] += 1
+                self.crash()
+                return
+            # 4. advance
+            core.advance(rd)
+            if pending and (core.role != LEADER or core.term != self._writes_term):
+                self._fail_pending_writes()
+            every = sim.config.snapshot_every
+            if every and core.last_applied - core.log.snapshot_index >= every:
+                self._compact()
+
+    def _compact(self) -> None:
+        core = self.core
+        index = core.last_applied
+        meta = SnapshotMeta(index, core.log.term_at(index))
+        self.storage.save_snapshot(meta, self.machine.snapshot())
+        core.compact(meta)
+        self.sim.stats["compactions"] += 1
+
+
+# -------------------------------------------------------------------- clients
+
+
+class SimClient:
+    """A closed-loop client: one operation at a time, retried against the leader it
+    believes in, with a timeout per attempt (after which the outcome is unknown)."""
+
+    def __init__(self, sim: "Simulation", client_id: str):
+        self.sim = sim
+        self.id = client_id
+        self.leader_guess: Optional[str] = None
+        self.seq = 0
+        self.op: Optional[Operation] = None
+        self._attempt_id = 0
+        self._target: Optional[str] = None
+        self._token: Any = None
+        self._attempts_left = 0
+        self._fresh = True
+        self._backoff = 0
+        self.stopped = False
+        #: Once set, the client stops after one successful write and one successful read.
+        self.finishing = False
+        self.done_kinds: set = set()
+
+    def start(self) -> None:
+        self.sim.schedule(self.sim.rng.randint(0, self.sim.config.client_think_ms),
+                          self._next_operation, None)
+
+    def _next_operation(self, _: Any) -> None:
+        if self.stopped:
+            return
+        sim = self.sim
+        self.seq += 1
+        kind = None
+        if self.finishing and len(self.done_kinds) == 1:
+            kind = "read" if "write" in self.done_kinds else "write"
+        self.op = sim.workload.next_operation(sim.rng, self.id, self.seq, kind=kind)
+        self._fresh = True
+        self._attempts_left = sim.config.client_attempts
+        self._attempt()
+
+    def _attempt(self) -> None:
+        sim = self.sim
+        if self._attempts_left <= 0:
+            sim.stats["client_gave_up"] += 1
+            self._think()
+            return
+        self._attempts_left -= 1
+        if not self._fresh and self.op.kind == "write":
+            # A retried write is a new write: the old one may still be applied.
+            self.seq += 1
+            self.op = sim.workload.next_operation(
+                sim.rng, self.id, self.seq, kind="write", key=self.op.key)
+        self._fresh = False
+        self._attempt_id += 1
+        target = self.leader_guess
+        if target is None or target not in sim.nodes:
+            target = sim.rng.choice(sim.node_ids)
+        self._target = target
+        if self.op.kind == "read":
+            self._token = sim.workload.read_started(self.op)
+        req = ClientRequest(self.id, self._attempt_id, self.op, target)
+        sim.network.send(self.id, target, req, sim.nodes[target].client_request)
+        sim.schedule(sim.config.client_timeout_ms, self._timeout, self._attempt_id)
+
+    def _think(self) -> None:
+        self.sim.schedule(self.sim.rng.randint(1, self.sim.config.client_think_ms),
+                          self._next_operation, None)
+
+    def _timeout(self, attempt_id: int) -> None:
+        if attempt_id != self._attempt_id or self.stopped:
+            return
+        self._attempt_id += 1  # a late answer to the old attempt is ignored
+        sim = self.sim
+        sim.stats["client_timeouts"] += 1
+        sim.record("timeout", self.id, attempt_id)
+        self.leader_guess = None
+        self._attempt()
+
+    def on_response(self, resp: ClientResponse) -> None:
+        if resp.req_id != self._attempt_id or self.stopped:
+            return
+        sim = self.sim
+        self._attempt_id += 1  # this attempt is answered; its timeout is moot
+        sim.record("answer", self.id, resp.req_id, resp.status, resp.index)
+        op = self.op
+        if resp.status == "ok":
+            self._backoff = 0
+            self.leader_guess = resp.sender
+            if op.kind == "write":
+                sim.stats["writes_ok"] += 1
+                sim.workload.write_completed(op, resp.index, resp.result)
+            else:
+                sim.stats["reads_ok"] += 1
+                error = sim.workload.read_completed(op, self._token, resp.result)
+                if error is not None:
+                    sim.violation(error)
+            if self.finishing:
+                self.done_kinds.add(op.kind)
+                if len(self.done_kinds) == 2:
+                    self.stopped = True
+                    return
+            self._think()
+            return
+        if resp.status == "not_leader":
+            sim.stats["client_redirects"] += 1
+            self.leader_guess = resp.leader_id
+            if resp.leader_id is None or resp.leader_id == resp.sender:
+                # No leader known: back off exponentially (10 ms doubling up to 320 ms).
+                self.leader_guess = None
+                self._backoff = min(self._backoff * 2 or 10, 320)
+                sim.schedule(sim.rng.randint(self._backoff // 2, self._backoff),
+                             self._retry_later, self._attempt_id)
+                return
+        elif resp.status == "unknown":
+            sim.stats["writes_unknown"] += 1
+        else:
+            sim.stats["ops_failed"] += 1
+            self.leader_guess = None
+        self._attempt()
+
+    def _retry_later(self, attempt_id: int) -> None:
+        if attempt_id == self._attempt_id and not self.stopped:
+            self._attempt()
+
+
+# ----------------------------------------------------------------- simulation
+
+
+class Stats(dict):
+    """Counters that start at zero."""
+
+    def __missing__(self, key: str) -> int:
+        return 0
+
+
+class Simulation:
+    """N cores, a network, clients and a checker on one clock and one seeded random."""
+
+    def __init__(
+        self,
+        seed: int,
+        config: SimConfig = SimConfig(),
+        state_machine_factory: Callable[[], Any] = KVStateMachine,
+        workload: Any = None,
+        replay: str = DEFAULT_REPLAY,
+        record_trace: bool = True,
+        rng: Optional[random.Random] = None,
+    ):
+        self.seed = seed
+        self.config = config
+        self.core_config = config.core_config()
+        #: The one source of randomness (pass ``rng`` if you drew settings from it).
+        self.rng = rng if rng is not None else random.Random(seed)
+        self.replay = replay
+        self.now = 0
+        self.events = 0
+        self._queue: List[Tuple[int, int, Callable[[Any], None], Any]] = []
+        self._seq = 0
+        self.trace: List[Tuple[Any, ...]] = []
+        self._record_trace = record_trace
+        self.stats = Stats()
+        self.state_machine_factory = state_machine_factory
+        self.workload = workload if workload is not None else KVWorkload()
+        self.workload.bind(self)
+        self.network = SimNetwork(self)
+        self.checker = SafetyChecker(self)
+        self.node_ids = ["n%d" % i for i in range(1, config.nodes + 1)]
+        self.nodes: Dict[str, SimNode] = {nid: SimNode(self, nid) for nid in self.node_ids}
+        self.node_list = list(self.nodes.values())
+        self.clients = [SimClient(self, "c%d" % i) for i in range(1, config.clients + 1)]
+        self.clients_by_id = {c.id: c for c in self.clients}
+        self.leaders: List[Tuple[int, int, str]] = []
+        self.healed_at: Optional[int] = None
+        for node in self.node_list:
+            node.start()
+        self.schedule(config.tick_ms, self._tick, None)
+        for client in self.clients:
+            client.start()
+
+    # ---------------------------------------------------------------- clock
+
+    def schedule(self, delay_ms: int, fn: Callable[[Any], None], arg: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (self.now + delay_ms, self._seq, fn, arg))
+
+    def schedule_at(self, when_ms: int, fn: Callable[[Any], None], arg: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (max(when_ms, self.now), self._seq, fn, arg))
+
+    def run_for(self, ms: int) -> None:
+        self.run_until(self.now + ms)
+
+    def run_until(self, t_end: int) -> None:
+        """Run every event due up to ``t_end``, checking invariants after each."""
+        queue = self._queue
+        pop = heapq.heappop
+        after_event = self.checker.after_event
+        while queue and queue[0][0] <= t_end:
+            when, _, fn, arg = pop(queue)
+            self.now = when
+            self.events += 1
+            fn(arg)
+            after_event()
+        self.now = max(self.now, t_end)
+
+    def _tick(self, _: Any) -> None:
+        now = self.now
+        for node in self.node_list:
+            if node.core is not None and node.paused_until <= now:
+                node.tick()
+        self.schedule(self.config.tick_ms, self._tick, None)
+
+    # ------------------------------------------------------------- recording
+
+    def record(self, *event: Any) -> None:
+        if self._record_trace:
+            self.trace.append((self.now,) + event)
+
+    def violation(self, what: str) -> None:
+        raise InvariantViolation(
+            "%s\n    seed %d, at t=%d ms (event %d)\n    replay: %s"
+            % (what, self.seed, self.now, self.events, self.replay % {"seed": self.seed})
+        )
+
+    def on_new_leader(self, node: SimNode, term: int) -> None:
+        self.leaders.append((self.now, term, node.id))
+        self.record("leader", node.id, term)
+
+    def observe_append(self, core: RaftCore, m: AppendEntries) -> None:
+        """Count AppendEntries that are stale: everything they carry is already there."""
+        if m.entries and m.term == core.term:
+            last = m.entries[-1]
+            if core.log.term_at(last.index) == last.term and last.index < core.log.last_index:
+                self.stats["stale_appends"] += 1
+
+    def observe_append_response(self, core: RaftCore, m: AppendEntriesResponse) -> None:
+        """Count responses that arrive after a newer one from the same follower."""
+        if core.role != LEADER or m.term != core.term:
+            return
+        pr = core.progress.get(m.sender)
+        if pr is None:
+            return
+        if m.success and m.match_index < pr.match_index:
+            self.stats["stale_responses"] += 1
+        elif not m.success and m.rejected_index <= pr.match_index:
+            self.stats["stale_rejections"] += 1
+
+    # ---------------------------------------------------------------- faults
+
+    def crash(self, node_id: str, at: Optional[str] = None) -> None:
+        """Crash now, or (``at`` in ``CRASH_POINTS``) right after that step of the next
+        Ready the node executes."""
+        node = self.nodes[node_id]
+        if node.core is None:
+            return
+        if at is None:
+            node.crash()
+        else:
+            if at not in CRASH_POINTS:
+                raise ValueError("crash point must be one of %r" % (CRASH_POINTS,))
+            node.crash_point = at
+
+    def restart(self, node_id: str) -> None:
+        node = self.nodes[node_id]
+        if node.core is None:
+            node.start()
+            node.drain()
+
+    def pause(self, node_id: str, ms: int) -> None:
+        """Freeze a node (no ticks, messages queue) as in a long GC or VM pause."""
+        node = self.nodes[node_id]
+        node.paused_until = max(node.paused_until, self.now + ms)
+        self.stats["pauses"] += 1
+        self.record("pause", node_id, ms)
+
+    def leader(self) -> Optional[SimNode]:
+        """The live leader of the highest term, if any."""
+        best = None
+        for node in self.node_list:
+            core = node.core
+            if core is not None and core.role == LEADER:
+                if best is None or core.term > best.core.term:
+                    best = node
+        return best
+
+    def heal(self) -> None:
+        """End every fault: partitions, loss, duplication, long delays, crashes, pauses.
+        Clients then finish with one successful write and one successful read each."""
+        net = self.network
+        net.heal()
+        net.loss = 0.0
+        net.duplicate = 0.0
+        net.long_delay = 0.0
+        for node in self.node_list:
+            node.paused_until = min(node.paused_until, self.now)
+            node.crash_point = None
+            node.tick_rate = 1.0
+            if node.core is None:
+                self.restart(node.id)
+        for client in self.clients:
+            client.finishing = True
+            client.done_kinds = set()
+            if client.stopped:
+                client.stopped = False
+                client.start()
+        self.healed_at = self.now
+        self.record("heal")
+
+    def stable_leader(self) -> Optional[SimNode]:
+        """A leader every live node follows in its term, or None."""
+        leader = self.leader()
+        if leader is None:
+            return None
+        term = leader.core.term
+        for node in self.node_list:
+            core = node.core
+            if core is None or core.term != term or core.leader_id != leader.id:
+                return None
+        return leader
+
+    def is_quiet(self) -> bool:
+        leader = self.stable_leader()
+        if leader is None:
+            return False
+        commit = leader.core.commit_index
+        if commit != leader.core.log.last_index:
+            return False
+        for node in self.node_list:
+            if node.core.last_applied != commit or node.pending_writes or node.pending_reads:
+                return False
+        return all(c.stopped for c in self.clients)
+
+    def await_quiet(self, leader_within_ms: int, quiet_within_ms: int) -> Dict[str, int]:
+        """After ``heal``: a stable leader within ``leader_within_ms`` and everything
+        resolved (clients done, nothing pending, all applied) within ``quiet_within_ms``.
+        Returns how long each took; raises ``LivenessViolation`` otherwise."""
+        start = self.now
+        step = self.config.tick_ms
+        leader_at = None
+        while True:
+            if leader_at is None and self.stable_leader() is not None:
+                leader_at = self.now - start
+            if leader_at is not None and self.is_quiet():
+                return {"leader_ms": leader_at, "quiet_ms": self.now - start}
+            waited = self.now - start
+            if leader_at is None and waited > leader_within_ms:
+                self._liveness("no stable leader %d ms after healing" % waited)
+            if waited > quiet_within_ms:
+                self._liveness("not quiet %d ms after healing" % waited)
+            self.run_for(step)
+
+    def check_idle_traffic(self, ms: int = 1000, slack: float = 2.0) -> int:
+        """Once quiet, a cluster exchanges heartbeats and their answers and nothing else:
+        run ``ms`` more and fail if more than ``slack`` times that many messages flowed
+        (a message storm, e.g. a probe answered by a probe forever).  Returns the count."""
+        net = self.network.stats
+        before = net["sent"]
+        self.run_for(ms)
+        sent = net["sent"] - before
+        n = len(self.node_ids)
+        rounds = ms / float(self.config.heartbeat_ticks * self.config.tick_ms) + 1
+        allowed = int(slack * rounds * 2 * (n - 1)) + 4 * n
+        if sent > allowed:
+            self._liveness(
+                "%d messages in %d ms of an idle cluster (at most %d expected: heartbeats)"
+                % (sent, ms, allowed)
+            )
+        return sent
+
+    def _liveness(self, what: str) -> None:
+        lines = [what]
+        for node in self.node_list:
+            core = node.core
+            lines.append(
+                "  %s: %s term %d leader %s commit %d applied %d last %d pending %d/%d"
+                % (node.id, core.role, core.term, core.leader_id, core.commit_index,
+                   core.last_applied, core.log.last_index, len(node.pending_writes),
+                   len(node.pending_reads))
+            )
+            if core.role == LEADER:
+                for peer, pr in sorted(core.progress.items()):
+                    lines.append("      %s: %r" % (peer, pr))
+        for client in self.clients:
+            lines.append("  %s: stopped %s done %s op %r" % (
+                client.id, client.stopped, sorted(client.done_kinds), client.op))
+        raise LivenessViolation(
+            "%s\n    seed %d, at t=%d ms\n    replay: %s"
+            % ("\n".join(lines), self.seed, self.now, self.replay % {"seed": self.seed})
+        )
