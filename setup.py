@@ -21,11 +21,12 @@ setup(
         "werkzeug>=2.0",  # imported directly by txraft.web (it also comes with klein)
     ],
     extras_require={
-        "test": ["hypothesis>=6.80"],
+        "test": ["hypothesis>=6.80", "pyyaml>=6.0"],
     },
     entry_points={
         "console_scripts": [
             "shopctl = shop.cli:main",
+            "txraft-cluster = txraft.clustercmd:main",
         ],
     },
 )
