@@ -32,6 +32,7 @@ class FakeRaftNode:
         self.role = "leader"
         self.leader_id: Optional[str] = node_id
         self.leader_url: Optional[str] = url
+        self.leader_public_url: Optional[str] = None
         #: Fail proposals with CommitTimeout; with ``apply_on_timeout`` apply them first.
         self.commit_timeout = False
         self.apply_on_timeout = False
@@ -53,9 +54,12 @@ class FakeRaftNode:
         self.role = "leader"
         self.leader_id, self.leader_url = self.node_id, self.url
 
-    def follow(self, leader_id: str, leader_url: Optional[str]) -> None:
+    def follow(
+        self, leader_id: str, leader_url: Optional[str], public_url: Optional[str] = None
+    ) -> None:
         self.role = "follower"
         self.leader_id, self.leader_url = leader_id, leader_url
+        self.leader_public_url = public_url
 
     def lose_leader(self) -> None:
         self.role = "follower"
@@ -88,7 +92,7 @@ class FakeRaftNode:
     # -- IRaftNode --------------------------------------------------------------------
 
     def _not_leader(self):
-        return defer.fail(NotLeader(self.leader_id, self.leader_url))
+        return defer.fail(NotLeader(self.leader_id, self.leader_url, self.leader_public_url))
 
     def propose(self, data: bytes):
         self.calls["propose"] += 1

@@ -586,8 +586,12 @@ class ComposeFileTests(SynchronousTestCase):
         change to one that is not made to all is caught."""
         def normalized(name):
             number = name[-1]
-            dumped = json.dumps(self.raw["services"][name], sort_keys=True)
-            # The members list names every node; take it out before renumbering.
+            service = json.loads(json.dumps(self.raw["services"][name]))
+            # The members and advertised URLs name every node; take them out before
+            # renumbering.
+            command = service["command"]
+            command[command.index("--advertise-urls") + 1] = "ADVERTISED"
+            dumped = json.dumps(service, sort_keys=True)
             dumped = dumped.replace(option_value(self.command(name), "--members"), "MEMBERS")
             return re.sub(r"node%s|500%s" % (number, number), "SELF", dumped)
 

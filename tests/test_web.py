@@ -324,6 +324,17 @@ class LeaderRoutingTests(SynchronousTestCase):
         self.assertEqual(c.to_leader.requests, [])
         self.assertEqual(c.leader_sm.applied_index(), 0)
 
+    def test_redirect_names_the_advertised_url(self):
+        """A redirect names the leader's advertised (public) URL, while forwarding keeps
+        using the member address the nodes share (e.g. behind Docker port publishing)."""
+        c = self.cluster
+        c.follower.follow("n1", "http://n1.test:5001", "http://127.0.0.1:5001")
+        answer = request(self, c.follower_http, "GET", "http://n2/kv/a?redirect=true")
+        self.assertEqual(answer.code, 307)
+        self.assertEqual(answer.header("Location"), "http://127.0.0.1:5001/kv/a?redirect=true")
+        request(self, c.follower_http, "PUT", "http://n2/kv/a", data=b"v")
+        self.assertTrue(c.to_leader.requests[0][1].startswith("http://n1.test:5001/"))
+
     def test_forwarded_request_is_never_forwarded_again(self):
         """A request already forwarded once that reaches a follower is 503, not re-sent."""
         c = self.cluster

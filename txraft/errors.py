@@ -22,9 +22,17 @@ class NotLeader(RaftError):
     Raised before anything was appended, so the operation certainly had no effect.
     """
 
-    def __init__(self, leader_id: Optional[str] = None, leader_url: Optional[str] = None):
+    def __init__(
+        self,
+        leader_id: Optional[str] = None,
+        leader_url: Optional[str] = None,
+        leader_public_url: Optional[str] = None,
+    ):
         self.leader_id = leader_id
+        #: Where other nodes reach the leader's HTTP API (for forwarding).
         self.leader_url = leader_url
+        #: Where clients reach it (for redirects); the same unless advertised otherwise.
+        self.leader_public_url = leader_public_url or leader_url
         if leader_id is None:
             msg = "this node is not the leader and no leader is known"
         else:

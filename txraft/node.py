@@ -45,6 +45,9 @@ class Member:
     host: str
     port: int
     http_port: int
+    #: The URL clients use, when it differs from host:http_port (e.g. behind Docker's
+    #: port publishing); used in redirects and status, never for node-to-node traffic.
+    advertise_url: Optional[str] = None
 
     @property
     def http_url(self) -> str:
@@ -52,6 +55,10 @@ class Member:
         if ":" in host:
             host = "[%s]" % (host,)
         return "http://%s:%d" % (host, self.http_port)
+
+    @property
+    def public_url(self) -> str:
+        return (self.advertise_url or self.http_url).rstrip("/")
 
 
 @attrs.frozen
@@ -305,8 +312,10 @@ class RaftNode(Service):
     def status(self) -> Dict[str, Any]:
         out = self.core.status()
         leader_id, leader_url = self.leader()
-        out["leader_http_url"] = leader_url
-        out["http_url"] = self.members[self.node_id].http_url
+        out["leader_http_url"] = (
+            self.members[leader_id].public_url if leader_id in self.members else None
+        )
+        out["http_url"] = self.members[self.node_id].public_url
         out["applied_index"] = self.core.last_applied
         out["pending_proposals"] = len(self._proposals)
         out["pending_reads"] = len(self._reads)
@@ -491,8 +500,10 @@ class RaftNode(Service):
     # -------------------------------------------------------------- failures
 
     def _not_leader(self, leader_id: Optional[str]) -> NotLeader:
-        url = self.members[leader_id].http_url if leader_id in self.members else None
-        return NotLeader(leader_id, url)
+        member = self.members.get(leader_id) if leader_id is not None else None
+        if member is None:
+            return NotLeader(leader_id, None)
+        return NotLeader(leader_id, member.http_url, member.public_url)
 
     def _proposal_timed_out(self, index: int) -> None:
         pending = self._proposals.pop(index, None)

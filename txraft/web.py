@@ -349,7 +349,9 @@ class RaftHTTP:
         """Turn a ``txraft.errors`` failure into an answer (forwarding on ``NotLeader``)."""
         error = failure.value
         if isinstance(error, NotLeader):
-            return self.forward(request, error.leader_id, error.leader_url)
+            return self.forward(
+                request, error.leader_id, error.leader_url, error.leader_public_url
+            )
         if isinstance(error, (CommitTimeout, ProposalDropped)):
             raise commit_timeout()
         if isinstance(error, ReadTimeout):
@@ -368,18 +370,30 @@ class RaftHTTP:
 
     # -- leader routing ------------------------------------------------------------------
 
-    def forward(self, request, leader_id: Optional[str], leader_url: Optional[str]):
-        """Serve ``request`` on the leader: 307 with ``?redirect=true``, else proxy it."""
+    def forward(
+        self,
+        request,
+        leader_id: Optional[str],
+        leader_url: Optional[str],
+        public_url: Optional[str] = None,
+    ):
+        """Serve ``request`` on the leader: 307 with ``?redirect=true``, else proxy it.
+
+        ``leader_url`` is where this node reaches the leader; ``public_url`` (default: the
+        same) is where a client does, and is what a redirect names.
+        """
         if leader_url is None or leader_id is None or leader_id == self.node.node_id:
             raise no_leader()
         location_bytes = leader_url.rstrip("/").encode("utf-8") + request.uri
         location = location_bytes.decode("latin-1")
         if request.args.get(b"redirect") == [b"true"]:
+            public_bytes = (public_url or leader_url).rstrip("/").encode("utf-8") + request.uri
+            public = public_bytes.decode("latin-1")
             return json_response(
                 request,
                 307,
-                {"leader_id": leader_id, "location": location},
-                ((b"Location", location_bytes), (b"X-Raft-Leader", leader_id.encode("utf-8"))),
+                {"leader_id": leader_id, "location": public},
+                ((b"Location", public_bytes), (b"X-Raft-Leader", leader_id.encode("utf-8"))),
             )
         if request.requestHeaders.hasHeader(FORWARDED_BY):
             # The node that sent us this request thought we lead; we think someone else

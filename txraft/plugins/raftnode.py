@@ -64,6 +64,25 @@ def parse_members(text: str, default_http_offset: int = 0) -> Dict[str, Member]:
     return members
 
 
+def _with_advertised(members: Dict[str, Member], text: str) -> Dict[str, Member]:
+    import attrs
+    from urllib.parse import urlsplit
+
+    members = dict(members)
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        node_id, sep, url = item.partition("=")
+        parts = urlsplit(url)
+        if not sep or parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError("--advertise-urls item %r is not id=http://host:port" % item)
+        if node_id not in members:
+            raise ConfigError("--advertise-urls names %r, which is not a member" % node_id)
+        members[node_id] = attrs.evolve(members[node_id], advertise_url=url.rstrip("/"))
+    return members
+
+
 def load_application(name: str) -> Any:
     target = APPLICATIONS.get(name, name)
     module_name, sep, attribute = target.partition(":")
@@ -112,6 +131,9 @@ class Options(usage.Options):
         ["members", None, None,
          "All members, this node included: id=host:port[:http_port],... "
          "(host names are resolved, and again when a peer goes silent)."],
+        ["advertise-urls", None, None,
+         "URLs clients use to reach members, when not host:http_port (e.g. Docker port "
+         "publishing): id=url,... Used in 307 redirects and /raft/status only."],
         ["data-dir", "d", None, "Directory for the Raft log and the app's database "
          "[default: ./data/<id>]."],
         ["app", None, "shop", "Application: shop (the store), kv, or module:attribute."],
@@ -186,6 +208,8 @@ class Options(usage.Options):
         else:
             node_id = self["id"] or "node1"
             members = {node_id: Member(node_id, self["bind"], port, http_port)}
+        if self["advertise-urls"]:
+            members = _with_advertised(members, self["advertise-urls"])
         self["node_id"] = node_id
         self["member_map"] = members
         self["http-port"] = http_port
