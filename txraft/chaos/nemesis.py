@@ -10,7 +10,11 @@ One fault at a time, each followed by its healing and a quiet spell:
 * ``isolate_leader``: the leader alone on one side;
 * ``one_way``: one node stops hearing from (or reaching) some others while the other
   direction works;
-* ``lossy``: some nodes lose a fraction of the datagrams they send.
+* ``lossy``: some nodes lose a fraction of the datagrams they send;
+* ``kill_all``: SIGKILL of every node at once, all restarted a moment later (nothing
+  acknowledged may be lost: durability);
+* ``crash_in_partition``: a partition, during which one node is killed and restarted
+  (it comes back without its own fault settings: the cut becomes one-sided).
 
 Network faults go through each node's ``/admin/faults`` endpoint (``txraft.admin``), so
 nothing here needs root.  The choice of fault, its shape and its timing come from the
@@ -30,9 +34,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from txraft.localcluster import LocalCluster, http
 
-FAULT_KINDS = ("kill", "pause", "partition", "isolate_leader", "one_way", "lossy")
+FAULT_KINDS = ("kill", "pause", "partition", "isolate_leader", "one_way", "lossy",
+               "kill_all", "crash_in_partition")
 DEFAULT_WEIGHTS = {"kill": 3, "pause": 3, "partition": 2, "isolate_leader": 2,
-                   "one_way": 2, "lossy": 2}
+                   "one_way": 2, "lossy": 2, "kill_all": 1, "crash_in_partition": 1}
 
 
 class Nemesis:
@@ -206,6 +211,40 @@ class Nemesis:
         self._sleep(duration)
         self.heal_network()
 
+    def _kill_all(self) -> None:
+        ids = sorted(self.cluster.nodes)
+        down = self.rng.uniform(0.2, 2.0)
+        for node_id in ids:
+            self.cluster.kill(node_id)
+        self.counts["kill_all"] += 1
+        self.log("kill_all", nodes=ids, down_seconds=round(down, 3))
+        self._sleep(down)
+        for node_id in ids:
+            self._restart(node_id)
+
+    def _crash_in_partition(self) -> None:
+        ids = sorted(self.cluster.nodes)
+        shuffled = list(ids)
+        self.rng.shuffle(shuffled)
+        minority = sorted(shuffled[: self.rng.randint(1, max(1, (len(ids) - 1) // 2))])
+        majority = [i for i in ids if i not in minority]
+        victim = self.rng.choice(ids)
+        before, down, after = (self.rng.uniform(0.3, 2.0), self.rng.uniform(0.2, 1.5),
+                               self.rng.uniform(0.5, 2.0))
+        for side, other in ((minority, majority), (majority, minority)):
+            for node_id in side:
+                self._set_faults(node_id, {"drop_to": other, "drop_from": other})
+        self.counts["crash_in_partition"] += 1
+        self.log("crash_in_partition", minority=minority, majority=majority, victim=victim,
+                 seconds=round(before + down + after, 3))
+        self._sleep(before)
+        self.cluster.kill(victim)
+        self.log("kill", nodes=[victim])
+        self._sleep(down)
+        self._restart(victim)
+        self._sleep(after)
+        self.heal_network()
+
     # -- healing --------------------------------------------------------------------------
 
     def _set_faults(self, node_id: str, spec: Dict[str, Any]) -> bool:
@@ -230,14 +269,27 @@ class Nemesis:
                              error=result.error)
         self.log("heal_network")
 
-    def heal_all(self) -> None:
-        """Resume every paused node, restart every dead one, clear every network fault."""
+    def heal_all(self, boot_timeout: float = 30.0) -> None:
+        """Resume every paused node, restart every dead one and wait until it serves
+        HTTP again (a process's boot time is not the cluster's recovery time), then clear
+        every network fault."""
         for node_id, node in sorted(self.cluster.nodes.items()):
             if node.paused:
                 self.cluster.resume(node_id)
                 self.log("resume", nodes=[node_id])
-        for node_id in sorted(self.cluster.nodes):
+        restarted = [node_id for node_id in sorted(self.cluster.nodes)
+                     if not self.cluster.nodes[node_id].alive()]
+        for node_id in restarted:
             self._restart(node_id)
+        deadline = time.monotonic() + boot_timeout
+        waiting = list(restarted)
+        while waiting and time.monotonic() < deadline:
+            waiting = [i for i in waiting if http(
+                "GET", self.cluster.nodes[i].url + "/health", timeout=1.0).status != 200]
+            if waiting:
+                time.sleep(0.05)
+        if restarted:
+            self.log("booted", nodes=restarted, not_serving=waiting)
         self.heal_network()
         self.log("healed")
 
