@@ -134,15 +134,23 @@ class ShopProjectionTests(SynchronousTestCase):
         rec(h, "restock", {"product": "p2", "old": 5, "new": 8, "version": 1},
             status=UNKNOWN)
         rec(h, "read_product", {"product": "p1"}, result={"stock": 10, "version": 3})
+        rec(h, "replace_order", {"order": "o3", "old": [{"product_id": "p1", "quantity": 2}],
+                                 "lines": [{"product_id": "p1", "quantity": 3}]},
+            result={"status": 200})
+        rec(h, "replace_order", {"order": "o3", "old": [{"product_id": "p1", "quantity": 3}],
+                                 "lines": [{"product_id": "p2", "quantity": 1}]},
+            result={"status": 409, "code": "insufficient_stock"})
         parts = self.workload.project(h.records())
         self.assertEqual(sorted(parts), ["stock:p1", "stock:p2"])
         p1 = [(op.input, op.output) for op in parts["stock:p1"]]
         self.assertEqual(p1, [(("order", 2, True), "placed"),
                               (("order", 1, False), "insufficient"),
-                              (("cancel", 2), "ok"), (("read",), 10)])
+                              (("cancel", 2), "ok"), (("read",), 10),
+                              (("replace", 2, 3), "ok"), (("cancel", 3), "refused")])
         p2 = [(op.input, op.output, op.status) for op in parts["stock:p2"]]
         self.assertEqual(p2, [(("order", 9, False), "insufficient", OK),
-                              (("restock", 5, 8), None, UNKNOWN)])
+                              (("restock", 5, 8), None, UNKNOWN),
+                              (("order", 1, True), "insufficient", OK)])
         self.assertEqual(self.workload.model_for("stock:p2").initial, 5)
 
 
@@ -216,6 +224,15 @@ class ShopInvariantTests(SynchronousTestCase):
         self.assertEqual(self.verify(12, []), [])
         problems = self.verify(12, [order_doc("o5", "c9", ("p1", 3))])
         self.assertTrue(any("deleted (204) but exists" in p for p in problems), problems)
+
+    def test_replaced_items(self):
+        """After an acknowledged replacement the order holds the new items."""
+        rec(self.history, "replace_order", {"order": "o5", "old": [{"product_id": "p1", "quantity": 3}],
+                                            "lines": [{"product_id": "p1", "quantity": 1}]},
+            result={"status": 200})
+        self.assertEqual(self.verify(11, [order_doc("o5", "c9", ("p1", 1))]), [])
+        problems = self.verify(9, [order_doc("o5", "c9", ("p1", 3))])
+        self.assertTrue(any("holds" in p for p in problems), problems)
 
     def test_wrong_contents(self):
         problems = self.verify(8, [order_doc("o5", "c9", ("p1", 4))])

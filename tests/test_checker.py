@@ -236,6 +236,17 @@ class StockTests(SynchronousTestCase):
         history[1] = Op(2, ("cancel", 2), "refused", OK, 2, 3)
         self.assertFalse(self.verdict(history, 2))
 
+    def test_replace_items(self):
+        """Replacing an order's units of a product gives the old ones back and takes the
+        new ones in one step, or does nothing for lack of stock."""
+        placed = order(1, 1, PLACED, 0, 1)
+        self.assertTrue(self.verdict(
+            [placed, Op(2, ("replace", 1, 2), OK, OK, 2, 3), stock_read(3, 0, 4, 5)], 2))
+        self.assertFalse(self.verdict([placed, Op(2, ("replace", 1, 3), OK, OK, 2, 3)], 2))
+        self.assertTrue(self.verdict(
+            [placed, Op(2, ("replace", 1, 3), INSUFFICIENT, OK, 2, 3), stock_read(3, 1, 4, 5)], 2))
+        self.assertFalse(self.verdict([placed, Op(2, ("replace", 1, 2), INSUFFICIENT, OK, 2, 3)], 2))
+
     def test_restock_compare_and_set(self):
         """An If-Match restock passes only if the stock is what its read saw."""
         ok = [stock_read(1, 0, 0, 1), Op(2, ("restock", 0, 5), OK, OK, 2, 3),
@@ -343,7 +354,7 @@ def stock_histories(draw):
         start = float(draw(st.integers(0, 10)))
         status = draw(st.sampled_from([OK, OK, OK, UNKNOWN, FAIL]))
         end = None if status == UNKNOWN else start + draw(st.integers(0, 6))
-        kind = draw(st.sampled_from(["order", "cancel", "restock", "read"]))
+        kind = draw(st.sampled_from(["order", "cancel", "restock", "replace", "read"]))
         if kind == "order":
             inp = ("order", draw(st.integers(1, 3)), draw(st.booleans()))
             out = draw(st.sampled_from([PLACED, INSUFFICIENT]))
@@ -352,6 +363,9 @@ def stock_histories(draw):
         elif kind == "restock":
             inp = ("restock", draw(st.integers(0, 4)), draw(st.integers(0, 6)))
             out = draw(st.sampled_from([OK, CONFLICT]))
+        elif kind == "replace":
+            inp = ("replace", draw(st.integers(1, 3)), draw(st.integers(1, 4)))
+            out = draw(st.sampled_from([OK, INSUFFICIENT]))
         else:
             inp, out = ("read",), draw(st.integers(0, 6))
             if status == UNKNOWN:

@@ -52,12 +52,15 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=defaults.out, help="where failed runs are saved")
     parser.add_argument("--root", default=None, help="working directory (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    parser.add_argument("--save", action="store_true",
+                        help="save history, schedule and logs even when the run passes")
     args = parser.parse_args(argv)
     config = Config(nodes=args.nodes, duration=args.duration, seed=args.seed,
                     workload=args.workload, clients=args.clients,
                     election_timeout_ms=args.election_timeout_ms, heartbeat_ms=args.heartbeat_ms,
                     snapshot_entries=args.snapshot_entries, nemesis=args.nemesis, faults=args.faults,
-                    max_steps=args.max_steps, out=args.out, root=args.root, keep=args.keep)
+                    max_steps=args.max_steps, out=args.out, root=args.root, keep=args.keep,
+                    save=args.save)
     report = ChaosRun(config).execute()
     print(report.table())
     return 0 if report.passed else 1

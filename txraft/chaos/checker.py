@@ -196,7 +196,7 @@ REFUSED_OUTPUT = "refused"
 
 
 _STOCK_NO_OPS = frozenset({("order", INSUFFICIENT), ("cancel", REFUSED_OUTPUT),
-                           ("restock", CONFLICT)})
+                           ("restock", CONFLICT), ("replace", INSUFFICIENT)})
 
 
 class StockModel(Model):
@@ -209,6 +209,9 @@ class StockModel(Model):
       product alone decides) "insufficient" needs ``stock < n``: an unjustified refusal is a
       violation.  Lines of a multi-line order may be refused because of another product.
     * ``("cancel", n)`` -> ``"ok"`` (gives ``n`` back) or ``"refused"`` (no effect).
+    * ``("replace", old, new)`` -> ``"ok"`` (an order's ``old`` units of this product
+      come back and ``new`` are taken in one step: needs ``stock + old >= new``) or
+      ``"insufficient"`` (no effect; needs ``stock + old < new``).
     * ``("restock", old, new)`` -> ``"ok"`` (an ``If-Match`` write based on a read of
       ``old``: it can only pass if nothing changed since, so needs ``stock == old``; sets
       ``new``) or ``"conflict"`` (412: no effect, always possible).
@@ -235,6 +238,15 @@ class StockModel(Model):
                 return state - n if state >= n else REFUSED
             if out == INSUFFICIENT:
                 return state if (state < n or not exclusive) else REFUSED
+        elif f == "replace":
+            old, new = op.input[1], op.input[2]
+            enough = state + old >= new
+            if unknown:
+                return state + old - new if enough else state
+            if out == OK:
+                return state + old - new if enough else REFUSED
+            if out == INSUFFICIENT:
+                return state if not enough else REFUSED
         elif f == "cancel":
             if unknown or out == OK:
                 return state + op.input[1]
@@ -271,6 +283,8 @@ class StockModel(Model):
                 op.input[1], "" if op.input[2] else ", multi-line", op.output, tag)
         if f == "cancel":
             return "cancel(+%d) -> %s%s" % (op.input[1], op.output, tag)
+        if f == "replace":
+            return "replace(%d -> %d) -> %s%s" % (op.input[1], op.input[2], op.output, tag)
         if f == "restock":
             return "restock(%d -> %d) -> %s%s" % (op.input[1], op.input[2], op.output, tag)
         return "read() -> %r%s" % (op.output, tag)

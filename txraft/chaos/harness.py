@@ -56,6 +56,7 @@ class Config:
     out: str = "chaos-failures"
     root: Optional[str] = None
     keep: bool = False
+    save: bool = False  # save the run's folder even when it passed
 
     def command(self) -> str:
         parts = ["python -m txraft.chaos", "--nodes %d" % self.nodes,
@@ -329,7 +330,7 @@ class ChaosRun(Context):
             report.unknown = sum(c.get(UNKNOWN, 0) for c in report.operations.values())
             cluster.stop_all()
             report.wall_seconds = time.monotonic() - started
-            if not report.passed:
+            if not report.passed or config.save:
                 report.saved_to = self._save(report, nemesis)
             if not config.keep and config.root is None:
                 shutil.rmtree(root, ignore_errors=True)

@@ -281,15 +281,15 @@ class Nemesis:
                      if not self.cluster.nodes[node_id].alive()]
         for node_id in restarted:
             self._restart(node_id)
+        # Nodes the schedule itself restarted a moment ago may still be booting, too.
         deadline = time.monotonic() + boot_timeout
-        waiting = list(restarted)
+        waiting = sorted(self.cluster.nodes)
         while waiting and time.monotonic() < deadline:
             waiting = [i for i in waiting if http(
                 "GET", self.cluster.nodes[i].url + "/health", timeout=1.0).status != 200]
             if waiting:
                 time.sleep(0.05)
-        if restarted:
-            self.log("booted", nodes=restarted, not_serving=waiting)
+        self.log("booted", restarted=restarted, not_serving=waiting)
         self.heal_network()
         self.log("healed")
 

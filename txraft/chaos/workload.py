@@ -446,7 +446,9 @@ class ShopWorkload:
                 self._transition(ctx, process, rng, orders, "shipped")
             elif x < 0.75:
                 self._delete(ctx, process, rng, orders)
-            elif x < 0.83:
+            elif x < 0.79:
+                self._replace(ctx, process, rng, orders)
+            elif x < 0.85:
                 self._restock(ctx, process, rng)
             elif x < 0.95:
                 picked = self._pick_product(rng)
@@ -499,6 +501,40 @@ class ShopWorkload:
             order["status"] = "uncertain"
         elif record.status == UNKNOWN:
             order["status"] = "uncertain"
+
+    def _replace(self, ctx, process, rng, orders) -> None:
+        """PUT new items on one of our pending single-line orders: the old units go back
+        and the new ones are taken in one step, or nothing happens (409)."""
+        ids = sorted(i for i, o in orders.items()
+                     if o["status"] == "pending" and len(o["lines"]) == 1)
+        if not ids:
+            return
+        order_id = rng.choice(ids)
+        order = orders[order_id]
+        old = order["lines"][0]
+        picked = None
+        if rng.random() < 0.5:
+            product = old["product_id"]
+        else:
+            picked = self._pick_product(rng)
+            if picked is None:
+                return
+            product = picked[0]
+        lines = [{"product_id": product, "quantity": rng.randint(1, 4)}]
+        record = self.request(ctx, process, rng, "replace_order",
+                              {"order": order_id, "old": order["lines"], "lines": lines},
+                              "PUT", "/orders/" + order_id, {"items": lines})
+        code = (record.result or {}).get("status")
+        if record.status == OK and code == 200:
+            order["lines"] = lines
+        elif record.status == OK and (code != 409 or record.result.get("code")
+                                      != "insufficient_stock"):
+            _note_anomaly(ctx, record, Reply(code, {}, b"", True), "")
+            order["status"] = "uncertain"
+        elif record.status == UNKNOWN:
+            order["status"] = "uncertain"
+        if picked is not None:
+            self._maybe_replace(ctx, process, rng, picked)
 
     def _delete(self, ctx, process, rng, orders) -> None:
         ids = sorted(i for i, o in orders.items() if o["status"] in ("pending", "paid", "cancelled"))
@@ -631,6 +667,19 @@ class ShopWorkload:
                 output = OK if code == 204 else REFUSED_OUTPUT
                 for line in r.args["lines"]:
                     add(line["product_id"], ("cancel", line["quantity"]), output, r)
+            elif r.f == "replace_order":
+                if r.status == OK and not (code == 200 or result.get("code")
+                                           == "insufficient_stock"):
+                    continue
+                [old], [new] = r.args["old"], r.args["lines"]
+                if old["product_id"] == new["product_id"]:
+                    add(new["product_id"], ("replace", old["quantity"], new["quantity"]),
+                        OK if code == 200 else INSUFFICIENT, r)
+                else:
+                    add(old["product_id"], ("cancel", old["quantity"]),
+                        OK if code == 200 else REFUSED_OUTPUT, r)
+                    add(new["product_id"], ("order", new["quantity"], True),
+                        PLACED if code == 200 else INSUFFICIENT, r)
             elif r.f == "restock":
                 output = OK if code == 200 else CONFLICT
                 if r.status == OK and code not in (200, 412):
@@ -692,6 +741,7 @@ class ShopWorkload:
         customer_of = {c: p for p, c in self.customers.items()}
         deleted, maybe_deleted = set(), set()
         last_status: Dict[str, str] = {}
+        items: Dict[str, Any] = {}  # order id -> its last acknowledged lines (None: unsure)
         for r in records:
             code = (r.result or {}).get("status")
             if r.f == "order":
@@ -702,6 +752,7 @@ class ShopWorkload:
                                         "(#%d and #%d)" % (order_id, placed[order_id].id, r.id))
                     placed[order_id] = r
                     last_status[order_id] = "pending"
+                    items[order_id] = r.args["data"]["items"]
                 elif r.status == UNKNOWN:
                     customer = r.args["data"]["customer_id"]
                     unknown_creates[customer] = unknown_creates.get(customer, 0) + 1
@@ -715,6 +766,11 @@ class ShopWorkload:
                     last_status[r.args["order"]] = r.args["to"]
                 elif r.status == UNKNOWN:
                     last_status[r.args["order"]] = "uncertain"
+            elif r.f == "replace_order":
+                if r.status == OK and code == 200:
+                    items[r.args["order"]] = r.args["lines"]
+                elif r.status == UNKNOWN:
+                    items[r.args["order"]] = None
         for order_id, r in sorted(placed.items()):
             found = by_id.get(order_id)
             if order_id in deleted:
@@ -726,8 +782,9 @@ class ShopWorkload:
                     problems.append("order %s got a 201 (op #%d) but does not exist"
                                     % (order_id, r.id))
                 continue
-            wanted = [(i["product_id"], i["quantity"]) for i in r.args["data"]["items"]]
             got = [(i["product_id"], i["quantity"]) for i in found["items"]]
+            wanted = got if items[order_id] is None else [
+                (i["product_id"], i["quantity"]) for i in items[order_id]]
             if wanted != got or found["customer_id"] != r.args["data"]["customer_id"]:
                 problems.append("order %s holds %r for %s, ordered %r for %s" % (
                     order_id, got, found["customer_id"], wanted, r.args["data"]["customer_id"]))
