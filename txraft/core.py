@@ -571,10 +571,14 @@ class RaftCore:
             pr.match_at_heartbeat = pr.match_index
             if stalled and pr.match_index < self.log.last_index:
                 # No acknowledgement for a whole heartbeat interval while entries are
-                # outstanding: over UDP that means loss.  Go back to what the follower
-                # acknowledged and resend (duplicates are harmless to it).
+                # outstanding: over UDP that means loss, or a follower that is down or
+                # cut off.  Probe from what it acknowledged: one message per heartbeat
+                # until it answers, not a refilled pipeline (max_inflight batches)
+                # every interval into a node that may not be there.
+                pr.state = PROBE
                 pr.next_index = pr.match_index + 1
                 pr.inflight.clear()
+                pr.probe_sent = False
                 self._send_append(peer)
                 return
         self._send_heartbeat(peer, pr)
