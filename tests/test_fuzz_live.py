@@ -202,35 +202,11 @@ def _percent(rng, text):
     return urllib.parse.quote(text, safe="/")
 
 
-NON_UTF8_PATH = "non-UTF-8 percent-encoding in the path: Klein answers a text/html 400"
-BAD_MULTIPART = ("POST with Content-Type multipart/form-data and a body that is not "
-                 "multipart: twisted.web answers a bare 400 with no body")
-
-
-def _invalid_utf8_path(path):
-    try:
-        urllib.parse.unquote_to_bytes(path.split("?", 1)[0]).decode("utf-8")
-    except UnicodeDecodeError:
-        return True
-    return False
-
-
 def error_code(content):
     try:
         return json.loads(content)["error"]["code"]
     except (ValueError, KeyError, TypeError):
         return None
-
-
-def known_issue(method, path, headers, status, content):
-    """Answers that break the JSON error contract for a reason already reported (see
-    ``KnownIssueTests``); the fuzzer counts them and goes on looking for new ones."""
-    if status == 400 and content == b"Non-UTF-8 encoding in URL." and _invalid_utf8_path(path):
-        return NON_UTF8_PATH
-    if status == 400 and not content and method == "POST" and headers.get(
-            "Content-Type", "").lower().startswith("multipart/form-data"):
-        return BAD_MULTIPART
-    return None
 
 
 class HTTPFuzzer:
@@ -257,7 +233,6 @@ class HTTPFuzzer:
         self.seed = seed
         self.rng = random.Random(seed)
         self.ids = {"p": ["p1"], "c": ["c1"], "o": ["o1"]}
-        self.known = {}  # known issue -> how many requests hit it
 
     # -- generation -------------------------------------------------------------------------
 
@@ -466,10 +441,6 @@ class HTTPFuzzer:
                                      "%r on %s" % (content, what))
                 continue
             test.assertLess(status, 500, "%d %r on %s" % (status, content[:300], what))
-            known = known_issue(method, path, headers, status, content)
-            if known:
-                self.known[known] = self.known.get(known, 0) + 1
-                continue
             if 400 <= status < 500 and method != "HEAD":
                 try:
                     error = json.loads(content)["error"]
@@ -527,10 +498,9 @@ class LiveHTTPFuzzTests(SynchronousTestCase):
                 self.assertNotIn("Traceback", f.read())
 
 
-class KnownIssueTests(SynchronousTestCase):
+class RegressionTests(SynchronousTestCase):
     """Reproducers of the contract breaks the HTTP fuzzer found (issue 4: every error is
-    ``{"error": {...}}`` JSON).  Expected failures until the HTTP layer is fixed; trial
-    reports an unexpected success once it is, and the ``todo`` can go."""
+    ``{"error": {...}}`` JSON), fixed by ``txraft.web.RequestGuard`` and ``JSONRequest``."""
 
     def setUp(self):
         cluster = LocalCluster(1, self.mktemp(), app="shop")
@@ -548,8 +518,6 @@ class KnownIssueTests(SynchronousTestCase):
         status, _, content = self.fuzzer.send("GET", "/products/%ff", b"", {})
         self.assertJSONError(status, content)
 
-    test_non_utf8_path.todo = NON_UTF8_PATH
-
     def test_malformed_multipart_post(self):
         """POST /products with Content-Type multipart/form-data and a JSON body: a JSON
         415, as for any other non-JSON content type (PUT already gets one)."""
@@ -557,5 +525,5 @@ class KnownIssueTests(SynchronousTestCase):
             "POST", "/products", b'{"name": "a", "price_cents": 1, "stock": 1}',
             {"Content-Type": "multipart/form-data; boundary=x"})
         self.assertJSONError(status, content)
+        self.assertEqual(status, 415)
 
-    test_malformed_multipart_post.todo = BAD_MULTIPART

@@ -29,7 +29,11 @@ from twisted.internet import defer
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.logger import Logger
 from twisted.web.client import RequestGenerationFailed, RequestNotSent, RequestTransmissionFailed
+from twisted.web.resource import IResource
+from twisted.web.server import Request
+from urllib.parse import unquote_to_bytes
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from zope.interface import implementer
 
 from txraft.errors import (CommitTimeout, NotLeader, Overloaded, ProposalDropped, RaftError,
                            ReadTimeout)
@@ -473,3 +477,48 @@ def _with_content(response):
     d = response.content()
     d.addCallback(lambda content: (response, content))
     return d
+
+
+# -- what happens before an application's routes -------------------------------------------
+
+
+@implementer(IResource)
+class RequestGuard:
+    """Wraps an application's root so that requests the routing layer cannot even decode
+    (a path or host that is not UTF-8 once percent-decoded) get a JSON 400 like every
+    other error, instead of Klein's plain-text one."""
+
+    isLeaf = True
+
+    def __init__(self, app: IResource):
+        self.app = app
+
+    def getChildWithDefault(self, name, request):  # pragma: no cover - isLeaf
+        return self
+
+    def putChild(self, path, child):  # pragma: no cover - never used
+        raise NotImplementedError("RequestGuard has no children")
+
+    def render(self, request):
+        try:
+            unquote_to_bytes(request.path).decode("utf-8")
+            host = request.getHeader(b"host")
+            if host is not None:
+                host.decode("utf-8")
+        except UnicodeDecodeError:
+            return json_response(
+                request,
+                400,
+                error_document("bad_request", "the request path or host is not UTF-8"),
+            )
+        return self.app.render(request)
+
+
+class JSONRequest(Request):
+    """A request that never parses form submissions: txraft applications speak JSON, and
+    twisted.web answers a malformed multipart body with a bare HTML 400 before any
+    resource sees it.  Such a body now reaches the application, which answers 415."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["parsePOSTFormSubmission"] = False
+        super().__init__(*args, **kwargs)

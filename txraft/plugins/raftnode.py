@@ -345,13 +345,16 @@ class RaftNodeService(service.MultiService):
         # alive that a busy follower does not open and close one per request.
         pool.maxPersistentPerHost = 128
         http_client = HTTPClient(Agent(reactor, pool=pool))
-        resource = application.make_resource(node, reactor, http_client)
+        from txraft.web import JSONRequest, RequestGuard
+
+        resource = RequestGuard(application.make_resource(node, reactor, http_client))
         if opts["admin-token"]:
             from txraft.admin import AdminRoot
 
             resource = AdminRoot(resource, transport, opts["admin-token"])
             log.warn("fault-injection admin endpoint enabled at /admin/faults")
         site = _Site(resource, logPath=opts["access-log"])
+        site.requestFactory = JSONRequest
         site.noisy = False
         self.http_service = internet.TCPServer(
             opts["http-port"], site, interface=opts["bind"], reactor=reactor
