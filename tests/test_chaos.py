@@ -319,3 +319,51 @@ class ChaosRoundTests(SynchronousTestCase):
         self.assertFalse(report.passed, report.table())
         self.assertTrue(any("not linearizable" in v for v in report.violations),
                         report.table())
+
+
+class FoundByChaosTests(SynchronousTestCase):
+    """Bugs the chaos runs found, kept as regression tests (expected failures until the
+    fix lands; trial then reports an unexpected success and the ``todo`` can go)."""
+
+    def test_probe_state_followers_still_get_heartbeats(self):
+        """Paper section 5.2: a leader sends heartbeats to maintain its authority.  A
+        follower whose progress is PROBE gets the probe *instead of* a heartbeat
+        (``RaftCore._heartbeat``); when the probe carries an entry too big for one
+        datagram and the link loses it (a fragmented message is lost whole), the
+        follower hears nothing, times out, and the cluster elects leader after leader.
+        Found with ``python -m txraft.chaos --workload kv --value-bytes 30000 --faults
+        lossy``: 58 elections in 15 s at 5% loss and no write committed.  Here: three
+        cores, every message fitting one datagram delivered, one 40 kB proposal."""
+        from txraft.codec import encode_message
+        from txraft.core import CoreConfig, RaftCore
+
+        ids = ["a", "b", "c"]
+        cores = {i: RaftCore(i, ids, CoreConfig(election_ticks=15, heartbeat_ticks=5),
+                             random.Random(i)) for i in ids}
+
+        def pump():
+            moved = True
+            while moved:
+                moved = False
+                for core in cores.values():
+                    while core.has_ready():
+                        rd = core.ready()
+                        core.advance(rd)
+                        for m in rd.messages:
+                            if len(encode_message(m)) <= 1300:
+                                cores[m.receiver].step(m)
+                                moved = True
+
+        cores["a"].campaign()
+        pump()
+        cores["a"].propose(b"y" * 40000)
+        pump()
+        for _ in range(20 * 15):  # twenty election timeouts
+            for core in cores.values():
+                core.tick()
+            pump()
+        self.assertEqual({i: (c.role, c.term) for i, c in cores.items()},
+                         {"a": ("leader", 1), "b": ("follower", 1), "c": ("follower", 1)})
+
+    test_probe_state_followers_still_get_heartbeats.todo = (
+        "RaftCore._heartbeat sends no heartbeat to a PROBE follower")

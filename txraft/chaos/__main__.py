@@ -41,7 +41,10 @@ def main(argv=None) -> int:
     parser.add_argument("--clients", type=int, default=defaults.clients)
     parser.add_argument("--election-timeout-ms", type=int, default=defaults.election_timeout_ms)
     parser.add_argument("--heartbeat-ms", type=int, default=defaults.heartbeat_ms)
+    parser.add_argument("--tick-ms", type=int, default=defaults.tick_ms)
     parser.add_argument("--snapshot-entries", type=int, default=defaults.snapshot_entries)
+    parser.add_argument("--value-bytes", type=int, default=0,
+                        help="kv: pad values to up to this many bytes (fragmented entries)")
     parser.add_argument("--no-nemesis", dest="nemesis", action="store_false",
                         help="load only, no faults (a baseline)")
     parser.add_argument("--faults", default=None,
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
                     election_timeout_ms=args.election_timeout_ms, heartbeat_ms=args.heartbeat_ms,
                     snapshot_entries=args.snapshot_entries, nemesis=args.nemesis, faults=args.faults,
                     max_steps=args.max_steps, out=args.out, root=args.root, keep=args.keep,
-                    save=args.save)
+                    save=args.save, tick_ms=args.tick_ms, value_bytes=args.value_bytes)
     report = ChaosRun(config).execute()
     print(report.table())
     return 0 if report.passed else 1

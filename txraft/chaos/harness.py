@@ -57,6 +57,8 @@ class Config:
     root: Optional[str] = None
     keep: bool = False
     save: bool = False  # save the run's folder even when it passed
+    tick_ms: int = 10
+    value_bytes: int = 0  # kv: pad values up to this many bytes
 
     def command(self) -> str:
         parts = ["python -m txraft.chaos", "--nodes %d" % self.nodes,
@@ -69,6 +71,10 @@ class Config:
             parts.append("--heartbeat-ms %d" % self.heartbeat_ms)
         if self.snapshot_entries != defaults.snapshot_entries:
             parts.append("--snapshot-entries %d" % self.snapshot_entries)
+        if self.tick_ms != defaults.tick_ms:
+            parts.append("--tick-ms %d" % self.tick_ms)
+        if self.value_bytes:
+            parts.append("--value-bytes %d" % self.value_bytes)
         if not self.nemesis:
             parts.append("--no-nemesis")
         if self.faults:
@@ -219,7 +225,11 @@ class ChaosRun(Context):
         self.stopping = threading.Event()
         self.aborting = threading.Event()
         self.anomalies: List[str] = []
-        self.workload = workload if workload is not None else WORKLOADS[config.workload]()
+        if workload is None:
+            workload = WORKLOADS[config.workload]()
+            if config.value_bytes and hasattr(workload, "value_bytes"):
+                workload.value_bytes = config.value_bytes
+        self.workload = workload
         self.cluster: Optional[LocalCluster] = None
         self.node_ids: List[str] = []
         self._leader_cache = (0.0, None)
@@ -258,7 +268,7 @@ class ChaosRun(Context):
         cluster = self.cluster = LocalCluster(
             config.nodes, os.path.join(root, "cluster"), app=config.workload,
             election_timeout_ms=config.election_timeout_ms, heartbeat_ms=config.heartbeat_ms,
-            extra_args=["--admin-token-file", token_file,
+            extra_args=["--admin-token-file", token_file, "--tick-ms", str(config.tick_ms),
                         "--snapshot-entries", str(config.snapshot_entries),
                         "--snapshot-trailing-entries", str(config.snapshot_trailing_entries)],
         )

@@ -205,8 +205,10 @@ class KVWorkload:
     name = "kv"
 
     def __init__(self, active_keys: int = 6, ops_per_key: int = 150,
-                 sabotage_reads: bool = False):
+                 sabotage_reads: bool = False, value_bytes: int = 0):
         self.keys = KeySpace(active_keys, ops_per_key)
+        #: Pad values to a random length up to this: large entries are fragmented.
+        self.value_bytes = value_bytes
         self.final_values: Dict[str, Dict[str, Optional[str]]] = {}
         #: Send "linearizable" reads with ?consistency=stale: a deliberately broken
         #: client, to show that the checks catch stale reads (tests only).
@@ -222,7 +224,10 @@ class KVWorkload:
             x = rng.random()
             if x < 0.45:
                 serial += 1
-                self.write(ctx, process, rng, key, "%s-%d" % (process, serial))
+                value = "%s-%d" % (process, serial)
+                if self.value_bytes:
+                    value += "." * rng.randrange(self.value_bytes)
+                self.write(ctx, process, rng, key, value)
             elif x < 0.5:
                 self.write(ctx, process, rng, key, None)
             elif x < 0.9:
