@@ -185,8 +185,8 @@ class Monitor:
         for node_id, node in list(self.cluster.nodes.items()):
             process = node.process
             status = node.status(timeout=0.5)
-            if status is None or process is None:
-                continue
+            if status is None or process is None or node.process is not process:
+                continue  # (a restart in between would blame the old process)
             term = status["term"]
             if status["role"] == "leader":
                 leaders = self.leaders.setdefault(term, set())

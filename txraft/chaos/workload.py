@@ -340,9 +340,10 @@ class ShopWorkload:
     # -- helpers ---------------------------------------------------------------------------
 
     def _key(self, process: str) -> str:
+        # Unique within a run (every run starts a fresh cluster) and the same on replay.
         with self._lock:
             self._serial += 1
-            return "%s-%d-%d" % (process, self._serial, random.getrandbits(32))
+            return "%s-%d" % (process, self._serial)
 
     def request(self, ctx: Context, process: str, rng: random.Random, f: str,
                 args: Dict[str, Any], method: str, path: str, data: Any = None,
@@ -408,7 +409,9 @@ class ShopWorkload:
             return product
         return None
 
-    def _pick_product(self, rng) -> Optional[str]:
+    def _pick_product(self, rng) -> Optional[Tuple[str, bool]]:
+        """A product to work on and whether it just used up its budget (the caller then
+        creates a replacement, after its operation)."""
         with self._lock:
             if not self.active:
                 return None
@@ -466,7 +469,10 @@ class ShopWorkload:
 
     def _maybe_replace(self, ctx, process, rng, picked) -> None:
         if picked[1]:
-            self._create_product(ctx, process, rng)
+            # Keep the set of active products from shrinking through failed creations.
+            for _ in range(3):
+                if self._create_product(ctx, process, rng) or ctx.aborting.is_set():
+                    break
 
     def _order(self, ctx, process, rng, orders) -> None:
         first = self._pick_product(rng)
