@@ -146,6 +146,8 @@ class Progress:
     match_at_heartbeat: int = 0
     snapshot_index: int = 0
     snapshot_elapsed: int = 0
+    # prev_log_index of pipelined messages rejected as "log too short" (REPLICATE).
+    gaps: List[int] = attrs.Factory(list)
 
 
 class RaftCore:
@@ -637,6 +639,24 @@ class RaftCore:
             pr.inflight.append(entries[-1].index)
         return True
 
+    def _resend_after_gap(self, peer: str, pr: Progress) -> None:
+        """One batch after what the follower now holds, for a pipelined message it
+        rejected because an earlier one had not arrived yet; next_index stays."""
+        prev = pr.match_index
+        prev_term = self.log.term_at(prev)
+        if prev_term is None:
+            return  # compacted: the stall probe will offer a snapshot
+        entries = self.log.batch_from(
+            prev + 1, self.config.max_append_bytes, self.config.max_append_entries
+        )
+        if entries:
+            self._send(
+                AppendEntries(
+                    self.term, self.id, peer, prev, prev_term, entries, self.commit_index,
+                    self.read_seq,
+                )
+            )
+
     def _flush_leader(self) -> None:
         """Turn appended proposals and pending reads into messages (batched per ready)."""
         if self._append_pending or self._read_broadcast_pending:
@@ -732,6 +752,13 @@ class RaftCore:
                 pr.next_index = max(pr.next_index, m.match_index + 1)
                 while pr.inflight and pr.inflight[0] <= m.match_index:
                     pr.inflight.popleft()
+                if pr.gaps and pr.state == REPLICATE:
+                    # The follower now ends at match_index: a rejected message that
+                    # starts exactly there is needed now; one that starts before it
+                    # arrived by another copy.
+                    if m.match_index in pr.gaps:
+                        self._resend_after_gap(m.sender, pr)
+                    pr.gaps = [r for r in pr.gaps if r > m.match_index]
             # A success proves the logs agree up to match_index, even when it is no news
             # (a probe right after a snapshot, with nothing after it to send): leave
             # PROBE then too, or each answer would draw another empty probe, forever.
@@ -740,6 +767,7 @@ class RaftCore:
                     pr.state = REPLICATE
                     pr.probe_sent = False
                     pr.inflight.clear()
+                    pr.gaps = []
                     pr.next_index = pr.match_index + 1
                 if advanced:
                     self._maybe_commit()
@@ -748,6 +776,14 @@ class RaftCore:
         # A rejection only counts if it answers a message sent since the last success:
         # a stale or duplicated one must not move next_index below match_index + 1.
         if not pr.match_index < m.rejected_index < pr.next_index:
+            return
+        if pr.state == REPLICATE and not m.conflict_term:
+            # "Log too short" while pipelining: a message sent before this one is still
+            # in flight (UDP reorders it) or was lost.  Tearing the pipeline down and
+            # refilling it from match_index on each such answer multiplies traffic.
+            # Remember the gap; when a success shows it closed, resend one batch from
+            # there.  A real loss is caught by the stall probe at the next heartbeat.
+            pr.gaps.append(m.rejected_index)
             return
         if m.conflict_term:
             last_of_term = self.log.last_index_of_term(m.conflict_term)
