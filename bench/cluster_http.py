@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -100,8 +101,10 @@ class System:
 class Txraft(System):
     name = "txraft"
 
-    def __init__(self, size: int, root: str, extra_args: List[str], python: str, app: str):
-        self.cluster = LocalCluster(size, os.path.join(root, "txraft"), app=app,
+    def __init__(self, size: int, root: str, extra_args: List[str], python: str, app: str,
+                 name: str = "txraft"):
+        self.name = name
+        self.cluster = LocalCluster(size, os.path.join(root, name), app=app,
                                     extra_args=extra_args, python=python)
         self.cluster.start_all()
         self._leader = self.cluster.wait_for_leader(timeout=60)
@@ -192,7 +195,8 @@ def run_row(system: System, nodes: int, workload: str, connections: int,
 def _run_row(system: System, nodes: int, workload: str, connections: int,
              args: argparse.Namespace, profile_dir: Optional[str] = None) -> Dict[str, Any]:
     tx_mode, etcd_mode, target, counted = WORKLOADS[workload]
-    mode = tx_mode if system.name == "txraft" else etcd_mode
+    txraft = system.name.startswith("txraft")
+    mode = tx_mode if txraft else etcd_mode
     leader = system.leader()
     node = leader if target == "leader" else system.followers(leader)[0]
     url = system.url(node)
@@ -239,8 +243,8 @@ def _run_row(system: System, nodes: int, workload: str, connections: int,
         row["committed"] = after["count"] - before["count"]
         row["ops_per_s"] = round(row["committed"] / elapsed, 1)
         row["counted_by"] = "cluster (leader's %s delta)" % (
-            "applied index" if system.name == "txraft" else "revision")
-        if system.name == "txraft":
+            "applied index" if txraft else "revision")
+        if txraft:
             batches = after["fsync_batches"] - before["fsync_batches"]
             row["leader_fsync_batches_per_s"] = round(batches / elapsed, 1)
             row["leader_entries_per_fsync"] = round(
@@ -249,7 +253,7 @@ def _run_row(system: System, nodes: int, workload: str, connections: int,
     else:
         row["ops_per_s"] = round(good / result["duration_s"], 1)
         row["counted_by"] = "client (wrk, non-error answers)"
-        if system.name == "txraft":
+        if txraft:
             row["leader_read_barriers"] = after["reads"] - before["reads"]
     # CPU per operation is far less sensitive to other load on the machine than ops/s.
     if ops_total > 0 and row["leader_cpu_pct"] is not None:
@@ -327,6 +331,30 @@ def report(rows: List[Dict[str, Any]], memory: Dict[str, Any]) -> Dict[str, Any]
                 table,
                 title="%s (%s; latency ms from wrk; ldr%% = leader CPU, %% of one core; "
                       "ratio = txraft/etcd)" % (workload, unit))
+    variants = sorted({r["system"] for r in rows if r["system"].startswith("txraft+")})
+    if variants:
+        table = []
+        for w, n, c in keys:
+            base = index.get(("txraft", n, w, c))
+            e = index.get(("etcd", n, w, c))
+            for v in variants:
+                x = index.get((v, n, w, c))
+                if x is None:
+                    continue
+                table.append([w, n, c, v[len("txraft+"):], fmt(x["ops_per_s"], 0),
+                              fmt(x["p50_ms"], 2), fmt(x["p99_ms"], 1), str(x["error_count"]),
+                              fmt(x.get("leader_cpu_us_per_op"), 0),
+                              fmt(ratio(x["ops_per_s"], base and base["ops_per_s"]), 2),
+                              fmt(ratio(x["p50_ms"], base and base["p50_ms"]), 2),
+                              fmt(ratio(x["ops_per_s"], e and e["ops_per_s"]), 2),
+                              fmt(ratio(x["p50_ms"], e and e["p50_ms"]), 2)])
+                ratios.append({"workload": w, "nodes": n, "connections": c, "variant": v,
+                               "throughput_ratio": ratio(x["ops_per_s"], e and e["ops_per_s"]),
+                               "p50_ratio": ratio(x["p50_ms"], e and e["p50_ms"]),
+                               "vs_txraft": ratio(x["ops_per_s"], base and base["ops_per_s"])})
+        print_table(["workload", "nodes", "conns", "patches", "/s", "p50", "p99", "err",
+                     "ldr us/op", "x txraft", "p50 x txraft", "x etcd", "p50 x etcd"], table,
+                    title="txraft with proposed patches (bench/patched.py), interleaved")
     goals: Dict[str, Any] = {}
     t = index.get(("txraft", 3, "write", 64))
     e = index.get(("etcd", 3, "write", 64))
@@ -382,6 +410,10 @@ def main() -> None:
                         default="default",
                         help="txraft nodes' reactor: twistd's default (epoll), or Twisted's "
                              "asyncio reactor, optionally on uvloop [default]")
+    parser.add_argument("--variants", default="",
+                        help="also run txraft with these patch sets, interleaved with the "
+                             "rest (A/B under the same noise): sets separated by ';', "
+                             "patches by ',', e.g. 'parallel,normal;direct,quiet'")
     parser.add_argument("--python", default=sys.executable,
                         help="interpreter for the txraft nodes (e.g. a PyPy with the deps)")
     parser.add_argument("--profile", action="store_true",
@@ -394,6 +426,7 @@ def main() -> None:
                         help="smoke run: sizes 1,3; connections 1,64; 2 s rows; 1 s warm-up")
     parser.add_argument("--name", default="cluster_http", help="results file name")
     args = parser.parse_args()
+    common.exit_cleanly_on_sigterm()
     if args.quick:
         args.sizes, args.connections, args.extra_sizes = "1,3", "1,64", "3"
         args.seconds, args.warmup = 2.0, 1.0
@@ -409,6 +442,8 @@ def main() -> None:
         if args.reactor != "default":
             args.name += "-" + args.reactor
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    variants = ["txraft+" + "+".join(x.strip() for x in v.split(",") if x.strip())
+                for v in args.variants.split(";") if v.strip()]
     if "etcd" in systems and require("etcd", needed=False) is None:
         systems.remove("etcd")
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
@@ -436,6 +471,10 @@ def main() -> None:
             running: Dict[str, System] = {}
             size_root = os.path.join(root, "n%d" % size)
             try:
+                for variant in variants:
+                    running[variant] = Txraft(
+                        size, size_root, args.txraft_args.split(), node_python,
+                        "bench.patched:kv_" + "_".join(variant.split("+")[1:]), name=variant)
                 for s in systems:
                     if s == "txraft":
                         running[s] = Txraft(size, size_root, args.txraft_args.split(),
@@ -444,7 +483,8 @@ def main() -> None:
                         running[s] = Etcd(size, size_root, args.etcd_election_ms,
                                           args.etcd_heartbeat_ms)
                 time.sleep(2.0)
-                memory[str(size)] = {s: idle_memory(sys_) for s, sys_ in running.items()}
+                memory[str(size)] = {s: idle_memory(sys_) for s, sys_ in running.items()
+                                     if s in systems}
                 print("%d node(s) up; idle memory, MiB (rss/pss/uss): %s" % (size, "; ".join(
                     "%s %s" % (s, " ".join("%s=%s/%s/%s" % (n, m["rss"], m["pss"], m["uss"])
                                            for n, m in mem.items() if m))
@@ -499,7 +539,7 @@ def main() -> None:
                                 print("  (profiled run: %s/s; profiles: %s)" % (
                                     fmt(prow["ops_per_s"], 0), sorted(profiles)), flush=True)
                 memory[str(size)]["after_load"] = {
-                    s: idle_memory(sys_) for s, sys_ in running.items()}
+                    s: idle_memory(sys_) for s, sys_ in running.items() if s in systems}
             finally:
                 for sys_ in running.values():
                     sys_.stop()
@@ -524,7 +564,7 @@ def main() -> None:
         "fsync": fsync, "txraft_app": txraft_app,
         "idle_rss_mib": memory, "rows": table_rows, "all_runs": rows,
         "ratios": verdict["ratios"], "goals": verdict["goals"], "profiles": profiles,
-        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "command": shlex.join(["python"] + sys.argv),
     })
 
 

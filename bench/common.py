@@ -83,6 +83,11 @@ def _run(cmd: Sequence[str]) -> str:
         return ""
 
 
+def exit_cleanly_on_sigterm() -> None:
+    """Make SIGTERM unwind like Ctrl-C, so the clusters a benchmark started are stopped."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def node_python(reactor: str, python: str) -> str:
     """The interpreter to give LocalCluster so its nodes run on ``reactor``.
 

@@ -29,6 +29,7 @@ import base64
 import http.client
 import os
 import random
+import shlex
 import shutil
 import sys
 import threading
@@ -327,6 +328,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
+    common.exit_cleanly_on_sigterm()
     if args.quick:
         args.trials = 10
     patches = [x for x in args.txraft_patches.split(",") if x]
@@ -399,7 +401,7 @@ def main() -> None:
         "elapsed_s": round(time.time() - started), "config": vars(args),
         "txraft_app": txraft_app, "summaries": summaries, "trials": results,
         "histogram": hist, "goals": goals,
-        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "command": shlex.join(["python"] + sys.argv),
     })
 
 

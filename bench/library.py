@@ -33,6 +33,7 @@ import functools
 import json
 import os
 import random
+import shlex
 import shutil
 import subprocess
 import sys
@@ -273,6 +274,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 s rows, 1 s warm-up")
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
+    common.exit_cleanly_on_sigterm()
     if args.quick:
         args.seconds, args.warmup = 2.0, 1.0
     name = args.name or "library" + ("-memory" if args.state_machine == "memory" else "") + (
@@ -371,7 +373,7 @@ def main() -> None:
         "machine": machine, "loadavg_at_start": load_at_start, "loadavg_at_end": common.loadavg(),
         "elapsed_s": round(time.time() - started), "config": vars(args), "fsync": fsync,
         "rows": rows, "all_runs": runs, "ratios": ratios, "goals": goals,
-        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "command": shlex.join(["python"] + sys.argv),
     })
 
 

@@ -27,9 +27,14 @@ SIZE_STYLES = {1: ":", 3: "-", 5: "--"}
 
 def _stamp(doc) -> str:
     m = doc.get("machine", {})
-    return "%s, %s CPUs, %s; %s; load %s at start" % (
+    loads = [(doc.get("loadavg_at_start") or [0])[0]]
+    for r in doc.get("all_runs") or doc.get("rows") or []:
+        loads.append((r.get("loadavg_after") or [0])[0])
+    for runs in (doc.get("trials") or {}).values():
+        loads += [t.get("loadavg", 0) for t in runs]
+    return "%s, %s CPUs, %s; %s; 1-minute load average %.1f-%.1f (other work on the machine)" % (
         m.get("cpu_model", "?"), m.get("cpus", "?"), m.get("python", "?"),
-        doc.get("finished", "")[:16], (doc.get("loadavg_at_start") or ["?"])[0])
+        doc.get("finished", "")[:16], min(loads), max(loads))
 
 
 def http_plots(plt, doc, out_dir):
@@ -83,15 +88,17 @@ def http_plots(plt, doc, out_dir):
     return [a, b]
 
 
-def failover_plot(plt, doc, out_dir):
+def failover_plot(plt, doc, out_dir, extra=()):
+    """``extra``: (label, summary) of other runs to overlay, e.g. a proposed patch."""
     summaries = [s for s in doc.get("summaries", []) if s.get("downtimes_ms")]
+    summaries += [dict(s, system=label) for label, s in extra if s.get("downtimes_ms")]
     if not summaries:
         return []
     top = max(max(s["downtimes_ms"]) for s in summaries)
     bins = [b * 25 for b in range(int(top // 25) + 2)]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for s in summaries:
-        ax.hist(s["downtimes_ms"], bins=bins, alpha=0.55, color=COLORS.get(s["system"]),
+        ax.hist(s["downtimes_ms"], bins=bins, alpha=0.55, color=COLORS.get(s["system"], "#9467bd"),
                 label="%s: median %.0f ms, p99 %.0f, max %.0f (%d trials)" % (
                     s["system"], s["median_ms"], s["p99_ms"], s["max_ms"], s["trials"]))
     cfg = doc.get("config", {})
@@ -142,6 +149,8 @@ def main() -> None:
     parser.add_argument("--results-suffix", default="",
                         help="read <name><suffix>-latest.json, e.g. -quick")
     parser.add_argument("--out", default=common.IMG_DIR)
+    parser.add_argument("--failover-patches", default="direct",
+                        help="overlay failover-<patches> results of txraft ('' for none)")
     args = parser.parse_args()
     if not common.have_module("matplotlib"):
         sys.exit("missing: matplotlib is not installed: " + common.HOW_TO_GET["matplotlib"])
@@ -158,7 +167,18 @@ def main() -> None:
         if doc is None:
             print("no %s%s results yet: run bench/%s.py" % (name, args.results_suffix, name))
             continue
-        written += fn(plt, doc, args.out)
+        if name == "failover":
+            # Overlay txraft runs with proposed patches (bench/failover.py --txraft-patches).
+            extra = []
+            for patches in args.failover_patches.split(";"):
+                other = common.load_results("failover-" + patches.replace(",", "-")
+                                            + args.results_suffix) if patches else None
+                for s in (other or {}).get("summaries", []):
+                    if s["system"] == "txraft":
+                        extra.append(("txraft + %s (proposed)" % patches, s))
+            written += fn(plt, doc, args.out, extra)
+        else:
+            written += fn(plt, doc, args.out)
     for path in written:
         print("wrote %s" % os.path.relpath(path, common.REPO_ROOT))
 
