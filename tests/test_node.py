@@ -482,3 +482,83 @@ class LeadershipChangeTests(SynchronousTestCase):
         self.assertTrue(refused[0].value.definite)
         self.assertEqual(leader.core.log.last_index, last + 3)
         self.assertEqual([w for w in waiting if w], [])
+
+
+class ParallelLeaderWriteTests(SynchronousTestCase):
+    def test_leader_sends_entries_before_its_own_fsync(self):
+        """Thesis section 10.2.1: with its term and vote already durable, the leader
+        sends AppendEntries before fsyncing the same entries, and commits only after
+        its own save (followers' acknowledgements alone are not counted early)."""
+        cluster = Cluster(self, 3)
+        cluster.run(1.0)
+        leader = cluster.leader()
+        start = len(cluster.journal)
+        out = result_of(leader.propose(b"p"))
+        cluster.clock.advance(0)
+        events = cluster.journal[start:]
+        sends = [i for i, ev in enumerate(events) if ev[0] == "send" and ev[1] == leader.node_id
+                 and getattr(ev[2], "entries", ())]
+        persists = [i for i, ev in enumerate(events) if ev[:2] == ("persist", leader.node_id)]
+        self.assertTrue(sends and persists)
+        self.assertLess(sends[0], persists[0])
+        cluster.run(0.1)
+        self.assertEqual(out[0][1], b"p")
+
+    def test_hard_state_change_is_persisted_before_anything_is_sent(self):
+        """A new leader's first batch changes its hard state (term, vote): that batch is
+        persisted before any of its messages leave."""
+        cluster = Cluster(self, 3)
+        cluster.run(1.0)
+        leader = cluster.leader()
+        first_leader_send = next(
+            i for i, ev in enumerate(cluster.journal)
+            if ev[0] == "send" and ev[1] == leader.node_id and getattr(ev[2], "entries", ())
+        )
+        term_persisted = next(
+            i for i, ev in enumerate(cluster.journal)
+            if ev[:2] == ("persist", leader.node_id)
+        )
+        self.assertLess(term_persisted, first_leader_send)
+
+
+class StateMachineRollbackTests(SynchronousTestCase):
+    """The state machine syncs lazily (SQLite synchronous=NORMAL): after an OS crash it
+    may be behind what it applied.  The node must bring it back, exactly once."""
+
+    def rolled_back(self, cluster, index):
+        machine = cluster.machines["n1"]
+        kept = [(i, data) for i, data in machine.applied if i <= index]
+        term = cluster.storages["n1"].load()[2][0].term if index else 0
+        machine.restore(index, term, msgpack.packb(kept))
+
+    def test_reapplies_from_the_log(self):
+        """A state machine that lost its last batches re-applies them from the log."""
+        cluster = Cluster(self, 1)
+        cluster.clock.advance(0)
+        for i in range(5):
+            cluster.nodes["n1"].propose(b"%d" % i)
+        cluster.clock.advance(0)
+        before = list(cluster.machines["n1"].applied)
+        cluster.nodes["n1"].stopService()
+        self.rolled_back(cluster, 2)
+        cluster.start("n1")
+        cluster.clock.advance(0)
+        self.assertEqual(cluster.machines["n1"].applied[: len(before)], before)
+
+    def test_restores_the_snapshot_when_the_log_was_compacted_past_it(self):
+        """A state machine behind the compacted log is restored from the snapshot file,
+        then the log after it is re-applied."""
+        cluster = Cluster(self, 1, timing=SNAPSHOT_TIMING, snapshot_root=self.mktemp())
+        cluster.clock.advance(0)
+        for i in range(60):
+            cluster.nodes["n1"].propose(b"%d" % i)
+            cluster.clock.advance(0)
+        before = list(cluster.machines["n1"].applied)
+        self.assertGreater(cluster.nodes["n1"].core.log.snapshot_index, 2)
+        cluster.nodes["n1"].stopService()
+        self.rolled_back(cluster, 0)
+        node = cluster.start("n1")
+        cluster.clock.advance(0)
+        self.assertEqual(cluster.machines["n1"].applied[: len(before)], before)
+        self.assertEqual([i for i, _ in cluster.machines["n1"].applied],
+                         list(range(1, node.core.last_applied + 1)))

@@ -342,6 +342,22 @@ class RaftNode(Service):
 
     def _execute(self, rd: Any) -> None:
         self.counters["readies"] += 1
+        if (
+            rd.entries
+            and rd.messages
+            and rd.hard_state is None
+            and rd.snapshot is None
+            and self.core.role == LEADER
+        ):
+            # Thesis section 10.2.1: a leader may write its log in parallel with its
+            # followers.  Its messages promise nothing about its own disk (its term and
+            # vote are already durable: hard_state is None), and the core counts its own
+            # copy only in advance(), after the save below.  The followers' fsyncs then
+            # overlap the leader's instead of following it.
+            self._send_messages(rd.messages)
+            messages = ()
+        else:
+            messages = rd.messages
         # 1. Persist: nothing below may depend on state that is not yet durable.
         if rd.hard_state is not None or rd.entries:
             self.storage.save(rd.hard_state, rd.entries)
@@ -351,14 +367,8 @@ class RaftNode(Service):
             # The state machine already holds this snapshot (see _snapshot_chunk).
             self.storage.compact(rd.snapshot)
         # 2. Send.
-        if rd.messages:
-            send = self.transport.send
-            for message in rd.messages:
-                if isinstance(message, InstallSnapshot):
-                    self._start_snapshot_transfer(message)
-                else:
-                    send(message)
-            self.counters["messages_sent"] += len(rd.messages)
+        if messages:
+            self._send_messages(messages)
         # 3. Apply, in one state-machine transaction for the whole batch.
         if rd.committed_entries:
             results = self.state_machine.apply_batch(rd.committed_entries)
@@ -401,6 +411,15 @@ class RaftNode(Service):
             >= self.timing.snapshot_entries + self.timing.snapshot_trailing_entries
         ):
             self.take_snapshot()
+
+    def _send_messages(self, messages: Any) -> None:
+        send = self.transport.send
+        for message in messages:
+            if isinstance(message, InstallSnapshot):
+                self._start_snapshot_transfer(message)
+            else:
+                send(message)
+        self.counters["messages_sent"] += len(messages)
 
     def _role_changed(self, soft: Any) -> None:
         self.log.info(
