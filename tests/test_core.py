@@ -682,6 +682,87 @@ class BatchingAndDurabilityTests(SynchronousTestCase):
             self.assertTrue(len(s) == 1 or sum(s) <= 300, s)
         self.assertEqual(terms_of(c["b"]), terms_of(c["a"]))
 
+    def test_silent_follower_gets_one_message_per_heartbeat(self):
+        """Section 5.3 ("the leader retries AppendEntries indefinitely"): retrying a
+        follower that stopped answering (crashed, paused, cut off) must stay cheap.
+        After a heartbeat interval without progress the leader probes it with one
+        message per heartbeat instead of refilling the whole pipeline (max_inflight
+        batches) every interval; when it answers again it catches up."""
+        config = CoreConfig(election_ticks=20, heartbeat_ticks=2, max_append_bytes=64,
+                            max_inflight=16)
+        c = Cluster("abc", config=config)
+        c.elect("a")
+        c.run(2)
+        c.cut("a", "c")  # c hears nothing; its answers could still arrive
+        sent_before = self.sent_to(c, "a", "c")
+        for i in range(40):
+            c.propose("a", b"x=%d" % i)
+            c.tick("a")
+            c.deliver()
+        sent = self.sent_to(c, "a", "c") - sent_before
+        # 40 ticks = 20 heartbeat intervals: the first window of the pipeline, then
+        # about one probe per heartbeat.
+        self.assertLessEqual(sent, config.max_inflight + 40 // config.heartbeat_ticks + 2)
+        c.heal()
+        c.run(5)
+        self.assertEqual(terms_of(c["c"]), terms_of(c["a"]))
+
+    def test_reordered_pipeline_is_not_resent(self):
+        """Section 5.3 over UDP: pipelined AppendEntries may arrive out of order; a
+        follower rejects one that arrives before its predecessor (its log is still too
+        short), but that only means the predecessor is in flight.  The leader must not
+        tear the pipeline down and refill it on each such rejection; it resends a
+        rejected batch once the gap closes.  Catching up 40 entries, one per message,
+        delivered in random order, sends each entry at most twice (the old behaviour
+        sent 158 messages)."""
+        config = CoreConfig(election_ticks=20, heartbeat_ticks=2, max_append_bytes=16,
+                            max_inflight=64)
+        c = Cluster("abc", config=config)
+        c.elect("a")
+        c.run(2)
+        c.cut("a", "c")
+        before = self.sent_to(c, "a", "b", with_entries=True)
+        rng = random.Random(5)
+        for i in range(40):
+            c.propose("a", b"x=%d" % i)
+        for _ in range(12):
+            batch = c.take(lambda m: True)
+            rng.shuffle(batch)
+            c.inflight = batch
+            c.deliver(max_messages=10000)
+            if c["a"].progress["b"].match_index == c["a"].log.last_index:
+                break
+        self.assertEqual(c["a"].progress["b"].match_index, c["a"].log.last_index)
+        self.assertEqual(c["a"].progress["b"].state, "replicate")
+        self.assertLessEqual(self.sent_to(c, "a", "b", with_entries=True) - before, 80)
+
+    def test_lost_pipelined_message_is_recovered_at_the_next_heartbeat(self):
+        """Section 5.3 ("the leader retries AppendEntries indefinitely"): when a
+        pipelined message is lost, the follower rejects the ones after it as "too
+        short" and the leader waits for the gap to close; since it never does, the stall
+        probe at the next heartbeat resends from what the follower acknowledged."""
+        config = CoreConfig(election_ticks=20, heartbeat_ticks=2, max_append_bytes=16)
+        c = Cluster("abc", config=config)
+        c.elect("a")
+        c.run(2)
+        c.cut("a", "c")
+        for i in range(5):
+            c.propose("a", b"x=%d" % i)
+        first = min((m for m in c.inflight if isinstance(m, AppendEntries)),
+                    key=lambda m: m.prev_log_index)
+        c.deliver(drop=lambda m: m is first)
+        self.assertLess(c["b"].log.last_index, c["a"].log.last_index)
+        for _ in range(2 * config.heartbeat_ticks):
+            c.tick("a")
+            c.deliver()
+        self.assertEqual(c["b"].log.last_index, c["a"].log.last_index)
+        self.assertEqual(c.applied_data("a")[-5:], [b"x=%d" % i for i in range(5)])
+
+    def sent_to(self, c, src, dst, with_entries=False):
+        return sum(1 for rd in c.nodes[src].readies for m in rd.messages
+                   if isinstance(m, AppendEntries) and m.receiver == dst
+                   and (m.entries or not with_entries))
+
     def test_follower_answer_travels_with_what_it_depends_on(self):
         """Figure 2 ("Persistent state ... updated on stable storage before responding to
         RPCs"): a follower's acknowledgement is in the same Ready as the entries it

@@ -20,9 +20,13 @@ paper's five safety properties and linearizable reads; a violation raises
 operation resolved.
 
 Using it for your own state machine: pass ``state_machine_factory`` (a zero-argument
-callable returning an object with ``apply(entry)``, ``query(query)``, ``snapshot()`` and
-``restore(data)``; ``IStateMachineAdapter`` wraps a ``txraft.interfaces.IStateMachine``)
-and a ``workload`` that invents operations and checks read results.
+callable returning an object with ``apply(entry)`` for each committed normal entry,
+``query(query)`` for reads, ``snapshot() -> bytes`` and ``restore(data, meta)``;
+``IStateMachineAdapter`` wraps a ``txraft.interfaces.IStateMachine``) and a
+``workload`` (see ``KVWorkload``: ``next_operation``, ``write_completed``,
+``read_started``, ``read_completed``) that invents operations and checks read
+results.  The state machine is volatile: a crashed node rebuilds it from its stored
+snapshot and replays the log, as a node with an in-memory state machine would.
 
 Time: ``SimConfig.tick_ms`` milliseconds per core tick (10 by default, so the default
 election timeout of 15 ticks is 150-300 ms and heartbeats go every 50 ms).
@@ -178,7 +182,7 @@ class KVStateMachine:
             b"%s=%s=%d" % (k, v, i) for k, (v, i) in sorted(self.values.items())
         )
 
-    def restore(self, data: bytes) -> None:
+    def restore(self, data: bytes, meta: SnapshotMeta) -> None:
         self.values = {}
         for line in data.split(b"\n"):
             if line:
@@ -189,16 +193,18 @@ class KVStateMachine:
 class IStateMachineAdapter:
     """Run a ``txraft.interfaces.IStateMachine`` in the simulator.
 
-    ``query`` is a callable given the wrapped state machine and the read's query.
+    ``query`` is a callable given the wrapped state machine and the read's query.  As in
+    the node runtime, NOOP entries are applied too (they advance the applied index).
     """
+
+    #: Ask the simulator for NOOP entries as well.
+    wants_noops = True
 
     def __init__(self, machine: Any, query: Callable[[Any, Any], Any]):
         self.machine = machine
         self._query = query
-        self._last = (0, 0)
 
     def apply(self, entry: Any) -> Any:
-        self._last = (entry.index, entry.term)
         return self.machine.apply_batch([entry])[0]
 
     def query(self, query: Any) -> Any:
@@ -207,8 +213,8 @@ class IStateMachineAdapter:
     def snapshot(self) -> bytes:
         return self.machine.snapshot()[2]
 
-    def restore(self, data: bytes) -> None:
-        self.machine.restore(self._last[0], self._last[1], data)
+    def restore(self, data: bytes, meta: SnapshotMeta) -> None:
+        self.machine.restore(meta.index, meta.term, data)
 
 
 @attrs.frozen
@@ -310,6 +316,8 @@ class SimNode:
         self.core: Optional[RaftCore] = None
         self.machine: Any = None
         self.paused_until = 0
+        #: What arrived while paused (a process's socket buffer), handled on resume.
+        self.backlog: List[Tuple[Callable[[Any], None], Any]] = []
         self.dirty = False
         self.crash_point: Optional[str] = None
         self.tick_rate = 1.0
@@ -336,8 +344,9 @@ class SimNode:
         )
         self.machine = sim.state_machine_factory()
         if data is not None:
-            self.machine.restore(data)
+            self.machine.restore(data, snapshot)
         self.incarnation += 1
+        self.paused_until = min(self.paused_until, sim.now)  # a new process is not paused
         self.crash_point = None
         self.pending_writes = {}
         self.pending_reads = {}
@@ -356,6 +365,7 @@ class SimNode:
         self.pending_writes = {}
         self.pending_reads = {}
         self.crash_point = None
+        self.backlog = []
         sim.record("crash", self.id)
 
     # -------------------------------------------------------------- inputs
@@ -380,7 +390,7 @@ class SimNode:
         if core is None:
             return
         if self.paused_until > self.sim.now:
-            self.sim.schedule_at(self.paused_until, self._receive_later, message)
+            self.backlog.append((self.receive, message))
             return
         sim = self.sim
         sim.record("recv", self.id, message.sender, type(message).__name__, message.term)
@@ -394,16 +404,13 @@ class SimNode:
         core.step(message)
         self.drain()
 
-    def _receive_later(self, message: Any) -> None:
-        self.receive(message)
-
     def client_request(self, req: ClientRequest) -> None:
         core = self.core
         if core is None:
             return
         sim = self.sim
         if self.paused_until > sim.now:
-            sim.schedule_at(self.paused_until, self._client_later, req)
+            self.backlog.append((self.client_request, req))
             return
         sim.record("client", self.id, req.client, req.req_id, req.op.kind)
         if req.op.kind == "write":
@@ -429,8 +436,13 @@ class SimNode:
             sim.checker.on_read_accepted(self, ctx)
         self.drain()
 
-    def _client_later(self, req: ClientRequest) -> None:
-        self.client_request(req)
+    def resume(self, _: Any = None) -> None:
+        """End of a pause: process what arrived meanwhile, in arrival order."""
+        if self.paused_until > self.sim.now or not self.backlog:
+            return
+        backlog, self.backlog = self.backlog, []
+        for handle, item in backlog:
+            handle(item)
 
     def reply(self, req: ClientRequest, status: str, **kw: Any) -> None:
         sim = self.sim
@@ -489,16 +501,17 @@ class SimNode:
                 return
             # 3. apply, then serve reads
             if rd.snapshot is not None:
-                self.machine.restore(storage.snapshot_data)
+                self.machine.restore(storage.snapshot_data, rd.snapshot)
                 checker.on_restore(self, rd.snapshot.index)
                 for index in [i for i in self.pending_writes if i <= rd.snapshot.index]:
                     self.reply(self.pending_writes.pop(index)[1], "unknown")
             machine = self.machine
+            noops = getattr(machine, "wants_noops", False)
             pending = self.pending_writes
             for entry in rd.committed_entries:
                 checker.on_apply(self, entry)
                 result = None
-                if entry.kind != ENTRY_NOOP:
+                if noops or entry.kind != ENTRY_NOOP:
                     result = machine.apply(entry)
                 if pending:
                     waiting = pending.pop(entry.index, None)
@@ -816,6 +829,7 @@ class Simulation:
         """Freeze a node (no ticks, messages queue) as in a long GC or VM pause."""
         node = self.nodes[node_id]
         node.paused_until = max(node.paused_until, self.now + ms)
+        self.schedule_at(node.paused_until, node.resume, None)
         self.stats["pauses"] += 1
         self.record("pause", node_id, ms)
 
@@ -843,6 +857,8 @@ class Simulation:
             node.tick_rate = 1.0
             if node.core is None:
                 self.restart(node.id)
+            else:
+                node.resume()
         for client in self.clients:
             client.finishing = True
             client.done_kinds = set()
@@ -872,7 +888,8 @@ class Simulation:
         if commit != leader.core.log.last_index:
             return False
         for node in self.node_list:
-            if node.core.last_applied != commit or node.pending_writes or node.pending_reads:
+            if (node.core.last_applied != commit or node.pending_writes
+                    or node.pending_reads or node.backlog):
                 return False
         return all(c.stopped for c in self.clients)
 

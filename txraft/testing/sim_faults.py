@@ -6,6 +6,10 @@ symmetric, one-way and bridged --, crashes, crashes in the middle of a Ready, pa
 plus network loss, duplication and long delays and per-node clock skew), then heals
 everything and checks liveness.  It returns a ``SeedResult`` with the counters the
 coverage test looks at.  Every draw comes from the simulation's one ``random.Random``.
+
+Changing what ``run_seed`` draws, or the order in which the simulator consumes the random
+source, changes the scenario every seed names: re-derive the regression seeds in
+``tests/test_sim_regressions.py`` then (its docstring says how).
 """
 
 from __future__ import annotations
@@ -265,10 +269,14 @@ def run_seed(
     mix = random_mix(rng)
     sim = Simulation(seed, config, rng=rng, replay=replay, record_trace=record_trace)
     Nemesis(sim, mix)
-    sim.run_for(duration_ms)
-    sim.heal()
-    timing = sim.await_quiet(LEADER_WITHIN_MS, QUIET_WITHIN_MS)
-    idle_messages = sim.check_idle_traffic()
+    try:
+        sim.run_for(duration_ms)
+        sim.heal()
+        timing = sim.await_quiet(LEADER_WITHIN_MS, QUIET_WITHIN_MS)
+        idle_messages = sim.check_idle_traffic()
+    except Exception as e:
+        e.simulation = sim  # type: ignore[attr-defined]  # for a replay's post-mortem
+        raise
     return SeedResult(
         seed=seed,
         nodes=nodes,
