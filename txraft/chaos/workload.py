@@ -48,6 +48,9 @@ from txraft.chaos.checker import (
 from txraft.chaos.history import Attempt, History, Record, settle
 
 JSON = {"Content-Type": "application/json"}
+#: Idempotency keys replayed at the end are drawn from this many most recent ones, well
+#: inside the shop's documented retention (the latest 100,000 keys, 24 hours).
+RETAINED_KEYS = 20_000
 
 
 @attrs.frozen
@@ -821,7 +824,11 @@ class ShopWorkload:
         """Send some completed writes again with their keys: each must get its first
         answer back (marked replayed) and change nothing."""
         problems = []
-        candidates = [r for r in records if r.status == OK and r.f in ("order", "restock")
+        # Only keys the shop still retains: it keeps the latest 100,000 keys (and 24 h);
+        # an older key is forgotten by design and a replay would run the request again.
+        keyed = [r for r in records if "idempotency_key" in r.args]
+        candidates = [r for r in keyed[-RETAINED_KEYS:]
+                      if r.status == OK and r.f in ("order", "restock")
                       and r.result["status"] in (201, 200, 409, 412)]
         rng.shuffle(candidates)
         for r in candidates[:limit]:
