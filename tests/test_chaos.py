@@ -365,5 +365,3 @@ class FoundByChaosTests(SynchronousTestCase):
         self.assertEqual({i: (c.role, c.term) for i, c in cores.items()},
                          {"a": ("leader", 1), "b": ("follower", 1), "c": ("follower", 1)})
 
-    test_probe_state_followers_still_get_heartbeats.todo = (
-        "RaftCore._heartbeat sends no heartbeat to a PROBE follower")

@@ -564,6 +564,10 @@ class RaftCore:
                 self._heartbeat(peer, pr)
 
     def _heartbeat(self, peer: str, pr: Progress) -> None:
+        # Every follower gets a plain heartbeat, whatever else it is sent: a probe or a
+        # retransmission may carry a batch too big for one datagram and be lost again
+        # and again, and the follower must not take that for a dead leader.
+        self._send_heartbeat(peer, pr)
         if pr.state == PROBE:
             pr.probe_sent = False
             self._send_append(peer)
@@ -582,8 +586,6 @@ class RaftCore:
                 pr.inflight.clear()
                 pr.probe_sent = False
                 self._send_append(peer)
-                return
-        self._send_heartbeat(peer, pr)
 
     def _send_heartbeat(self, peer: str, pr: Progress) -> None:
         # prev = match_index: a heartbeat must never look like a gap to the follower.
