@@ -37,11 +37,23 @@ def _stamp(doc) -> str:
         doc.get("finished", "")[:16], min(loads), max(loads))
 
 
-def http_plots(plt, doc, out_dir):
+def http_plots(plt, doc, out_dir, later=None):
+    """``later``: a later run (e.g. cluster_http-after) whose write rows are overlaid."""
     rows = [r for r in doc["rows"] if r["workload"] == "write"]
     if not rows:
         return []
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    if later is not None:
+        commit = later.get("machine", {}).get("txraft_commit") or "later"
+        for system, color in (("txraft", "#2ca02c"), ("etcd", "#ff9896")):
+            for size in sorted({r["nodes"] for r in later["rows"]}):
+                pts = sorted((r["connections"], r["ops_per_s"]) for r in later["rows"]
+                             if r["system"] == system and r["nodes"] == size
+                             and r["workload"] == "write")
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="s",
+                            linestyle=SIZE_STYLES.get(size, "-"), color=color,
+                            label="%s, %d nodes, re-run on %s" % (system, size, commit))
     for system in ("txraft", "etcd"):
         for size in sorted({r["nodes"] for r in rows}):
             pts = sorted((r["connections"], r["ops_per_s"]) for r in rows
@@ -91,14 +103,17 @@ def http_plots(plt, doc, out_dir):
 def failover_plot(plt, doc, out_dir, extra=()):
     """``extra``: (label, summary) of other runs to overlay, e.g. a proposed patch."""
     summaries = [s for s in doc.get("summaries", []) if s.get("downtimes_ms")]
-    summaries += [dict(s, system=label) for label, s in extra if s.get("downtimes_ms")]
+    extra_colors = ["#9467bd", "#2ca02c", "#ff7f0e", "#8c564b"]
+    summaries += [dict(s, system=label, color=extra_colors[i % len(extra_colors)])
+                  for i, (label, s) in enumerate(extra) if s.get("downtimes_ms")]
     if not summaries:
         return []
     top = max(max(s["downtimes_ms"]) for s in summaries)
     bins = [b * 25 for b in range(int(top // 25) + 2)]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for s in summaries:
-        ax.hist(s["downtimes_ms"], bins=bins, alpha=0.55, color=COLORS.get(s["system"], "#9467bd"),
+        ax.hist(s["downtimes_ms"], bins=bins, alpha=0.55,
+                color=s.get("color") or COLORS.get(s["system"], "#9467bd"),
                 label="%s: median %.0f ms, p99 %.0f, max %.0f (%d trials)" % (
                     s["system"], s["median_ms"], s["p99_ms"], s["max_ms"], s["trials"]))
     cfg = doc.get("config", {})
@@ -149,8 +164,9 @@ def main() -> None:
     parser.add_argument("--results-suffix", default="",
                         help="read <name><suffix>-latest.json, e.g. -quick")
     parser.add_argument("--out", default=common.IMG_DIR)
-    parser.add_argument("--failover-patches", default="direct",
-                        help="overlay failover-<patches> results of txraft ('' for none)")
+    parser.add_argument("--failover-patches", default="direct;after",
+                        help="overlay failover-<patches> results of txraft, ';'-separated "
+                             "('after': a later commit's run, named failover-after)")
     args = parser.parse_args()
     if not common.have_module("matplotlib"):
         sys.exit("missing: matplotlib is not installed: " + common.HOW_TO_GET["matplotlib"])
@@ -167,6 +183,10 @@ def main() -> None:
         if doc is None:
             print("no %s%s results yet: run bench/%s.py" % (name, args.results_suffix, name))
             continue
+        if name == "cluster_http":
+            written += fn(plt, doc, args.out,
+                          common.load_results("cluster_http-after" + args.results_suffix))
+            continue
         if name == "failover":
             # Overlay txraft runs with proposed patches (bench/failover.py --txraft-patches).
             extra = []
@@ -175,7 +195,9 @@ def main() -> None:
                                             + args.results_suffix) if patches else None
                 for s in (other or {}).get("summaries", []):
                     if s["system"] == "txraft":
-                        extra.append(("txraft + %s (proposed)" % patches, s))
+                        label = ("txraft, %s" % other["machine"].get("txraft_commit", "later")
+                                 if patches == "after" else "txraft + %s (proposed)" % patches)
+                        extra.append((label, s))
             written += fn(plt, doc, args.out, extra)
         else:
             written += fn(plt, doc, args.out)
