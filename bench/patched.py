@@ -26,6 +26,10 @@ the template for the next proposal:
     section 10.2.1; what etcd's server does): the leader's fsync overlaps the followers'.
     Safe because the core counts the leader's own copy only in ``advance()``, after the
     driver persisted it; a Ready that changes the hard state still persists first.
+``content``
+    ``Site.getContentFile`` defined (BytesIO below 100 kB, a temporary file above, as
+    twisted.web itself chooses): ``Request.gotLength`` looks it up on every request and
+    otherwise falls back through a caught AttributeError.
 ``normal``
     The state machine's SQLite file uses ``synchronous=NORMAL`` (WAL): no fsync per
     applied batch.  The Raft log is the durable record; after a power loss the state
@@ -37,7 +41,7 @@ from __future__ import annotations
 
 from typing import Any, List
 
-PATCHES = ("direct", "quiet", "parallel", "normal")
+PATCHES = ("direct", "quiet", "parallel", "normal", "content")
 
 
 def _direct_client(reactor: Any) -> Any:
@@ -73,6 +77,20 @@ def _patch_quiet() -> None:
     from twisted.web import http
 
     http.HTTPFactory.log = lambda self, request: None
+
+
+def _patch_content() -> None:
+    import io
+    import tempfile
+
+    from twisted.web.server import Site
+
+    def getContentFile(self, length):
+        if length is not None and length < 100000:
+            return io.BytesIO()
+        return tempfile.TemporaryFile()
+
+    Site.getContentFile = getContentFile
 
 
 def _patch_parallel() -> None:
@@ -114,6 +132,8 @@ def apply(base: Any, patches: List[str]) -> Any:
         _patch_quiet()
     if "parallel" in patches:
         _patch_parallel()
+    if "content" in patches:
+        _patch_content()
 
     def make_state_machine(data_dir):
         sm = base.make_state_machine(data_dir)
