@@ -27,6 +27,7 @@ setup(
         "console_scripts": [
             "shopctl = shop.cli:main",
             "txraft-cluster = txraft.clustercmd:main",
+            "txraft-chaos = txraft.chaos.__main__:main",
         ],
     },
 )

@@ -562,3 +562,22 @@ class StateMachineRollbackTests(SynchronousTestCase):
         self.assertEqual(cluster.machines["n1"].applied[: len(before)], before)
         self.assertEqual([i for i, _ in cluster.machines["n1"].applied],
                          list(range(1, node.core.last_applied + 1)))
+
+
+class SnapshotChunkCoreTests(SynchronousTestCase):
+    def test_core_does_not_acknowledge_a_partial_snapshot(self):
+        """Figure 13: a follower's core acknowledges an InstallSnapshot only when it is
+        the whole snapshot (done); a chunk must not move the leader's match_index."""
+        from txraft.core import CoreConfig, RaftCore
+        from txraft.messages import InstallSnapshot
+
+        core = RaftCore("b", ["a", "b", "c"], CoreConfig(), random.Random(1))
+        core.step(InstallSnapshot(1, "a", "b", 50, 1, offset=0, data=b"x", done=False))
+        rd = core.ready()
+        self.assertEqual([m for m in rd.messages if type(m).__name__ == "InstallSnapshotResponse"], [])
+        self.assertEqual(core.commit_index, 0)
+        core.advance(rd)
+        core.step(InstallSnapshot(1, "a", "b", 50, 1, done=True))
+        rd = core.ready()
+        self.assertEqual(core.commit_index, 50)
+        self.assertEqual(rd.snapshot.index, 50)

@@ -818,7 +818,11 @@ class RaftCore:
         if self.role != FOLLOWER or self.leader_id != m.sender:
             self._become_follower(self.term, m.sender)
         self.election_elapsed = 0
-        if m.last_included_index > self.commit_index and m.done:
+        if not m.done:
+            # A chunk is the runtime's business; acknowledging it here would tell the
+            # leader the follower holds a snapshot it does not have yet.
+            return
+        if m.last_included_index > self.commit_index:
             if self.log.term_at(m.last_included_index) == m.last_included_term:
                 self.log.compact(SnapshotMeta(m.last_included_index, m.last_included_term))
             else:
