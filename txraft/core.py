@@ -761,10 +761,13 @@ class RaftCore:
                     if m.match_index in pr.gaps:
                         self._resend_after_gap(m.sender, pr)
                     pr.gaps = [r for r in pr.gaps if r > m.match_index]
-            # A success proves the logs agree up to match_index, even when it is no news
-            # (a probe right after a snapshot, with nothing after it to send): leave
-            # PROBE then too, or each answer would draw another empty probe, forever.
-            if advanced or (pr.state == PROBE and m.match_index == pr.match_index):
+            # A success proves the logs agree up to match_index.  When it is no news but
+            # the follower has everything (a probe right after a snapshot with nothing
+            # after it), leave PROBE too, or each answer would draw another empty probe,
+            # forever.  Not when entries remain: an answer to a heartbeat must not
+            # refill the pipeline towards a follower whose batches keep getting lost.
+            caught_up = m.match_index == pr.match_index == self.log.last_index
+            if advanced or (pr.state == PROBE and caught_up):
                 if pr.state != REPLICATE:
                     pr.state = REPLICATE
                     pr.probe_sent = False
