@@ -708,6 +708,30 @@ class BatchingAndDurabilityTests(SynchronousTestCase):
         c.run(5)
         self.assertEqual(terms_of(c["c"]), terms_of(c["a"]))
 
+    def test_follower_losing_big_batches_is_probed_not_flooded(self):
+        """Section 5.2 and 5.3 together: a follower that hears the small heartbeats but
+        loses every batch (too big for the path) stays in PROBE -- one batch per
+        heartbeat -- instead of having the pipeline refilled each time it answers a
+        heartbeat."""
+        config = CoreConfig(election_ticks=20, heartbeat_ticks=2, max_append_bytes=64,
+                            max_inflight=16)
+        c = Cluster("abc", config=config)
+        c.elect("a")
+        c.run(2)
+        batches = of_type(AppendEntries, receiver="c")
+        lost = lambda m: batches(m) and m.entries  # noqa: E731
+        before = len(c.nodes["a"].readies)
+        for i in range(40):
+            c.propose("a", b"x=%d" % i)
+            c.tick("a")
+            c.deliver(drop=lost)
+        sent = sum(1 for rd in c.nodes["a"].readies[before:] for m in rd.messages if lost(m))
+        # The first window, then about one probe per heartbeat interval.
+        self.assertLessEqual(sent, config.max_inflight + 40 // config.heartbeat_ticks + 2)
+        self.assertEqual((c["c"].role, c["c"].term), (FOLLOWER, 1))
+        c.run(3)
+        self.assertEqual(terms_of(c["c"]), terms_of(c["a"]))
+
     def test_reordered_pipeline_is_not_resent(self):
         """Section 5.3 over UDP: pipelined AppendEntries may arrive out of order; a
         follower rejects one that arrives before its predecessor (its log is still too

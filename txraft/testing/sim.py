@@ -25,8 +25,10 @@ callable returning an object with ``apply(entry)`` for each committed normal ent
 ``IStateMachineAdapter`` wraps a ``txraft.interfaces.IStateMachine``) and a
 ``workload`` (see ``KVWorkload``: ``next_operation``, ``write_completed``,
 ``read_started``, ``read_completed``) that invents operations and checks read
-results.  The state machine is volatile: a crashed node rebuilds it from its stored
-snapshot and replays the log, as a node with an in-memory state machine would.
+results.  By default the state machine is volatile: a crashed node rebuilds it from its
+stored snapshot and replays the log.  With ``SimConfig.durable_state_machine`` it
+survives crashes with its applied index, which the restarted core is given, as in the
+node runtime.
 
 Time: ``SimConfig.tick_ms`` milliseconds per core tick (10 by default, so the default
 election timeout of 15 ticks is 150-300 ms and heartbeats go every 50 ms).
@@ -73,6 +75,9 @@ class SimConfig:
     check_quorum: bool = True
     #: Compact the log once this many entries are applied past the snapshot (0: never).
     snapshot_every: int = 0
+    #: The state machine survives crashes with its applied index (like the runtime's
+    #: SQLite one) instead of being rebuilt from the snapshot and the log.
+    durable_state_machine: bool = False
     clients: int = 2
     #: A client gives up on one attempt after this long (the outcome is then unknown).
     client_timeout_ms: int = 300
@@ -315,6 +320,8 @@ class SimNode:
         self.storage = MemoryStorage()
         self.core: Optional[RaftCore] = None
         self.machine: Any = None
+        #: The index the state machine has applied (what a durable one would store).
+        self.machine_applied = 0
         self.paused_until = 0
         #: What arrived while paused (a process's socket buffer), handled on resume.
         self.backlog: List[Tuple[Callable[[Any], None], Any]] = []
@@ -337,14 +344,19 @@ class SimNode:
         """Boot from storage, as after a crash: only durable state survives."""
         sim = self.sim
         hard_state, snapshot, data, entries = self.storage.load()
+        if self.machine is None or not sim.config.durable_state_machine:
+            self.machine = sim.state_machine_factory()
+            self.machine_applied = 0
+        if snapshot.index > self.machine_applied:
+            # A fresh machine, or a durable one that crashed between persisting a
+            # received snapshot and restoring it: catch up from the stored image.
+            self.machine.restore(data, snapshot)
+            self.machine_applied = snapshot.index
         self.core = RaftCore(
             self.id, sim.node_ids, sim.core_config, sim.rng,
             hard_state=hard_state, snapshot=snapshot, entries=entries,
-            applied_index=snapshot.index,
+            applied_index=self.machine_applied,
         )
-        self.machine = sim.state_machine_factory()
-        if data is not None:
-            self.machine.restore(data, snapshot)
         self.incarnation += 1
         self.paused_until = min(self.paused_until, sim.now)  # a new process is not paused
         self.crash_point = None
@@ -361,7 +373,8 @@ class SimNode:
         for ctx in self.pending_reads:
             sim.checker.on_read_dropped(ctx)
         self.core = None
-        self.machine = None
+        if not sim.config.durable_state_machine:
+            self.machine = None
         self.pending_writes = {}
         self.pending_reads = {}
         self.crash_point = None
@@ -502,6 +515,7 @@ class SimNode:
             # 3. apply, then serve reads
             if rd.snapshot is not None:
                 self.machine.restore(storage.snapshot_data, rd.snapshot)
+                self.machine_applied = rd.snapshot.index
                 checker.on_restore(self, rd.snapshot.index)
                 for index in [i for i in self.pending_writes if i <= rd.snapshot.index]:
                     self.reply(self.pending_writes.pop(index)[1], "unknown")
@@ -513,6 +527,7 @@ class SimNode:
                 result = None
                 if noops or entry.kind != ENTRY_NOOP:
                     result = machine.apply(entry)
+                self.machine_applied = entry.index
                 if pending:
                     waiting = pending.pop(entry.index, None)
                     if waiting is not None:

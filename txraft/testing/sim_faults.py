@@ -84,6 +84,7 @@ def random_config(rng: random.Random, nodes: int) -> SimConfig:
         pre_vote=rng.random() < 0.85,
         check_quorum=rng.random() < 0.85,
         snapshot_every=rng.choice([0, 0, 25, 100]),
+        durable_state_machine=rng.random() < 0.5,
         clients=rng.choice([1, 2, 3, 5]),
         client_think_ms=rng.choice([10, 30, 60]),
     )
