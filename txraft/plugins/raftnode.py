@@ -295,7 +295,7 @@ class RaftNodeService(service.MultiService):
         from txraft.core import CoreConfig
         from txraft.node import RaftNode
         from txraft.storage import FileLogStorage
-        from txraft.transport import UDPTransport
+        from txraft.transport import Faults, UDPTransport
 
         _QuietPool, _Site = _web_classes()
         opts = self.options
@@ -317,6 +317,10 @@ class RaftNodeService(service.MultiService):
             # Grows across restarts, which the transport's replay protection relies on.
             incarnation=time.time_ns() // 1000,
             max_datagram=opts["max-datagram"],
+            # Injected loss must be random: a deterministic every-n-th drop loses the
+            # same fragment of every large message, so a snapshot chunk window or a big
+            # AppendEntries would never get through at 5% loss.
+            faults=Faults(random=random.Random(os.urandom(16))),
         )
         longest = max(members, key=len)
         budget = transport.max_payload - append_entries_overhead(longest, longest)
