@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import msgpack
 from klein import Klein
@@ -151,7 +151,9 @@ class SQLiteStateMachine:
 
     def dump(self) -> bytes:
         """Every table, rows in primary-key order, as msgpack: equal states, equal bytes."""
-        db = self._db
+        return self._dump(self._db)
+
+    def _dump(self, db) -> bytes:
         tables = {"meta": [list(row) for row in db.execute("SELECT * FROM meta ORDER BY name")]}
         for name, order_by in self.tables:
             tables[name] = [
@@ -161,6 +163,35 @@ class SQLiteStateMachine:
 
     def snapshot(self) -> Tuple[int, int, bytes]:
         return self._applied_index, self._applied_term, self.dump()
+
+    def begin_snapshot(self) -> Tuple[int, int, Callable[[], bytes]]:
+        """Pin the current state; return ``(index, term, read)``.
+
+        ``read()`` returns the same bytes ``snapshot()`` would have returned now, and may
+        run in another thread while ``apply_batch`` goes on: it reads through a second
+        connection whose read transaction (WAL mode) started here.
+        """
+        reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            reader.execute("BEGIN")
+            # The first read fixes the transaction's view of the database.
+            meta = dict(reader.execute("SELECT name, value FROM meta"))
+        except BaseException:
+            reader.close()
+            raise
+        if (meta["applied_index"], meta["applied_term"]) != (
+            self._applied_index, self._applied_term
+        ):
+            reader.close()
+            raise RuntimeError("%s: a snapshot began inside an apply batch" % (self.path,))
+
+        def read() -> bytes:
+            try:
+                return self._dump(reader)
+            finally:
+                reader.close()
+
+        return self._applied_index, self._applied_term, read
 
     def restore(self, index: int, term: int, data: bytes) -> None:
         image = msgpack.unpackb(data, raw=False)
