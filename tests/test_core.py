@@ -901,3 +901,22 @@ class SnapshotTests(SynchronousTestCase):
         c.inflight = again
         c.run(3)
         self.assertEqual(c["c"].commit_index, c["a"].commit_index)
+
+    def test_a_progressing_transfer_is_not_offered_again(self):
+        """Section 7: a snapshot that takes longer than an election timeout to send is
+        not re-offered while the runtime reports its chunks being acknowledged; once
+        the reports stop, the election-timeout re-offer applies again."""
+        c, meta = self.compacted()
+        c.heal()
+        c.tick("a")
+        self.assertEqual(len(c.take(of_type(InstallSnapshot))), 1)
+        c.deliver(drop=lambda m: isinstance(m, InstallSnapshot))
+        c.inflight = []
+        for _ in range(3 * SCENARIO_CONFIG.election_ticks):
+            c["a"].snapshot_progressing("c")
+            c.tick("a")
+        self.assertEqual(c.take(of_type(InstallSnapshot)), [])
+        self.assertEqual(c["a"].progress["c"].state, "snapshot")
+        for _ in range(SCENARIO_CONFIG.election_ticks):
+            c.tick("a")
+        self.assertEqual(len(c.take(of_type(InstallSnapshot))), 1)

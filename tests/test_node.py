@@ -10,6 +10,7 @@ import os
 import random
 
 import msgpack
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -146,10 +147,40 @@ def members(n):
     }
 
 
+class PinningStateMachine(JournalStateMachine):
+    """Also offers ``begin_snapshot``: the image is pinned at once and read later."""
+
+    def begin_snapshot(self):
+        pinned = list(self.applied)
+        self.journal.append(("pin", self.node_id, self._applied_index))
+        return self._applied_index, self._applied_term, lambda: msgpack.packb(pinned)
+
+
+class ThreadQueue:
+    """Stands in for a worker thread: jobs run when the test says so."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def __call__(self, f):
+        d = Deferred()
+        self.jobs.append((f, d))
+        return d
+
+    def run_all(self):
+        jobs, self.jobs = self.jobs, []
+        for f, d in jobs:
+            try:
+                d.callback(f())
+            except Exception:
+                d.errback()
+
+
 class Cluster:
-    def __init__(self, test, n, seed=1, timing=Timing(), snapshot_root=None):
+    def __init__(self, test, n, seed=1, timing=Timing(), snapshot_root=None, threads=None):
         self.timing = timing
         self.snapshot_root = snapshot_root
+        self.threads = threads
         self.clock = Clock()
         self.journal = []
         self.network = Network(self.clock, self.journal)
@@ -161,7 +192,8 @@ class Cluster:
         self.fatal = []
         for node_id in self.members:
             self.storages[node_id] = JournalStorage(self.journal, node_id)
-            self.machines[node_id] = JournalStateMachine(self.journal, node_id)
+            machine = JournalStateMachine if threads is None else PinningStateMachine
+            self.machines[node_id] = machine(self.journal, node_id)
             self.start(node_id)
         test.addCleanup(self.stop_all)
 
@@ -177,6 +209,7 @@ class Cluster:
             on_fatal=self.fatal.append,
             snapshots=self.snapshot_store(node_id),
             snapshot_chunk_bytes=100,
+            run_in_thread=self.threads,
         )
         node.transport = self.network.transport_for(node_id)
         self.network.nodes[node_id] = node
@@ -418,6 +451,54 @@ class SnapshotTests(SynchronousTestCase):
                          cluster.machines[leader.node_id].applied)
         self.assertEqual(node.core.commit_index, cluster.leader().core.commit_index)
         self.assertIn(("restore", victim, node.core.log.snapshot_index), cluster.journal)
+
+    def snapshot_pending(self):
+        """One node whose first snapshot is waiting for its worker thread."""
+        threads = ThreadQueue()
+        cluster = Cluster(self, 1, timing=SNAPSHOT_TIMING, snapshot_root=self.mktemp(),
+                          threads=threads)
+        cluster.clock.advance(0)
+        self.write(cluster, 30)
+        return threads, cluster, cluster.nodes["n1"]
+
+    def test_snapshot_is_read_and_stored_in_a_worker_thread(self):
+        """A state machine that can pin an image (begin_snapshot) is read and stored in
+        a worker thread while entries keep being applied; the log is compacted only
+        once the snapshot file is durable, and one snapshot runs at a time."""
+        threads, cluster, node = self.snapshot_pending()
+        pins = [e for e in cluster.journal if e[0] == "pin"]
+        self.assertEqual(len(pins), 1)
+        pinned = pins[0][2]
+        self.assertEqual(len(threads.jobs), 1)
+        self.assertEqual(node.counters["snapshots_taken"], 0)
+        self.assertEqual(node.core.log.snapshot_index, 0)
+        self.assertGreater(node.core.last_applied, pinned)
+        store = SnapshotStore(os.path.join(cluster.snapshot_root, "n1"))
+        self.assertIsNone(store.latest())
+        threads.run_all()
+        self.assertEqual(node.counters["snapshots_taken"], 1)
+        self.assertEqual(node.core.log.snapshot_index,
+                         pinned - SNAPSHOT_TIMING.snapshot_trailing_entries)
+        meta, data = SnapshotStore(os.path.join(cluster.snapshot_root, "n1")).latest()
+        self.assertEqual(meta.index, pinned)
+        self.assertEqual([tuple(x) for x in msgpack.unpackb(data)],
+                         cluster.machines["n1"].applied[:pinned])
+        self.assertEqual(node.snapshots.latest()[0], meta)
+
+    def test_failed_snapshot_write_stops_the_node(self):
+        """A snapshot that cannot be stored is a disk failure: the node stops rather
+        than compact a log no snapshot covers."""
+        threads, cluster, node = self.snapshot_pending()
+
+        def broken(meta, data):
+            raise OSError("disk on fire")
+
+        node.snapshots.write = broken
+        threads.run_all()
+        self.assertEqual(node.core.log.snapshot_index, 0)
+        self.assertEqual(len(cluster.fatal), 1)
+        self.assertTrue(cluster.fatal[0].check(OSError))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
     def test_restart_after_compaction(self):
         """A node restarts from a compacted log plus its state machine, applying

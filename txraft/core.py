@@ -859,6 +859,18 @@ class RaftCore:
             pr.state = PROBE
             pr.probe_sent = False
 
+    def snapshot_progressing(self, peer: str) -> None:
+        """The runtime's snapshot transfer to ``peer`` advanced: do not re-offer it yet.
+
+        The core's snapshot-state timer exists for transfers that went silent; a large
+        image over UDP takes longer than an election timeout, and chunk acknowledgements
+        go to the runtime, not here.
+        """
+        pr = self.progress.get(peer) if self.role == LEADER else None
+        if pr is not None and pr.state == SNAPSHOT:
+            pr.snapshot_elapsed = 0
+            pr.recent_active = True
+
     def compact(self, snapshot: SnapshotMeta) -> None:
         """The state machine holds a durable snapshot at ``snapshot``: drop older entries."""
         if snapshot.index > self.last_applied:

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txraft.core import LEADER, Accepted, CoreConfig, RaftCore
+from txraft.core import LEADER, PROBE, SNAPSHOT, Accepted, CoreConfig, RaftCore
 from txraft.errors import CommitTimeout, NotLeader, Overloaded, ProposalDropped, ReadTimeout
 from txraft.interfaces import ILogStorage, IRaftNode, IStateMachine
 from txraft.messages import (
@@ -111,6 +111,7 @@ class RaftNode(Service):
         on_fatal: Optional[Callable[[Failure], None]] = None,
         snapshots: Optional[SnapshotStore] = None,
         snapshot_chunk_bytes: int = 1200,
+        run_in_thread: Optional[Callable[[Callable[[], Any]], Deferred]] = None,
     ):
         if node_id not in members:
             raise ValueError("node id %r is not among the members %r" % (node_id, sorted(members)))
@@ -132,6 +133,10 @@ class RaftNode(Service):
         self._dead: Optional[Failure] = None
 
         self.snapshots = snapshots
+        # Runs a function in a worker thread, returning a Deferred (the composition root
+        # passes the reactor's thread pool).  Without it snapshots are taken inline.
+        self._run_in_thread = run_in_thread
+        self._snapshot_running = False
         hard_state, snapshot, entries, applied = self._recover()
         self.core = RaftCore(
             node_id,
@@ -234,12 +239,16 @@ class RaftNode(Service):
         self.counters["messages_received"] += 1
         if isinstance(message, InstallSnapshot):
             self._snapshot_chunk(message)
-        elif (
-            isinstance(message, InstallSnapshotResponse)
-            and message.success
-            and message.next_offset > 0
+        elif isinstance(message, InstallSnapshotResponse) and (
+            message.next_offset > 0 or not message.success
         ):
-            self.transfers.acknowledged(message)
+            # A chunk acknowledgement (or a refusal) is the transfer's business; the
+            # core only hears that the transfer is alive.  A refusal also goes to the
+            # core, which may need its term.
+            if self.transfers.acknowledged(message):
+                self.core.snapshot_progressing(message.sender)
+            if not message.success:
+                self.core.step(message)
         else:
             self.core.step(message)
         self._schedule()
@@ -407,10 +416,11 @@ class RaftNode(Service):
         self.core.advance(rd)
         if (
             self.snapshots is not None
+            and not self._snapshot_running
             and self.core.last_applied - self.core.log.snapshot_index
             >= self.timing.snapshot_entries + self.timing.snapshot_trailing_entries
         ):
-            self.take_snapshot()
+            self._snapshot()
 
     def _send_messages(self, messages: Any) -> None:
         send = self.transport.send
@@ -452,34 +462,69 @@ class RaftNode(Service):
         index, term, data = self.state_machine.snapshot()
         meta = SnapshotMeta(index, term)
         self.snapshots.save(meta, data)
+        self._snapshot_stored(meta, data)
+        return meta
+
+    def _snapshot(self) -> None:
+        begin = getattr(self.state_machine, "begin_snapshot", None)
+        if begin is None or self._run_in_thread is None:
+            self.take_snapshot()
+            return
+        # Reading and fsyncing a whole database takes longer than an election timeout
+        # once it holds a few megabytes: pin a consistent image here, and read and
+        # store it in a worker thread while this thread goes on applying entries.  The
+        # log is compacted only once the file is durable.
+        index, term, read = begin()
+        meta = SnapshotMeta(index, term)
+        store = self.snapshots
+        self._snapshot_running = True
+
+        def work() -> bytes:
+            data = read()
+            store.write(meta, data)
+            return data
+
+        def stored(data: bytes) -> None:
+            self._snapshot_running = False
+            if self._dead is None and self.running:
+                store.remember(meta, data)
+                self._snapshot_stored(meta, data)
+
+        def failed(failure: Failure) -> None:
+            self._snapshot_running = False
+            if self._dead is None and self.running:
+                self._fatal(failure)
+
+        self._run_in_thread(work).addCallbacks(stored, failed)
+
+    def _snapshot_stored(self, meta: SnapshotMeta, data: bytes) -> None:
         self.counters["snapshots_taken"] += 1
-        upto = min(index, self.core.last_applied) - self.timing.snapshot_trailing_entries
+        upto = min(meta.index, self.core.last_applied) - self.timing.snapshot_trailing_entries
         if upto > self.core.log.snapshot_index:
             compact = SnapshotMeta(upto, self.core.log.term_at(upto))
             self.storage.compact(compact)
             self.core.compact(compact)
         self.log.info(
             "{node}: snapshot at index {index} ({size} bytes); log starts after {first}",
-            node=self.node_id, index=index, size=len(data), first=self.core.log.snapshot_index,
+            node=self.node_id, index=meta.index, size=len(data),
+            first=self.core.log.snapshot_index,
         )
-        return meta
 
     def _start_snapshot_transfer(self, message: InstallSnapshot) -> None:
-        latest = self.snapshots.latest() if self.snapshots is not None else None
-        if latest is None or latest[0].index < message.last_included_index:
+        if not self.transfers.start(message.receiver, message.term, message.last_included_index):
             raise FatalNodeError(
                 "a follower needs a snapshot at index %d or later but none is stored"
                 % message.last_included_index
             )
-        meta, data = latest
-        self.transfers.start(message.receiver, message.term, meta, data)
 
     def _transfer_wanted(self, peer: str, term: int) -> bool:
         core = self.core
         if core.role != LEADER or core.term != term:
             return False
         progress = core.progress.get(peer)
-        return progress is not None and progress.state == "snapshot"
+        # A probe is how the core re-checks a silent transfer; it usually ends with the
+        # snapshot offered again, and the transfer should go on where it was.
+        return progress is not None and progress.state in (SNAPSHOT, PROBE)
 
     def _snapshot_chunk(self, message: InstallSnapshot) -> None:
         core = self.core

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import zlib
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -32,7 +33,13 @@ _FILE = "snapshot.bin"
 
 
 class SnapshotStore:
-    """Keeps the latest snapshot in ``directory/snapshot.bin`` (atomic replace, fsynced)."""
+    """Keeps the latest snapshot in ``directory/snapshot.bin`` (atomic replace, fsynced).
+
+    ``write`` is safe to call from a worker thread (the leader writes its own snapshots
+    off the reactor thread); ``save`` writes and remembers, ``remember`` makes a written
+    image the one ``latest`` returns.  A write never replaces a newer image: a follower
+    may install a leader's snapshot while its own older one is still being written.
+    """
 
     def __init__(self, directory: str):
         self.directory = directory
@@ -40,27 +47,54 @@ class SnapshotStore:
         self.path = os.path.join(directory, _FILE)
         self._latest: Optional[Tuple[SnapshotMeta, bytes]] = None
         self._loaded = False
+        self._lock = threading.Lock()
+        self._durable_index = self._index_on_disk()
+
+    def _index_on_disk(self) -> int:
+        try:
+            with open(self.path, "rb") as f:
+                header = f.read(_HEADER.size)
+        except FileNotFoundError:
+            return 0
+        if len(header) < _HEADER.size:
+            return 0  # latest() reports the damage
+        return _HEADER.unpack(header)[1]
+
+    def write(self, meta: SnapshotMeta, data: bytes) -> bool:
+        """Make ``data`` the durable snapshot unless a newer one already is; thread-safe."""
+        with self._lock:
+            if meta.index <= self._durable_index and os.path.exists(self.path):
+                return False
+            tmp = self.path + ".tmp"
+            header = _HEADER.pack(_MAGIC, meta.index, meta.term, len(data), zlib.crc32(data))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                view = memoryview(header + data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+            self._durable_index = meta.index
+            return True
+
+    def remember(self, meta: SnapshotMeta, data: bytes) -> None:
+        """``latest()`` returns this image from now on (unless it holds a newer one)."""
+        current = self.latest()
+        if current is None or current[0].index < meta.index:
+            self._latest = (meta, data)
+            self._loaded = True
 
     def save(self, meta: SnapshotMeta, data: bytes) -> None:
-        tmp = self.path + ".tmp"
-        header = _HEADER.pack(_MAGIC, meta.index, meta.term, len(data), zlib.crc32(data))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(header + data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        self._latest = (meta, data)
-        self._loaded = True
+        self.write(meta, data)
+        self.remember(meta, data)
 
     def latest(self) -> Optional[Tuple[SnapshotMeta, bytes]]:
         """The latest durable snapshot, or None.  A damaged file stops the node."""
@@ -141,31 +175,59 @@ class SnapshotTransfers:
 
     # ------------------------------------------------------------- leader side
 
-    def start(self, peer: str, term: int, meta: SnapshotMeta, data: bytes) -> None:
-        # The core asks only when it (re)enters the snapshot state: start from scratch.
-        self.outgoing[peer] = _Outgoing(
-            meta, data, term, self._seconds(), self.resend_after_seconds
-        )
+    def start(self, peer: str, term: int, min_index: int) -> bool:
+        """Send ``peer`` a snapshot covering at least ``min_index``; False if none is stored.
+
+        The core asks again whenever it re-enters its snapshot state for the peer (for
+        example after an election timeout without an answer).  A transfer of this term
+        that already covers ``min_index`` goes on from the last acknowledged byte:
+        restarting a large transfer from scratch each time, with the newest image, meant
+        a follower behind a slow or lossy link never finished one.
+        """
+        out = self.outgoing.get(peer)
+        if out is not None and out.term == term and out.meta.index >= min_index:
+            out.sent = out.acked
+            out.last_progress = self._seconds()
+            self._pump(peer)
+            return True
+        latest = self._latest()
+        if latest is None or latest[0].index < min_index:
+            return False
+        meta, data = latest
+        self.outgoing[peer] = _Outgoing(meta, data, term, self._seconds(), self.resend_after_seconds)
+        self.stats["sent"] += 1
         log.info(
             "sending snapshot at index {index} ({size} bytes) to {peer}",
             index=meta.index, size=len(data), peer=peer,
         )
         self._pump(peer)
+        return True
 
     def stop(self, peer: str) -> None:
         self.outgoing.pop(peer, None)
 
-    def acknowledged(self, m: InstallSnapshotResponse) -> None:
+    def acknowledged(self, m: InstallSnapshotResponse) -> bool:
+        """Take a chunk acknowledgement; True if the transfer made progress.
+
+        A refusal (``success`` false: the follower holds no part of this image, for
+        example after it restarted) rewinds the transfer to the first byte.
+        """
         out = self.outgoing.get(m.sender)
         if out is None or m.last_included_index != out.meta.index or m.term != out.term:
-            return
-        if m.next_offset > out.acked:
-            out.acked = min(m.next_offset, len(out.data))
-            out.last_progress = self._seconds()
-            out.backoff = self.resend_after_seconds
-            if out.sent < out.acked:
-                out.sent = out.acked
+            return False
+        if not m.success:
+            out.acked = out.sent = 0
             self._pump(m.sender)
+            return False
+        if m.next_offset <= out.acked:
+            return False
+        out.acked = min(m.next_offset, len(out.data))
+        out.last_progress = self._seconds()
+        out.backoff = self.resend_after_seconds
+        if out.sent < out.acked:
+            out.sent = out.acked
+        self._pump(m.sender)
+        return True
 
     def tick(self, still_wanted: Callable[[str, int], bool]) -> None:
         """Drop transfers the core no longer wants; resend stalled ones."""

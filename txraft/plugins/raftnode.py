@@ -286,6 +286,7 @@ class RaftNodeService(service.MultiService):
 
     def startService(self) -> None:
         # Imported here: twistd loads the plugin module just to list its options.
+        from twisted.internet.threads import deferToThreadPool
         from twisted.web.client import Agent
         from treq.client import HTTPClient
 
@@ -341,6 +342,7 @@ class RaftNodeService(service.MultiService):
             on_fatal=self._fatal,
             snapshots=SnapshotStore(os.path.join(data_dir, "snapshots")),
             snapshot_chunk_bytes=chunk_bytes,
+            run_in_thread=lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f),
         )
         receivers.append(node.receive)
         node.transport = transport
