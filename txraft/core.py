@@ -328,7 +328,14 @@ class RaftCore:
         )
 
     def ready(self) -> Ready:
-        """Collect the pending batch of work.  Call ``advance`` when it is done."""
+        """Collect the pending batch of work.  Call ``advance`` when it is done.
+
+        Between ``ready()`` and ``advance()`` the caller must not feed the core (no
+        ``step``, ``tick``, ``propose``, ``read_index`` or ``campaign``): ``advance``
+        accounts for the batch against the state it was taken from.  Inputs that arrive
+        meanwhile wait for ``advance`` (the runtime runs a batch within one reactor
+        turn, so they queue in the reactor).
+        """
         if self._ready_outstanding:
             raise CoreError("ready() called again before advance()")
         if self.role == LEADER:
@@ -737,14 +744,19 @@ class RaftCore:
             )
         )
 
+    def _heard_from(self, pr: Progress, read_seq: int) -> None:
+        """Any answer of this term shows the follower alive (CheckQuorum) and, through
+        the read round it echoes, confirms this leadership to that round's reads."""
+        pr.recent_active = True
+        if read_seq > pr.read_ack:
+            pr.read_ack = read_seq
+            self._confirm_reads()
+
     def _handle_append_response(self, m: AppendEntriesResponse) -> None:
         if self.role != LEADER:
             return
         pr = self.progress[m.sender]
-        pr.recent_active = True
-        if m.read_seq > pr.read_ack:
-            pr.read_ack = m.read_seq
-            self._confirm_reads()
+        self._heard_from(pr, m.read_seq)
         if m.success:
             if m.match_index > self.log.last_index:
                 return  # cannot be a response to this leader's messages
@@ -845,10 +857,7 @@ class RaftCore:
         if self.role != LEADER:
             return
         pr = self.progress[m.sender]
-        pr.recent_active = True
-        if m.read_seq > pr.read_ack:
-            pr.read_ack = m.read_seq
-            self._confirm_reads()
+        self._heard_from(pr, m.read_seq)
         if pr.state == SNAPSHOT and m.success and m.last_included_index >= pr.snapshot_index:
             pr.match_index = max(pr.match_index, m.last_included_index)
             pr.next_index = pr.match_index + 1
