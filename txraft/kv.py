@@ -23,9 +23,10 @@ from __future__ import annotations
 import os
 import sqlite3
 from typing import Any, Callable, List, Optional, Sequence, Tuple
+from urllib.parse import unquote_to_bytes
 
 import msgpack
-from klein import Klein
+from twisted.web.resource import IResource
 from zope.interface import implementer
 
 from txraft.interfaces import IStateMachine
@@ -289,11 +290,22 @@ class KVAPI:
     def __init__(self, http: RaftHTTP):
         self.http = http
         self.state_machine = http.node.state_machine
-        app = self.app = Klein()
-        app.route("/kv/<path:key>", methods=["GET"], endpoint="kv_get")(self.get)
-        app.route("/kv/<path:key>", methods=["PUT"], endpoint="kv_put")(self.put)
-        app.route("/kv/<path:key>", methods=["DELETE"], endpoint="kv_delete")(self.delete)
-        http.install(app)
+        self._app = None
+
+    @property
+    def app(self):
+        """The Klein app, built on first use: ``KVResource`` answers the hot routes
+        without it, and Klein with werkzeug is ~5 MiB of an idle node's memory."""
+        if self._app is None:
+            from klein import Klein
+
+            app = Klein()
+            app.route("/kv/<path:key>", methods=["GET"], endpoint="kv_get")(self.get)
+            app.route("/kv/<path:key>", methods=["PUT"], endpoint="kv_put")(self.put)
+            app.route("/kv/<path:key>", methods=["DELETE"], endpoint="kv_delete")(self.delete)
+            self.http.install(app)
+            self._app = app
+        return self._app
 
     @staticmethod
     def _key(key: str) -> bytes:
@@ -333,8 +345,77 @@ class KVAPI:
         return b""
 
 
+@implementer(IResource)
+class KVResource:
+    """The HTTP root of the key-value store: ``GET``/``PUT``/``DELETE /kv/<key>`` are
+    matched here and answered through ``RaftHTTP.serve``; everything else (other
+    methods, other paths, keys the route would not match) goes to the Klein app.
+
+    Measured on this project's benchmark machine, Klein answers about half as many
+    requests per CPU second as plain twisted.web; these routes are the benchmark's and
+    most clients' whole traffic.
+    """
+
+    isLeaf = True
+
+    def __init__(self, api: KVAPI):
+        self.api = api
+        self.http = api.http
+        self._fallback = None
+        self._routes = {b"GET": api.get, b"PUT": api.put, b"DELETE": api.delete}
+        http = api.http
+        # Polled by clients, load balancers and orchestrators: answering them must not
+        # load Klein into an otherwise idle node.
+        self._plain = {
+            b"/raft/status": http.raft_status,
+            b"/health": http.health,
+            b"/ready": http.ready,
+        }
+
+    @property
+    def fallback(self):
+        """The Klein app's resource, for everything the hot routes do not match."""
+        if self._fallback is None:
+            self._fallback = self.api.app.resource()
+        return self._fallback
+
+    def getChildWithDefault(self, name, request):  # pragma: no cover - isLeaf
+        return self
+
+    def putChild(self, path, child):  # pragma: no cover - never used
+        raise NotImplementedError("KVResource has no children")
+
+    def render(self, request):
+        path = request.path
+        if path[:4] == b"/kv/":
+            handler = self._routes.get(request.method)
+            if handler is not None:
+                key = _route_key(path[4:])
+                if key is not None:
+                    return self.http.serve(request, handler, key)
+        elif request.method == b"GET":
+            handler = self._plain.get(path)
+            if handler is not None:
+                return self.http.serve(request, handler)
+        return self.fallback.render(request)
+
+
+def _route_key(raw: bytes) -> Optional[str]:
+    """The key the Klein route ``/kv/<path:key>`` would match in ``raw`` (the path after
+    ``/kv/``), or ``None`` when that route would not match it as is (no key, a leading
+    slash werkzeug redirects, a newline, not UTF-8): those go to Klein."""
+    if b"%" in raw:
+        raw = unquote_to_bytes(raw)
+    if not raw or raw[:1] == b"/" or b"\n" in raw:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def make_resource(node, clock, http_client):
-    return KVAPI(RaftHTTP(node, clock, http_client)).app.resource()
+    return KVResource(KVAPI(RaftHTTP(node, clock, http_client)))
 
 
 application = Application("kv", open_state_machine, make_resource)
