@@ -12,6 +12,7 @@ import importlib
 import os
 import random
 import socket
+import sys
 import time
 from typing import Any, Dict, Optional
 
@@ -100,6 +101,23 @@ def load_application(name: str) -> Any:
         raise ConfigError("cannot load application %r (%s): %s" % (name, target, e)) from None
 
 
+def _leave_out_tls() -> bool:
+    """Keep pyOpenSSL, and with it cryptography and service_identity, out of this process.
+
+    txraft serves and forwards plain HTTP and authenticates datagrams with HMAC: it never
+    uses TLS.  But when pyOpenSSL is installed, Twisted loads its TLS support with its
+    first TCP or endpoint module: 12 MiB of an idle node's 59 MiB resident (measured).
+    Marking the module absent makes Twisted take its no-TLS path.  Done only before
+    Twisted's networking is loaded (under twistd, while options are parsed), never in a
+    process that may already use TLS.  Returns whether it was done.
+    """
+    loaded = ("OpenSSL", "twisted.internet.tcp", "twisted.internet.endpoints")
+    if any(name in sys.modules for name in loaded):
+        return False
+    sys.modules["OpenSSL"] = None  # type: ignore[assignment]
+    return True
+
+
 def _check_port_free(kind: int, host: str, port: int, label: str) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, kind)
@@ -169,7 +187,15 @@ class Options(usage.Options):
          "loopback clients presenting this file's token as a Bearer token. Off by default."],
     ]
 
+    optFlags = [
+        ["with-tls", None,
+         "Load Twisted's TLS support (pyOpenSSL) although txraft does not use it: only for "
+         "an application that makes https requests itself."],
+    ]
+
     def postOptions(self) -> None:
+        if not self["with-tls"]:
+            _leave_out_tls()
         try:
             self._validate()
         except ConfigError as e:
@@ -287,8 +313,6 @@ class RaftNodeService(service.MultiService):
     def startService(self) -> None:
         # Imported here: twistd loads the plugin module just to list its options.
         from twisted.internet.threads import deferToThreadPool
-        from twisted.web.client import Agent
-        from treq.client import HTTPClient
 
         from txraft.codec import append_entries_overhead, encode_message
         from txraft.messages import InstallSnapshot
@@ -348,13 +372,7 @@ class RaftNodeService(service.MultiService):
         node.transport = transport
         self.node = node
         self.udp_port = transport.listen(opts["port"], opts["bind"])
-        pool = _QuietPool(reactor, persistent=True)
-        # Followers forward concurrent requests to the leader: keep enough connections
-        # alive that a busy follower does not open and close one per request.
-        pool.maxPersistentPerHost = 128
-        http_client = HTTPClient(
-            Agent.usingEndpointFactory(reactor, _DirectEndpoints(reactor), pool=pool)
-        )
+        http_client = _ForwardingClient(reactor, _QuietPool)
         from txraft.web import JSONRequest, RequestGuard
 
         resource = RequestGuard(application.make_resource(node, reactor, http_client))
@@ -395,6 +413,32 @@ class RaftNodeService(service.MultiService):
         log.critical("stopping the process: {error}", error=failure.value)
         # Exit at once with a failure status; a supervisor restarts us from disk.
         self.reactor.callLater(0, os._exit, 70)
+
+
+class _ForwardingClient:
+    """The treq client followers forward requests to the leader with, made on first use
+    (a leader, and a node that is never asked to forward, does not load treq)."""
+
+    def __init__(self, reactor: Any, pool_class: Any):
+        self.reactor = reactor
+        self.pool_class = pool_class
+        self._client: Any = None
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        if self._client is None:
+            from treq.client import HTTPClient
+            from twisted.web.client import Agent
+
+            reactor = self.reactor
+            pool = self.pool_class(reactor, persistent=True)
+            # Followers forward concurrent requests to the leader: keep enough
+            # connections alive that a busy follower does not open and close one per
+            # request.
+            pool.maxPersistentPerHost = 128
+            self._client = HTTPClient(
+                Agent.usingEndpointFactory(reactor, _DirectEndpoints(reactor), pool=pool)
+            )
+        return self._client.request(*args, **kwargs)
 
 
 @implementer(IAgentEndpointFactory)
