@@ -28,7 +28,6 @@ import attrs
 from twisted.internet import defer
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.logger import Logger
-from twisted.web.client import RequestGenerationFailed, RequestNotSent, RequestTransmissionFailed
 from twisted.web.resource import IResource
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
@@ -529,6 +528,10 @@ class RaftHTTP:
             # Nobody waits for an answer; a cancellation is what Klein expects (and
             # does not log).
             raise defer.CancelledError()
+        # Imported here: only a node that forwards loads the HTTP client.
+        from twisted.web.client import (RequestGenerationFailed, RequestNotSent,
+                                        RequestTransmissionFailed)
+
         if failure.check(ConnectError, DNSLookupError, RequestNotSent, RequestGenerationFailed,
                          RequestTransmissionFailed):
             # The leader never received the whole request: certainly no effect.
