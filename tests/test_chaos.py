@@ -260,40 +260,49 @@ class MonitorTests(SynchronousTestCase):
         self.assertEqual(monitor.violations, ["two leaders in term 3: ['n1', 'n2']"])
 
 
+def run_round(test, workload=None, workload_name="kv", out=None, **kwargs):
+    """One bounded chaos run for ``test`` (a TestCase); fails it if the run hangs."""
+    # Liveness deadlines are generous here (CI machines are shared); the soak command
+    # uses the promised 2 s and 10 s.
+    config = Config(workload=workload_name, out=out or os.path.abspath("chaos-failures"),
+                    leader_deadline=5.0, catchup_deadline=20.0, **kwargs)
+    lines = []
+    run = ChaosRun(config, log=lines.append, workload=workload)
+    # No unbounded waits: the harness bounds each phase; this bounds the whole.
+    done = threading.Event()
+    result = []
+
+    def target():
+        try:
+            result.append(run.execute())
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    if not done.wait(config.duration + 150):
+        run.stopping.set()
+        run.aborting.set()
+        if run.cluster is not None:
+            run.cluster.stop_all()
+        test.fail("the chaos round did not finish in time: %s" % config.command())
+    return result[0]
+
+
+def assert_passed(test, report):
+    if not report.passed:
+        test.fail("chaos round failed:\n" + report.table())
+    test.assertEqual(report.anomalies, [], report.table())
+
+
 class ChaosRoundTests(SynchronousTestCase):
     """The bounded CI round on real processes (about 90 s on two cores)."""
 
-    def run_round(self, workload=None, workload_name="kv", out=None, **kwargs):
-        # Liveness deadlines are generous here (CI machines are shared); the soak command
-        # uses the promised 2 s and 10 s.
-        config = Config(workload=workload_name, out=out or os.path.abspath("chaos-failures"),
-                        leader_deadline=5.0, catchup_deadline=20.0, **kwargs)
-        lines = []
-        run = ChaosRun(config, log=lines.append, workload=workload)
-        # No unbounded waits: the harness bounds each phase; this bounds the whole.
-        done = threading.Event()
-        result = []
-
-        def target():
-            try:
-                result.append(run.execute())
-            finally:
-                done.set()
-
-        thread = threading.Thread(target=target, daemon=True)
-        thread.start()
-        if not done.wait(config.duration + 150):
-            run.stopping.set()
-            run.aborting.set()
-            if run.cluster is not None:
-                run.cluster.stop_all()
-            self.fail("the chaos round did not finish in time: %s" % config.command())
-        return result[0]
+    def run_round(self, *args, **kwargs):
+        return run_round(self, *args, **kwargs)
 
     def assertPassed(self, report):
-        if not report.passed:
-            self.fail("chaos round failed:\n" + report.table())
-        self.assertEqual(report.anomalies, [], report.table())
+        assert_passed(self, report)
 
     def test_kv_five_nodes(self):
         """Register workload on 5 nodes under every kind of fault: linearizable, live

@@ -14,10 +14,15 @@ One fault at a time, each followed by its healing and a quiet spell:
 * ``kill_all``: SIGKILL of every node at once, all restarted a moment later (nothing
   acknowledged may be lost: durability);
 * ``crash_in_partition``: a partition, during which one node is killed and restarted
-  (it comes back without its own fault settings: the cut becomes one-sided).
+  (with the transport backend it comes back without its own fault settings, so the cut
+  becomes one-sided; in a network namespace its routes stay and the cut stays whole).
 
-Network faults go through each node's ``/admin/faults`` endpoint (``txraft.admin``), so
-nothing here needs root.  The choice of fault, its shape and its timing come from the
+Network faults go through a backend: by default ``TransportFaults``, each node's
+``/admin/faults`` endpoint (``txraft.admin``), so nothing here needs root; with ``--net
+netns``, ``txraft.chaos.netns.NetnsFaults``, where the kernel makes the cuts (blackhole
+routes between network namespaces) and only loss stays on the transport.  Cuts are
+directed pairs ``(a, b)``: what ``a`` sends to ``b`` is lost.  The choice of fault, its
+shape and its timing come from the
 seed; which node is "the leader" is found at run time, so a replay with the same seed
 reproduces the schedule's kinds and timing, not every target.  Everything done is logged
 in ``events`` with the harness's monotonic clock.
@@ -30,7 +35,7 @@ import json
 import random
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from txraft.localcluster import LocalCluster, http
 
@@ -40,13 +45,85 @@ DEFAULT_WEIGHTS = {"kill": 3, "pause": 3, "partition": 2, "isolate_leader": 2,
                    "one_way": 2, "lossy": 2, "kill_all": 1, "crash_in_partition": 1}
 
 
+class TransportFaults:
+    """Network faults in each node's UDP transport, set through its admin endpoint."""
+
+    name = "transport"
+
+    def __init__(self, cluster: LocalCluster, token: str, log: Callable[..., None],
+                 request: Callable[..., Any] = http):
+        self.cluster = cluster
+        self.token = token
+        self.log = log
+        self.request = request
+
+    def cut(self, cuts: Iterable[Tuple[str, str]]) -> None:
+        """Drop what ``a`` sends to ``b`` for each ``(a, b)``, at both ends (``drop_to``
+        at the sender, ``drop_from`` at the receiver)."""
+        drop_to: Dict[str, Set[str]] = {}
+        drop_from: Dict[str, Set[str]] = {}
+        for a, b in cuts:
+            drop_to.setdefault(a, set()).add(b)
+            drop_from.setdefault(b, set()).add(a)
+        for node_id in sorted(set(drop_to) | set(drop_from)):
+            spec = {}
+            if node_id in drop_to:
+                spec["drop_to"] = sorted(drop_to[node_id])
+            if node_id in drop_from:
+                spec["drop_from"] = sorted(drop_from[node_id])
+            self._set(node_id, spec)
+
+    def lossy(self, node_ids: Iterable[str], rate: float) -> None:
+        for node_id in node_ids:
+            self._set(node_id, {"loss_rate": rate})
+
+    def _set(self, node_id: str, spec: Dict[str, Any]) -> bool:
+        node = self.cluster.nodes[node_id]
+        if not node.alive() or node.paused:
+            return False
+        result = self.request("PUT", node.url + "/admin/faults", json.dumps(spec).encode(),
+                              {"Authorization": "Bearer " + self.token,
+                               "Content-Type": "application/json"}, timeout=3.0)
+        if result.status != 200:
+            self.log("admin_error", node=node_id, status=result.status, error=result.error)
+            return False
+        return True
+
+    def heal(self) -> None:
+        for node_id, node in self.cluster.nodes.items():
+            if node.alive() and not node.paused:
+                result = self.request("DELETE", node.url + "/admin/faults",
+                                      headers={"Authorization": "Bearer " + self.token},
+                                      timeout=3.0)
+                if result.status != 200:
+                    self.log("admin_error", node=node_id, status=result.status,
+                             error=result.error)
+
+
+def partition_cuts(minority: Iterable[str], majority: Iterable[str]) -> Set[Tuple[str, str]]:
+    """Both directions between every node of one side and every node of the other."""
+    minority, majority = list(minority), list(majority)
+    return {(a, b) for a in minority for b in majority} | \
+        {(b, a) for a in minority for b in majority}
+
+
+def one_way_cuts(source: str, targets: Iterable[str], deaf: bool) -> Set[Tuple[str, str]]:
+    """``source`` cannot hear ``targets`` (``deaf``), or cannot reach them."""
+    return {(t, source) if deaf else (source, t) for t in targets}
+
+
 class Nemesis:
-    """Runs the fault schedule in its own thread until ``stop`` is set, then heals."""
+    """Runs the fault schedule in its own thread until ``stop`` is set, then heals.
+
+    ``network(log)`` makes the backend for cuts and loss, given the nemesis's ``log``
+    (default: ``TransportFaults``).
+    """
 
     def __init__(self, cluster: LocalCluster, seed: int, admin_token: str,
                  election_timeout_seconds: float, clock: Callable[[], float] = time.monotonic,
                  weights: Optional[Dict[str, int]] = None, quiet_seconds=(0.5, 2.0),
-                 fault_seconds=(1.0, 5.0)):
+                 fault_seconds=(1.0, 5.0),
+                 network: Optional[Callable[[Callable[..., None]], Any]] = None):
         self.cluster = cluster
         self.rng = random.Random(seed)
         self.token = admin_token
@@ -62,6 +139,9 @@ class Nemesis:
         self.errors: List[str] = []
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
+        if network is None:
+            network = lambda log: TransportFaults(cluster, admin_token, log)
+        self.network = network(self.log)
 
     # -- running ------------------------------------------------------------------------
 
@@ -164,9 +244,7 @@ class Nemesis:
             minority = sorted(shuffled[:size])
         majority = [i for i in ids if i not in minority]
         duration = self._duration()
-        for side, other in ((minority, majority), (majority, minority)):
-            for node_id in side:
-                self._set_faults(node_id, {"drop_to": other, "drop_from": other})
+        self.network.cut(partition_cuts(minority, majority))
         self.counts[kind] += 1
         self.log(kind, minority=minority, majority=majority, seconds=round(duration, 3))
         self._sleep(duration)
@@ -185,14 +263,7 @@ class Nemesis:
         targets = sorted(self.rng.sample(others, self.rng.randint(1, len(others))))
         deaf = self.rng.random() < 0.5  # source cannot hear targets; else cannot reach them
         duration = self._duration()
-        if deaf:
-            self._set_faults(source, {"drop_from": targets})
-            for t in targets:
-                self._set_faults(t, {"drop_to": [source]})
-        else:
-            self._set_faults(source, {"drop_to": targets})
-            for t in targets:
-                self._set_faults(t, {"drop_from": [source]})
+        self.network.cut(one_way_cuts(source, targets, deaf))
         self.counts["one_way"] += 1
         self.log("one_way", node=source, others=targets,
                  direction="cannot_hear" if deaf else "cannot_reach", seconds=round(duration, 3))
@@ -204,8 +275,7 @@ class Nemesis:
         nodes = sorted(self.rng.sample(ids, self.rng.randint(1, len(ids))))
         rate = round(self.rng.uniform(0.1, 0.5), 3)
         duration = self._duration()
-        for node_id in nodes:
-            self._set_faults(node_id, {"loss_rate": rate})
+        self.network.lossy(nodes, rate)
         self.counts["lossy"] += 1
         self.log("lossy", nodes=nodes, loss_rate=rate, seconds=round(duration, 3))
         self._sleep(duration)
@@ -231,9 +301,7 @@ class Nemesis:
         victim = self.rng.choice(ids)
         before, down, after = (self.rng.uniform(0.3, 2.0), self.rng.uniform(0.2, 1.5),
                                self.rng.uniform(0.5, 2.0))
-        for side, other in ((minority, majority), (majority, minority)):
-            for node_id in side:
-                self._set_faults(node_id, {"drop_to": other, "drop_from": other})
+        self.network.cut(partition_cuts(minority, majority))
         self.counts["crash_in_partition"] += 1
         self.log("crash_in_partition", minority=minority, majority=majority, victim=victim,
                  seconds=round(before + down + after, 3))
@@ -247,26 +315,8 @@ class Nemesis:
 
     # -- healing --------------------------------------------------------------------------
 
-    def _set_faults(self, node_id: str, spec: Dict[str, Any]) -> bool:
-        node = self.cluster.nodes[node_id]
-        if not node.alive() or node.paused:
-            return False
-        result = http("PUT", node.url + "/admin/faults", json.dumps(spec).encode(),
-                      {"Authorization": "Bearer " + self.token,
-                       "Content-Type": "application/json"}, timeout=3.0)
-        if result.status != 200:
-            self.log("admin_error", node=node_id, status=result.status, error=result.error)
-            return False
-        return True
-
     def heal_network(self) -> None:
-        for node_id, node in self.cluster.nodes.items():
-            if node.alive() and not node.paused:
-                result = http("DELETE", node.url + "/admin/faults",
-                              headers={"Authorization": "Bearer " + self.token}, timeout=3.0)
-                if result.status != 200:
-                    self.log("admin_error", node=node_id, status=result.status,
-                             error=result.error)
+        self.network.heal()
         self.log("heal_network")
 
     def heal_all(self, boot_timeout: float = 30.0) -> None:
