@@ -41,8 +41,9 @@ HOW_TO_GET = {
 
 #: Whether each system makes an acknowledged write durable with fsync before answering.
 FSYNC = {
-    "txraft": "yes: the Raft log (one fsync per batch, before any acknowledgement) and the "
-              "SQLite state machine (WAL, synchronous=FULL, one transaction per applied batch)",
+    "txraft": "yes: the Raft log (one fsync per batch, before any acknowledgement); the "
+              "SQLite state machine (WAL, synchronous=NORMAL, one transaction per applied "
+              "batch) is re-applied from the log after a crash",
     "etcd": "yes: the WAL is fdatasync'ed before entries are acknowledged (default; "
             "--unsafe-no-fsync not used)",
     "pysyncobj": "no: the default in-memory journal; PySyncObj never calls fsync",

@@ -8,7 +8,7 @@ answers once with JSON: completions, the leader's applied-index delta over the w
 latency percentiles from ``propose()`` to the Deferred firing (the entry is committed and
 applied).
 
-The state machines are the real key-value one (SQLite, ``synchronous=FULL``) and, to
+The state machines are the real key-value one (SQLite, ``synchronous=NORMAL``) and, to
 separate the cost of applying from the cost of replicating, an in-memory dict
 (``memory_application``) that keeps nothing across restarts: bench use only.
 """
