@@ -3,22 +3,42 @@
     python -m txraft.chaos --nodes 5 --duration 60 --seed 7 --workload kv
     python -m txraft.chaos --workload shop --duration 1800 --seed 3      # a long soak
     python -m txraft.chaos check chaos-failures/shop-seed3-...           # re-check offline
+    python -m txraft.chaos --net netns --nodes 5 --duration 120   # kernel partitions (root)
+    python -m txraft.chaos cleanup-netns      # remove namespaces left by a killed run
 
-Exit status 0 when every check passed, 1 otherwise (the run's folder is printed).
+Exit status 0 when every check passed, 1 otherwise (the run's folder is printed); 2 when
+``--net netns`` cannot run on this machine (one line says why).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
+from txraft.chaos import netns
 from txraft.chaos.harness import ChaosRun, Config, recheck
 from txraft.chaos.nemesis import FAULT_KINDS
 from txraft.chaos.workload import WORKLOADS
 
 
-def main(argv=None) -> int:
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through the harness's cleanup
+
+
+def main(argv=None, unavailable=netns.unavailable) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["cleanup-netns"]:
+        argparse.ArgumentParser(prog="python -m txraft.chaos cleanup-netns",
+                                description="Remove the network namespaces, veths and "
+                                "bridges of chaos runs whose process is gone.").parse_args(argv[1:])
+        reason = unavailable()
+        if reason:
+            print("cleanup-netns: " + reason, file=sys.stderr)
+            return 2
+        removed = netns.cleanup_stale()
+        print("\n".join(removed) if removed else "nothing left by dead runs")
+        return 0
     if argv[:1] == ["check"]:
         parser = argparse.ArgumentParser(prog="python -m txraft.chaos check")
         parser.add_argument("folder")
@@ -52,6 +72,11 @@ def main(argv=None) -> int:
                         + ", ".join(FAULT_KINDS))
     parser.add_argument("--max-steps", type=int, default=defaults.max_steps,
                         help="checker search budget per partition")
+    parser.add_argument("--net", choices=("transport", "netns"), default=defaults.net,
+                        help="how network faults are made: transport (fault layer in each "
+                        "node's UDP transport, no root) or netns (root: a network namespace "
+                        "per node, partitions by blackhole routes; lossy links stay on the "
+                        "transport layer)")
     parser.add_argument("--out", default=defaults.out, help="where failed runs are saved")
     parser.add_argument("--root", default=None, help="working directory (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
@@ -63,8 +88,21 @@ def main(argv=None) -> int:
                     election_timeout_ms=args.election_timeout_ms, heartbeat_ms=args.heartbeat_ms,
                     snapshot_entries=args.snapshot_entries, nemesis=args.nemesis, faults=args.faults,
                     max_steps=args.max_steps, out=args.out, root=args.root, keep=args.keep,
-                    save=args.save, tick_ms=args.tick_ms, value_bytes=args.value_bytes)
-    report = ChaosRun(config).execute()
+                    save=args.save, tick_ms=args.tick_ms, value_bytes=args.value_bytes,
+                    net=args.net)
+    if config.net == "netns":
+        reason = unavailable()
+        if reason:
+            print("--net netns: " + reason, file=sys.stderr)
+            return 2
+        signal.signal(signal.SIGTERM, _terminate)
+    try:
+        report = ChaosRun(config).execute()
+    except KeyboardInterrupt:
+        print("interrupted; nodes stopped%s" % (" and namespaces removed"
+                                                if config.net == "netns" else ""),
+              file=sys.stderr)
+        return 130
     print(report.table())
     return 0 if report.passed else 1
 

@@ -14,10 +14,15 @@ workload, run the clients against all nodes while the nemesis injects faults for
 
 A failed run saves its history, nemesis schedule, node logs, configuration and seed to a
 folder and prints the command that replays it.
+
+``net`` picks how network faults are made: ``transport`` (the default, no root) through
+each node's fault-injection endpoint; ``netns`` (root) with one network namespace per node
+and blackhole routes between them (``txraft.chaos.netns``), loss staying on the transport.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
@@ -32,6 +37,7 @@ import attrs
 from txraft.chaos.checker import DEFAULT_MAX_STEPS, FAIL, OK, UNKNOWN, check_partitions
 from txraft.chaos.history import History
 from txraft.chaos.nemesis import DEFAULT_WEIGHTS, FAULT_KINDS, Nemesis
+from txraft.chaos import netns
 from txraft.chaos.workload import WORKLOADS, Context, call
 from txraft.localcluster import LocalCluster
 
@@ -59,6 +65,7 @@ class Config:
     save: bool = False  # save the run's folder even when it passed
     tick_ms: int = 10
     value_bytes: int = 0  # kv: pad values up to this many bytes
+    net: str = "transport"  # or "netns": see txraft.chaos.netns
 
     def command(self) -> str:
         parts = ["python -m txraft.chaos", "--nodes %d" % self.nodes,
@@ -79,6 +86,8 @@ class Config:
             parts.append("--no-nemesis")
         if self.faults:
             parts.append("--faults %s" % self.faults)
+        if self.net != defaults.net:
+            parts.append("--net %s" % self.net)
         return " ".join(parts)
 
     def weights(self) -> Optional[Dict[str, int]]:
@@ -121,6 +130,7 @@ class Report:
         for f, counts in sorted(self.operations.items()):
             rows.append(("  " + f, "ok %d, failed %d, unknown %d"
                          % (counts.get(OK, 0), counts.get(FAIL, 0), counts.get(UNKNOWN, 0))))
+        rows.append(("network faults", NETWORK_FAULTS[self.config.net]))
         rows.append(("faults", "%d" % sum(self.faults.values())))
         for kind in FAULT_KINDS:
             rows.append(("  " + kind, "%d" % self.faults.get(kind, 0)))
@@ -150,6 +160,12 @@ class Report:
             lines.append("")
             lines.append("saved to %s; replay with:\n  %s" % (self.saved_to, self.config.command()))
         return "\n".join(lines)
+
+
+NETWORK_FAULTS = {
+    "transport": "transport fault layer (admin endpoint)",
+    "netns": "kernel: a namespace per node, blackhole routes (lossy: transport layer)",
+}
 
 
 def _seconds(value: Optional[float]) -> str:
@@ -265,17 +281,38 @@ class ChaosRun(Context):
         with open(token_file, "w") as f:
             f.write(token + "\n")
         os.chmod(token_file, 0o600)
-        cluster = self.cluster = LocalCluster(
-            config.nodes, os.path.join(root, "cluster"), app=config.workload,
+        options = dict(
+            app=config.workload,
             election_timeout_ms=config.election_timeout_ms, heartbeat_ms=config.heartbeat_ms,
             extra_args=["--admin-token-file", token_file, "--tick-ms", str(config.tick_ms),
                         "--snapshot-entries", str(config.snapshot_entries),
                         "--snapshot-trailing-entries", str(config.snapshot_trailing_entries)],
         )
+        network = None
+        if config.net == "netns":
+            layout = netns.Layout.for_pid(os.getpid(),
+                                          ["n%d" % i for i in range(1, config.nodes + 1)],
+                                          netns.used_subnets())
+            network = netns.Network(layout)
+            cluster = self.cluster = netns.NetnsCluster(layout, os.path.join(root, "cluster"),
+                                                        **options)
+        elif config.net == "transport":
+            cluster = self.cluster = LocalCluster(config.nodes, os.path.join(root, "cluster"),
+                                                  **options)
+        else:
+            raise ValueError("unknown --net %r (transport or netns)" % (config.net,))
         self.node_ids = sorted(cluster.nodes)
         monitor = Monitor(cluster)
         nemesis = None
         try:
+            if network is not None:
+                atexit.register(network.teardown)  # the last resort; idempotent
+                stale = netns.cleanup_stale()
+                if stale:
+                    self.say("removed what dead runs left: %s" % ", ".join(stale))
+                network.setup()
+                self.say("network namespaces %s-* on 10.%d.%d.0/24"
+                         % ((network.layout.prefix,) + network.layout.subnet))
             cluster.start_all()
             cluster.wait_for_leader(60)
             monitor.start()
@@ -291,9 +328,12 @@ class ChaosRun(Context):
                 threads.append(t)
                 t.start()
             if config.nemesis:
+                backend = None
+                if network is not None:
+                    backend = lambda log: netns.NetnsFaults(network, cluster, token, log)
                 nemesis = Nemesis(cluster, config.seed, token,
                                   config.election_timeout_ms / 1000.0,
-                                  weights=config.weights())
+                                  weights=config.weights(), network=backend)
                 nemesis.start()
             time.sleep(config.duration)
             if nemesis is not None:
@@ -333,12 +373,18 @@ class ChaosRun(Context):
             monitor.finish()
             if nemesis is not None:
                 nemesis.stop.set()
+                if nemesis._thread is not None:
+                    nemesis._thread.join(10)  # or it may restart a node after stop_all
             report.anomalies = list(self.anomalies)
             if nemesis is not None:
                 report.violations.extend(nemesis.errors)
             report.operations = self.history.counts()
             report.unknown = sum(c.get(UNKNOWN, 0) for c in report.operations.values())
             cluster.stop_all()
+            if network is not None:
+                for error in network.teardown():
+                    report.anomalies.append("network teardown: %s" % error)
+                atexit.unregister(network.teardown)
             report.wall_seconds = time.monotonic() - started
             if not report.passed or config.save:
                 report.saved_to = self._save(report, nemesis)
