@@ -19,7 +19,10 @@ from zope.interface.verify import verifyObject
 from txraft.errors import CommitTimeout, NotLeader, Overloaded, ProposalDropped, ReadTimeout
 from txraft.interfaces import ILogStorage, IRaftNode, IStateMachine
 from txraft.messages import (
+    AppendEntries,
     AppendEntriesResponse,
+    Entry,
+    InstallSnapshot,
     HardState,
     RequestVoteResponse,
     SnapshotMeta,
@@ -662,3 +665,109 @@ class SnapshotChunkCoreTests(SynchronousTestCase):
         rd = core.ready()
         self.assertEqual(core.commit_index, 50)
         self.assertEqual(rd.snapshot.index, 50)
+
+
+class RecordingTransport:
+    stats = {}
+
+    def __init__(self):
+        self.sent = []
+
+    def send(self, message):
+        self.sent.append(message)
+
+
+def lone_follower(test, snapshots=True):
+    """Node n2 of a 3-node cluster, fed messages by hand."""
+    journal, fatal = [], []
+    clock = Clock()
+    storage = JournalStorage(journal, "n2")
+    store = SnapshotStore(os.path.join(test.mktemp(), "s")) if snapshots else None
+    node = RaftNode("n2", members(3), storage, JournalStateMachine(journal, "n2"), clock,
+                    random.Random(1), on_fatal=fatal.append, snapshots=store)
+    node.transport = RecordingTransport()
+    node.startService()
+    test.addCleanup(lambda: node.running and node.stopService())
+    return node, storage, clock, fatal
+
+
+IMAGE = msgpack.packb([(i, b"e%d" % i) for i in range(1, 6)])
+
+
+class SnapshotInstallOrderTests(SynchronousTestCase):
+    def test_snapshot_inside_unsaved_entries(self):
+        """Section 7: a follower whose unsaved log holds the snapshot's last entry keeps
+        the entries after it; saving them must not leave a gap in its storage (the
+        snapshot's compaction comes before the save)."""
+        node, storage, clock, fatal = lone_follower(self)
+        entries = tuple(Entry(i, 1, b"e%d" % i) for i in range(1, 11))
+        # One reactor turn: a delayed pipelined AppendEntries, then the last chunk.
+        node.receive(AppendEntries(1, "n1", "n2", 0, 0, entries, 0, 0))
+        node.receive(InstallSnapshot(1, "n1", "n2", 5, 1, offset=0, data=IMAGE, done=True))
+        clock.advance(0)
+        self.assertEqual(fatal, [])
+        self.assertEqual(storage.last_index(), 10)
+
+    def test_entries_after_a_snapshot_in_the_same_batch(self):
+        """Section 7: entries following an installed snapshot in the same reactor turn
+        are saved after the snapshot's compaction, not before it."""
+        node, storage, clock, fatal = lone_follower(self)
+        node.receive(AppendEntries(1, "n1", "n2", 0, 0, (), 0, 0))
+        clock.advance(0)
+        node.receive(InstallSnapshot(1, "n1", "n2", 5, 1, offset=0, data=IMAGE, done=True))
+        node.receive(AppendEntries(1, "n1", "n2", 5, 1, (Entry(6, 1, b"e6"),), 5, 0))
+        clock.advance(0)
+        self.assertEqual(fatal, [])
+        self.assertEqual(storage.last_index(), 6)
+
+
+class ReceiveFailureTests(SynchronousTestCase):
+    def test_snapshot_store_failure_while_receiving_is_fatal(self):
+        """A follower that cannot store the leader's snapshot has a failing disk: the
+        node stops, as after a failed save of its log, instead of raising into the
+        transport on every retransmission."""
+        node, storage, clock, fatal = lone_follower(self)
+
+        def broken(meta, data):
+            raise OSError("disk on fire")
+
+        node.snapshots.write = broken
+        node.receive(AppendEntries(1, "n1", "n2", 0, 0, (), 0, 0))
+        clock.advance(0)
+        node.receive(InstallSnapshot(1, "n1", "n2", 5, 1, offset=0, data=IMAGE, done=True))
+        self.assertEqual(len(fatal), 1)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_failure_in_a_tick_is_fatal(self):
+        """An exception in a tick would silently stop the ticking LoopingCall (no more
+        heartbeats or elections from a node that looks alive): it stops the node."""
+        node, storage, clock, fatal = lone_follower(self, snapshots=False)
+
+        def broken():
+            raise RuntimeError("bug")
+
+        node.core.tick = broken
+        clock.advance(node.timing.tick_seconds)
+        self.assertEqual(len(fatal), 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class StoppedNodeTests(SynchronousTestCase):
+    def test_datagram_after_stop_is_ignored(self):
+        """The composition root closes the storage once the node service stopped, while
+        its UDP port may still deliver for a moment: such a message must not schedule a
+        batch (it would fail on the closed storage, which is fatal: exit status 70 on a
+        clean stop)."""
+        node, storage, clock, fatal = lone_follower(self, snapshots=False)
+        node.stopService()
+        storage.close()
+        node.receive(AppendEntries(1, "n1", "n2", 0, 0, (Entry(1, 1, b"a"),), 0, 0))
+        clock.advance(0)
+        self.assertEqual(fatal, [])
+
+    def test_proposals_and_reads_after_stop_fail_at_once(self):
+        """A stopped node takes no new work: proposals and reads fail immediately."""
+        node, storage, clock, fatal = lone_follower(self, snapshots=False)
+        node.stopService()
+        self.failureResultOf(node.propose(b"x"), ProposalDropped)
+        self.failureResultOf(node.read_barrier(), NotLeader)

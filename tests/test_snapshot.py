@@ -91,6 +91,36 @@ class TransferTests(SynchronousTestCase):
         self.assertFalse(t.acknowledged(ack(7, 50, 0, success=False)))
         self.assertEqual(sent[0].offset, 0)
 
+    def test_lost_first_chunk_costs_one_resend(self):
+        """Figure 13 over UDP: when a window's first chunk is lost the follower refuses
+        each later chunk; the leader rewinds once, not once per refusal (which sent
+        31 x 32 = 992 chunks for one lost datagram)."""
+        to_follower, to_leader = [], []
+        meta = SnapshotMeta(100, 3)
+        leader = SnapshotTransfers("a", to_follower.append, lambda: 0.0,
+                                   latest=lambda: (meta, b"x" * 64 * 40), chunk_bytes=64)
+        receiver = SnapshotTransfers("b", to_leader.append, lambda: 0.0)
+        self.assertTrue(leader.start("b", 3, 100))
+        self.assertEqual(len(to_follower), 32)
+        del to_follower[0]  # lost
+        for m in list(to_follower):
+            receiver.received(m, 3, "a")
+        del to_follower[:]
+        for r in to_leader:
+            leader.acknowledged(r)
+        self.assertLessEqual(len(to_follower), 32)
+
+    def test_partial_image_of_a_deposed_leader_is_dropped(self):
+        """A follower forgets a half-received image once a new leader speaks, instead of
+        holding its buffer forever."""
+        sent = []
+        follower = SnapshotTransfers("b", sent.append, lambda: 0.0)
+        follower.received(InstallSnapshot(3, "a", "b", 50, 3, 0, b"x" * 10, False), 3, "a")
+        self.assertTrue(follower.receiving_from("a", 3))
+        follower.received(InstallSnapshot(4, "c", "b", 60, 4, 10, b"y", False), 4, "c")
+        self.assertIsNone(follower.incoming)
+        self.assertFalse(follower.receiving_from("a", 3))
+
     def test_stale_and_duplicate_acks_change_nothing(self):
         """Acks of another term or image, or repeating an offset, are ignored."""
         t, sent, clock, _ = transfers()

@@ -234,36 +234,52 @@ class RaftNode(Service):
 
     def receive(self, message: Any) -> None:
         """Called by the transport for each authenticated message addressed to us."""
-        if self._dead is not None:
+        if self._dead is not None or not self.running:
             return
         self.counters["messages_received"] += 1
+        try:
+            self._receive(message)
+        except Exception:
+            self._fatal(Failure())
+            return
+        self._schedule()
+
+    def _receive(self, message: Any) -> None:
         if isinstance(message, InstallSnapshot):
             self._snapshot_chunk(message)
         elif isinstance(message, InstallSnapshotResponse) and (
             message.next_offset > 0 or not message.success
         ):
             # A chunk acknowledgement (or a refusal) is the transfer's business; the
-            # core only hears that the transfer is alive.  A refusal also goes to the
-            # core, which may need its term.
+            # core only hears that the transfer is alive.  A refusal goes to the core
+            # only when it brings a newer term: a same-term one would send the peer
+            # back to probing and draw yet another window of chunks.
             if self.transfers.acknowledged(message):
                 self.core.snapshot_progressing(message.sender)
-            if not message.success:
+            if not message.success and message.term > self.core.term:
                 self.core.step(message)
         else:
             self.core.step(message)
-        self._schedule()
 
     def _tick(self) -> None:
-        if self._dead is not None:
+        if self._dead is not None or not self.running:
             return
-        self.core.tick()
-        if self.transfers.outgoing:
-            self.transfers.tick(self._transfer_wanted)
+        try:
+            self.core.tick()
+            if self.transfers.outgoing:
+                self.transfers.tick(self._transfer_wanted)
+        except Exception:
+            # An exception would silently stop the LoopingCall: no more heartbeats or
+            # elections from a node that looks alive.
+            self._fatal(Failure())
+            return
         self._schedule()
 
     def propose(self, data: bytes) -> Deferred:
         if self._dead is not None:
             return _failed(FatalNodeError("node stopped after a fatal error"))
+        if not self.running:
+            return _failed(ProposalDropped("the node is stopping"))
         if len(self._proposals) >= self.timing.max_pending:
             return _failed(Overloaded(
                 "%d proposals are already waiting to commit; retry shortly" % len(self._proposals)
@@ -283,6 +299,8 @@ class RaftNode(Service):
     def read_barrier(self) -> Deferred:
         if self._dead is not None:
             return _failed(FatalNodeError("node stopped after a fatal error"))
+        if not self.running:
+            return _failed(NotLeader(None, None))
         if len(self._reads) >= self.timing.max_pending:
             return _failed(Overloaded(
                 "%d reads are already waiting for confirmation; retry shortly" % len(self._reads)
@@ -338,7 +356,7 @@ class RaftNode(Service):
     # ------------------------------------------------------------ the driver
 
     def _schedule(self) -> None:
-        if self._process_call is None and self._dead is None:
+        if self._process_call is None and self._dead is None and self.running:
             self._process_call = self.reactor.callLater(0, self._process)
 
     def _process(self) -> None:
@@ -368,13 +386,13 @@ class RaftNode(Service):
         else:
             messages = rd.messages
         # 1. Persist: nothing below may depend on state that is not yet durable.
+        if rd.snapshot is not None:
+            # The state machine already holds this snapshot (see _snapshot_chunk).
+            self.storage.compact(rd.snapshot)
         if rd.hard_state is not None or rd.entries:
             self.storage.save(rd.hard_state, rd.entries)
             self.counters["fsync_batches"] += 1
             self.counters["entries_persisted"] += len(rd.entries)
-        if rd.snapshot is not None:
-            # The state machine already holds this snapshot (see _snapshot_chunk).
-            self.storage.compact(rd.snapshot)
         # 2. Send.
         if messages:
             self._send_messages(messages)
@@ -495,7 +513,7 @@ class RaftNode(Service):
             if self._dead is None and self.running:
                 self._fatal(failure)
 
-        self._run_in_thread(work).addCallbacks(stored, failed)
+        self._run_in_thread(work).addCallbacks(stored, failed).addErrback(self._fatal)
 
     def _snapshot_stored(self, meta: SnapshotMeta, data: bytes) -> None:
         self.counters["snapshots_taken"] += 1
@@ -532,7 +550,7 @@ class RaftNode(Service):
             message.last_included_index <= core.commit_index
             and message.term == core.term
             and message.sender == core.leader_id
-            and self.transfers.incoming is None
+            and not self.transfers.receiving_from(message.sender, message.term)
         ):
             # We already hold everything it covers (perhaps our last answer was lost):
             # let the core say so, which ends the leader's transfer.

@@ -43,7 +43,16 @@ class SnapshotStore:
 
     def __init__(self, directory: str):
         self.directory = directory
-        os.makedirs(directory, exist_ok=True)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, exist_ok=True)
+            # The directory's own entry must survive a power loss before the log is
+            # compacted behind a file in it.
+            parent = os.path.dirname(os.path.abspath(directory))
+            dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
         self.path = os.path.join(directory, _FILE)
         self._latest: Optional[Tuple[SnapshotMeta, bytes]] = None
         self._loaded = False
@@ -216,7 +225,11 @@ class SnapshotTransfers:
         if out is None or m.last_included_index != out.meta.index or m.term != out.term:
             return False
         if not m.success:
+            now = self._seconds()
+            if out.acked == 0 and now - out.last_progress < out.backoff:
+                return False
             out.acked = out.sent = 0
+            out.last_progress = now
             self._pump(m.sender)
             return False
         if m.next_offset <= out.acked:
@@ -278,6 +291,9 @@ class SnapshotTransfers:
             return None  # the leader's heartbeats bring the term and leader first
         meta = SnapshotMeta(m.last_included_index, m.last_included_term)
         inc = self.incoming
+        if inc is not None and (inc.term != term or inc.leader != leader_id):
+            # A deposed leader's partial image: it will never be finished.
+            inc = self.incoming = None
         if inc is None or inc.leader != m.sender or inc.term != m.term or inc.meta != meta:
             if m.offset != 0:
                 self._ack(m, 0)
@@ -297,6 +313,11 @@ class SnapshotTransfers:
             return meta, bytes(inc.buffer)
         self._ack(m, len(inc.buffer))
         return None
+
+    def receiving_from(self, leader: str, term: int) -> bool:
+        """Whether a transfer from ``leader`` in ``term`` is under way."""
+        inc = self.incoming
+        return inc is not None and inc.leader == leader and inc.term == term
 
     def _ack(self, m: InstallSnapshot, offset: int) -> None:
         # success with a positive offset is a chunk acknowledgement; anything else goes
