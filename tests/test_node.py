@@ -273,6 +273,30 @@ class SingleNodeTests(SynchronousTestCase):
         self.assertTrue(persisted and applied)
         self.assertLess(persisted[0], applied[0])
 
+    def test_callbacks_run_after_the_batch_is_accounted(self):
+        """Deferreds fire only after the core's advance(): an application that writes
+        from a write's or a read's callback feeds the core outside a ready/advance
+        pair, and its work is done."""
+        cluster = Cluster(self, 1)
+        cluster.clock.advance(0)
+        node = cluster.nodes["n1"]
+        seen, chained = [], []
+
+        def then_write(result):
+            self.assertFalse(node.core._ready_outstanding)
+            seen.append(result)
+            node.propose(b"second").addBoth(chained.append)
+            node.read_barrier().addBoth(chained.append)
+
+        node.propose(b"first").addCallback(then_write)
+        cluster.clock.advance(0)
+        cluster.clock.advance(0)
+        self.assertEqual(seen, [(2, b"tsrif")])
+        self.assertEqual(len(chained), 2, chained)
+        self.assertIn((3, b"dnoces"), chained)
+        read = [r for r in chained if isinstance(r, int)]
+        self.assertTrue(read and read[0] >= 2, chained)
+
     def test_read_barrier_on_single_node(self):
         """A one-node leader confirms reads without any message."""
         cluster = Cluster(self, 1)

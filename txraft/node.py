@@ -396,7 +396,9 @@ class RaftNode(Service):
         # 2. Send.
         if messages:
             self._send_messages(messages)
-        # 3. Apply, in one state-machine transaction for the whole batch.
+        # 3. Apply, in one state-machine transaction for the whole batch.  Deferreds
+        # fire after advance(), below.
+        outcomes: list = []
         if rd.committed_entries:
             results = self.state_machine.apply_batch(rd.committed_entries)
             self.counters["entries_applied"] += len(rd.committed_entries)
@@ -407,14 +409,14 @@ class RaftNode(Service):
                 term, d, timeout = pending
                 _cancel(timeout)
                 if entry.term == term and entry.kind != ENTRY_NOOP:
-                    d.callback((entry.index, result))
+                    outcomes.append((d, (entry.index, result)))
                 else:
-                    d.errback(
+                    outcomes.append((d, Failure(
                         ProposalDropped(
                             "another entry (term %d) was committed at index %d; the proposal "
                             "was not applied" % (entry.term, entry.index)
                         )
-                    )
+                    )))
         # 4. Serve reads the batch made safe; fail the ones whose leader was lost.
         applied = self.core.last_applied
         if rd.committed_entries:
@@ -423,15 +425,22 @@ class RaftNode(Service):
             pending = self._reads.pop(ctx, None)
             if pending is not None:
                 _cancel(pending[1])
-                pending[0].callback(applied)
+                outcomes.append((pending[0], applied))
         for ctx in rd.failed_reads:
             pending = self._reads.pop(ctx, None)
             if pending is not None:
                 _cancel(pending[1])
-                pending[0].errback(self._not_leader(self.core.leader_id))
+                outcomes.append((pending[0], Failure(self._not_leader(self.core.leader_id))))
         if rd.soft_state is not None:
-            self._role_changed(rd.soft_state)
+            self._role_changed(rd.soft_state, outcomes)
         self.core.advance(rd)
+        # Only now: a callback may propose or read, which the core takes only after
+        # advance() (see RaftCore.ready).
+        for d, outcome in outcomes:
+            if isinstance(outcome, Failure):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)
         if (
             self.snapshots is not None
             and not self._snapshot_running
@@ -449,7 +458,7 @@ class RaftNode(Service):
                 send(message)
         self.counters["messages_sent"] += len(messages)
 
-    def _role_changed(self, soft: Any) -> None:
+    def _role_changed(self, soft: Any, outcomes: list) -> None:
         self.log.info(
             "{node}: {role} in term {term}, leader {leader}",
             node=self.node_id, role=soft.role, term=soft.term, leader=soft.leader_id,
@@ -464,12 +473,12 @@ class RaftNode(Service):
         for index in sorted(lost):
             term, d, timeout = self._proposals.pop(index)
             _cancel(timeout)
-            d.errback(
+            outcomes.append((d, Failure(
                 ProposalDropped(
                     "leadership (term %d) was lost before entry %d was committed; it may "
                     "still be committed by the next leader (outcome unknown)" % (term, index)
                 )
-            )
+            )))
 
     # ------------------------------------------------------------- snapshots
 
