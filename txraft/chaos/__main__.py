@@ -22,8 +22,12 @@ from txraft.chaos.nemesis import FAULT_KINDS
 from txraft.chaos.workload import WORKLOADS
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that it unwinds through the cleanup."""
+
+
 def _terminate(signum, frame):
-    raise SystemExit(128 + signum)  # unwinds through the harness's cleanup
+    raise Terminated()
 
 
 def main(argv=None, unavailable=netns.unavailable) -> int:
@@ -98,11 +102,11 @@ def main(argv=None, unavailable=netns.unavailable) -> int:
         signal.signal(signal.SIGTERM, _terminate)
     try:
         report = ChaosRun(config).execute()
-    except KeyboardInterrupt:
-        print("interrupted; nodes stopped%s" % (" and namespaces removed"
-                                                if config.net == "netns" else ""),
+    except (KeyboardInterrupt, Terminated) as e:
+        print("%s; nodes stopped%s" % ("terminated" if isinstance(e, Terminated) else "interrupted",
+                                       " and namespaces removed" if config.net == "netns" else ""),
               file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
     print(report.table())
     return 0 if report.passed else 1
 
