@@ -800,7 +800,8 @@ class RaftCore:
             # refilling it from match_index on each such answer multiplies traffic.
             # Remember the gap; when a success shows it closed, resend one batch from
             # there.  A real loss is caught by the stall probe at the next heartbeat.
-            pr.gaps.append(m.rejected_index)
+            if m.rejected_index not in pr.gaps:  # duplicated datagrams: keep it bounded
+                pr.gaps.append(m.rejected_index)
             return
         if m.conflict_term:
             last_of_term = self.log.last_index_of_term(m.conflict_term)
