@@ -372,9 +372,7 @@ class ChaosRun(Context):
             self.aborting.set()
             monitor.finish()
             if nemesis is not None:
-                nemesis.stop.set()
-                if nemesis._thread is not None:
-                    nemesis._thread.join(10)  # or it may restart a node after stop_all
+                nemesis.halt()
             report.anomalies = list(self.anomalies)
             if nemesis is not None:
                 report.violations.extend(nemesis.errors)

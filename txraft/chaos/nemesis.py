@@ -156,6 +156,13 @@ class Nemesis:
             self._thread.join(timeout)
         self.heal_all()
 
+    def halt(self, timeout: float = 10.0) -> None:
+        """Stop injecting and wait for the schedule's thread, without healing (the harness
+        is giving up: after this nothing restarts a node behind its back)."""
+        self.stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
     def _run(self) -> None:
         kinds = sorted(self.weights)
         weights = [self.weights[k] for k in kinds]
