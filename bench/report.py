@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -150,13 +151,13 @@ def main() -> None:
         if doc is None:
             print("<!-- no %s results -->\n" % name)
             continue
-        kind = doc.get("benchmark", name).split("-")[0]
-        render = {"cluster_http": http_tables, "library": library_tables,
-                  "failover": failover_tables, "shop": shop_tables}.get(kind)
-        if render is None:
-            kind = name.split("-")[0]
-            render = {"cluster_http": http_tables, "library": library_tables,
-                      "failover": failover_tables, "shop": shop_tables}[kind]
+        renderers = {"cluster_http": http_tables, "library": library_tables,
+                     "failover": failover_tables, "shop": shop_tables}
+        # A run's --name may be anything: the command that produced it names the script.
+        script = re.search(r"bench/(\w+)\.py", doc.get("command", ""))
+        kinds = [doc.get("benchmark", name).split("-")[0], name.split("-")[0],
+                 script.group(1) if script else ""]
+        render = next(renderers[k] for k in kinds if k in renderers)
         print("<!-- %s -->\n%s\n" % (name + args.results_suffix, render(doc)))
 
 
