@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from txraft import kv, web
-from txraft.errors import Overloaded
+from txraft.errors import NotLeader, Overloaded
 from tests.fakes import FakeRaftNode, RecordingClient, start_request
 
 #: Framing differs on purpose (a Content-Length instead of chunks); nothing else may.
@@ -172,3 +172,32 @@ class FastPathTests(SynchronousTestCase):
         answer = self.successResultOf(d)
         self.assertEqual((answer.code, answer.error_code), (500, "internal_error"))
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_forward_from_a_raised_not_leader_cancels_quietly(self):
+        """A handler that raises NotLeader at once is forwarded (as Klein does through
+        its RaftError handler); a client that leaves meanwhile cancels the forward, and
+        nothing is written or logged."""
+        pending = []
+
+        class Client:
+            def request(self, method, url, **kwargs):
+                d = defer.Deferred(lambda d: pending.append("cancelled"))
+                pending.append((method, url))
+                return d
+
+        follower = FakeRaftNode(self.node.state_machine, "n2", "http://n2.test:5002")
+        http = web.RaftHTTP(follower, Clock(), Client())
+
+        def handler(request):
+            raise NotLeader("n1", "http://n1.test:5001")
+
+        request = DummyRequest([b"kv", b"k"])
+        request.method = b"PUT"
+        request.path = request.uri = b"/kv/k"
+        request.content = io.BytesIO(b"v")
+        http.serve(request, handler)
+        self.assertEqual(pending, [("PUT", "http://n1.test:5001/kv/k")])
+        request.processingFailed(Failure(ConnectionDone()))
+        self.assertEqual(pending[-1], "cancelled")
+        self.assertEqual((request.written, request.finished), ([], 0))
+        self.assertEqual(self.flushLoggedErrors(), [])

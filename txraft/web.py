@@ -250,12 +250,16 @@ class RaftHTTP:
         if self._handlers is None:
             # Handlers served here never raise werkzeug's routing errors.
             self._handlers = self.error_handlers(routing=False)
+        gone = [False]
         try:
             result = handler(request, *args)
+            recovered = False
         except Exception:
-            result = self._recover(Failure(), request, 0, _NOT_GONE)
+            # A Deferred from an error handler (a forward) already carries the rest of
+            # the error handlers, as in Klein.
+            result = self._recover(Failure(), request, 0, gone)
+            recovered = True
         if isinstance(result, defer.Deferred):
-            gone = [False]
 
             def finished(reason):
                 gone[0] = True
@@ -263,11 +267,12 @@ class RaftHTTP:
                     result.cancel()
 
             request.notifyFinish().addBoth(finished)
-            result.addErrback(self._recover, request, 0, gone)
+            if not recovered:
+                result.addErrback(self._recover, request, 0, gone)
             result.addCallback(_answer, request, gone)
             result.addErrback(_log_unanswered, request)
         else:
-            _answer(result, request, _NOT_GONE)
+            _answer(result, request, gone)
         return NOT_DONE_YET
 
     def _recover(self, failure, request, first: int, gone):
@@ -545,7 +550,6 @@ class RaftHTTP:
         )
 
 
-_NOT_GONE = (False,)
 _NO_ANSWER = object()
 
 
