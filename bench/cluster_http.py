@@ -98,6 +98,17 @@ class System:
         raise NotImplementedError
 
 
+def _start(cluster: Any) -> str:
+    """Start every member and return the leader; a cluster that elects none is stopped
+    (its system is never registered, so nothing else would stop its processes)."""
+    try:
+        cluster.start_all()
+        return cluster.wait_for_leader(timeout=60)
+    except BaseException:
+        cluster.stop_all()
+        raise
+
+
 class Txraft(System):
     name = "txraft"
 
@@ -106,8 +117,7 @@ class Txraft(System):
         self.name = name
         self.cluster = LocalCluster(size, os.path.join(root, name), app=app,
                                     extra_args=extra_args, python=python)
-        self.cluster.start_all()
-        self._leader = self.cluster.wait_for_leader(timeout=60)
+        self._leader = _start(self.cluster)
 
     def leader(self) -> str:
         self._leader = self.cluster.wait_for_leader(timeout=30)
@@ -142,8 +152,7 @@ class Etcd(System):
     def __init__(self, size: int, root: str, election_ms: int, heartbeat_ms: int):
         self.cluster = EtcdCluster(size, os.path.join(root, "etcd"),
                                    election_timeout_ms=election_ms, heartbeat_ms=heartbeat_ms)
-        self.cluster.start_all()
-        self._leader = self.cluster.wait_for_leader(timeout=60)
+        self._leader = _start(self.cluster)
 
     def leader(self) -> str:
         self._leader = self.cluster.wait_for_leader(timeout=30)
