@@ -41,11 +41,25 @@ entries = st.builds(
     Entry, index=uints, term=uints, data=st.binary(max_size=300),
     kind=st.sampled_from(ENTRY_KINDS),
 )
-append_entries = st.builds(
-    AppendEntries, term=uints, sender=ids, receiver=ids, prev_log_index=uints,
-    prev_log_term=uints, entries=st.lists(entries, max_size=20).map(tuple),
-    leader_commit=uints, read_seq=uints,
-)
+
+
+@st.composite
+def append_entries(draw):
+    """A well-formed AppendEntries: entries run on from prev_log_index, terms never
+    decrease from prev_log_term and stay within the message's term."""
+    term = draw(uints)
+    prev_term = draw(st.integers(0, term))
+    prev_index = draw(st.integers(0, MAX_UINT - 20))
+    batch, last_term = [], prev_term
+    for i in range(draw(st.integers(0, 20))):
+        last_term = draw(st.integers(last_term, term))
+        batch.append(Entry(prev_index + 1 + i, last_term, draw(st.binary(max_size=300)),
+                           draw(st.sampled_from(ENTRY_KINDS))))
+    return AppendEntries(term, draw(ids), draw(ids), prev_index, prev_term, tuple(batch),
+                         draw(uints), draw(uints))
+
+
+append_entries = append_entries()
 messages = st.one_of(
     st.builds(RequestVote, term=uints, sender=ids, receiver=ids, last_log_index=uints,
               last_log_term=uints, pre_vote=st.booleans()),
@@ -107,7 +121,7 @@ class RoundTripTests(SynchronousTestCase):
         samples = [
             RequestVote(1, "a", "b", 2, 3, True),
             RequestVoteResponse(1, "a", "b", True),
-            AppendEntries(1, "a", "b", 2, 3, (Entry(3, 1, b"x"),), 2, 7),
+            AppendEntries(3, "a", "b", 2, 1, (Entry(3, 3, b"x"),), 2, 7),
             AppendEntriesResponse(1, "a", "b", False, 0, 2, 1, 1, 7),
             InstallSnapshot(1, "a", "b", 10, 1, 0, b"snap", False, 3),
             InstallSnapshotResponse(1, "a", "b", 10, True, 4, 3),
@@ -198,6 +212,22 @@ class DecodeErrorTests(SynchronousTestCase):
         value = list(base)
         value[6] = b"not an array"
         self._refused(value)
+
+    def test_entries_must_follow_prev_log_index(self):
+        """Figure 2 / Log Matching: entries that do not run on from prev_log_index are
+        refused by the decoder, not by the log's assertion after a truncation."""
+        for batch in ([[1, 1, b"x", 0], [3, 1, b"y", 0]], [[2, 1, b"x", 0]],
+                      [[1, 1, b"x", 0], [1, 1, b"x", 0]]):
+            self._refused([TAG_APPEND_ENTRIES, 1, "a", "b", 0, 0, batch, 0, 0])
+
+    def test_entry_terms_within_prev_log_term_and_term(self):
+        """Section 5.3: terms never decrease along a log, and a leader holds no entry
+        of a later term than its own."""
+        for prev_term, batch in ((0, [[1, 9, b"x", 0]]), (3, [[1, 2, b"x", 0]]),
+                                 (1, [[1, 2, b"x", 0], [2, 1, b"y", 0]])):
+            self._refused([TAG_APPEND_ENTRIES, 5, "a", "b", 0, prev_term, batch, 0, 0])
+        ok = [TAG_APPEND_ENTRIES, 5, "a", "b", 0, 1, [[1, 1, b"x", 0], [2, 5, b"y", 0]], 0, 0]
+        self.assertEqual(len(decode_message(msgpack.packb(ok, use_bin_type=True)).entries), 2)
 
     def test_snapshot_data_must_be_bytes(self):
         """InstallSnapshot data sent as str (msgpack raw string) is refused."""

@@ -255,7 +255,7 @@ def _decode_request_vote_response(obj):
 def _decode_append_entries(obj):
     _arity(obj, 9, "AppendEntries")
     _, term, sender, receiver, prev_log_index, prev_log_term, entries, commit, seq = obj
-    return AppendEntries(
+    m = AppendEntries(
         _uint(term),
         _id(sender),
         _id(receiver),
@@ -265,6 +265,22 @@ def _decode_append_entries(obj):
         _uint(commit),
         _uint(seq),
     )
+    # The shape Log Matching relies on (Figure 2, section 5.3): entries run on from
+    # prev_log_index with no gap, and their terms never decrease, from prev_log_term up
+    # to at most the leader's own term.  Checked here, before the follower may truncate
+    # its log for a message it cannot append.
+    index, last_term = m.prev_log_index, m.prev_log_term
+    for e in m.entries:
+        index += 1
+        if e.index != index:
+            raise CodecError("AppendEntries: entry %d where %d was due" % (e.index, index))
+        if not last_term <= e.term <= m.term:
+            raise CodecError(
+                "AppendEntries: entry %d has term %d, outside %d..%d"
+                % (e.index, e.term, last_term, m.term)
+            )
+        last_term = e.term
+    return m
 
 
 def _decode_append_entries_response(obj):
