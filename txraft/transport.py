@@ -38,9 +38,9 @@ or its counter is already in the window or older than the window.  Only datagram
 pass every check up to and including the MAC update this state.  Guarantee: while this
 receiver runs, each authenticated datagram is delivered at most once, and nothing from an
 incarnation of a sender older than one already heard is delivered.  This relies on each
-node choosing a strictly larger incarnation at every start (its boot time in
-microseconds: a clock set backwards across a restart makes its peers ignore it until they
-restart).  The receiver forgets everything when it restarts, so a recorded datagram can
+node choosing a strictly larger incarnation at every start (``twistd raftnode`` uses its
+boot time in microseconds, or one more than the last start's, kept in the data directory,
+so a clock set backwards across a restart does not make its peers ignore it).  The receiver forgets everything when it restarts, so a recorded datagram can
 then be accepted once again; Raft tolerates delayed and duplicated messages, so this
 bounds disruption rather than guarding safety.
 

@@ -340,7 +340,7 @@ class RaftNodeService(service.MultiService):
             deliver=lambda message: receivers[0](message),
             reactor=reactor,
             # Grows across restarts, which the transport's replay protection relies on.
-            incarnation=time.time_ns() // 1000,
+            incarnation=next_incarnation(os.path.join(data_dir, "incarnation")),
             max_datagram=opts["max-datagram"],
             # Injected loss must be random: a deterministic every-n-th drop loses the
             # same fragment of every large message, so a snapshot chunk window or a big
@@ -439,6 +439,32 @@ class _ForwardingClient:
                 Agent.usingEndpointFactory(reactor, _DirectEndpoints(reactor), pool=pool)
             )
         return self._client.request(*args, **kwargs)
+
+
+def next_incarnation(path: str) -> int:
+    """This start's transport incarnation: larger than any earlier start's, even when the
+    clock was stepped back since; durable before the first datagram leaves."""
+    try:
+        with open(path, "rb") as f:
+            last = int(f.read().strip() or b"0")
+    except FileNotFoundError:
+        last = 0
+    except ValueError:
+        log.warn("{path} is damaged; the incarnation falls back to the clock", path=path)
+        last = 0
+    incarnation = max(time.time_ns() // 1000, last + 1)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(b"%d\n" % incarnation)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return incarnation
 
 
 @implementer(IAgentEndpointFactory)
