@@ -629,6 +629,33 @@ class ParallelLeaderWriteTests(SynchronousTestCase):
         self.assertLess(term_persisted, first_leader_send)
 
 
+class CommitNoticeTests(SynchronousTestCase):
+    def test_commit_notices_leave_after_the_answers(self):
+        """The empty AppendEntries that only tell followers a new commit index leave on
+        the reactor turn after the proposal's answer, so the reactor writes the answer
+        to its socket first; followers still learn the commit."""
+        cluster = Cluster(self, 3)
+        cluster.run(1.0)
+        leader = cluster.leader()
+        d = leader.propose(b"p")
+        d.addCallback(lambda result: cluster.journal.append(("answered", result[0])))
+        start = len(cluster.journal)
+        cluster.run(0.02)
+        events = cluster.journal[start:]
+        index = next(ev[1] for ev in events if ev[0] == "answered")
+        answered = events.index(("answered", index))
+        notices = [
+            i for i, ev in enumerate(events)
+            if ev[0] == "send" and ev[1] == leader.node_id
+            and isinstance(ev[2], AppendEntries) and not ev[2].entries
+            and ev[2].leader_commit >= index
+        ]
+        self.assertTrue(notices)
+        self.assertGreater(notices[0], answered)
+        for node in cluster.nodes.values():
+            self.assertEqual(node.core.commit_index, index)
+
+
 class StateMachineRollbackTests(SynchronousTestCase):
     """The state machine syncs lazily (SQLite synchronous=NORMAL): after an OS crash it
     may be behind what it applied.  The node must bring it back, exactly once."""
