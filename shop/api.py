@@ -16,6 +16,7 @@ from typing import Any, Callable, List, Optional
 
 from klein import Klein
 
+from txraft.idempotency import recorded_answer, render_result, request_key
 from txraft.web import HTTPError, RaftHTTP, json_response, query_arg, dumps
 
 from shop import schema
@@ -191,19 +192,14 @@ class ShopAPI:
         return self._submit(request, KIND_NAMES[prefix] + ".delete", id, None)
 
     def _submit(self, request, op: str, ident: Optional[str], data: Any):
-        key = request.getHeader(b"idempotency-key")
+        key = request_key(request)
         fp = None
         if key is not None:
-            key = schema.check_idempotency_key(key.decode("latin-1"))
             fp = schema.fingerprint(request.method.decode("ascii"),
                                     request.path.decode("latin-1"), data)
-            record = self.state_machine.idempotency_record(key)
-            if record is not None:
-                if record[0] != fp:
-                    raise invalid("idempotency_key_reused",
-                                  "this Idempotency-Key was used for a different request",
-                                  "Idempotency-Key")
-                return self._answer(request, record[1])
+            recorded = recorded_answer(self.state_machine.idempotency_record(key), fp)
+            if recorded is not None:
+                return self._answer(request, recorded)
         command = encode_command(
             op, int(self.clock.seconds() * 1000), ident, data,
             parse_if_match(request.getHeader(b"if-match")), key, fp)
@@ -213,20 +209,14 @@ class ShopAPI:
     def _answer(request, result: Result):
         if not isinstance(result, Result):
             raise RuntimeError("the state machine answered %r" % (result,))
-        request.setHeader(b"X-Raft-Index", b"%d" % (result.index,))
-        if result.replayed:
-            request.setHeader(b"Idempotent-Replayed", b"true")
         body = result.body
-        if body is None:
-            request.setResponseCode(result.status)
-            return b""
         headers = []
-        if result.status < 300:
+        if body is not None and result.status < 300:
             headers.append((b"ETag", etag(body["version"])))
             if result.status == 201:
                 ident = body["id"]
                 headers.append((b"Location", ("/%s/%s" % (COLLECTIONS[ident[0]], ident)).encode()))
-        return json_response(request, result.status, body, headers)
+        return render_result(request, result, headers)
 
 
 def make_resource(node, clock, http_client):

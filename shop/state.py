@@ -17,12 +17,13 @@ Commands are msgpack maps ``{"op", "ts", "id"?, "data"?, "ifm"?, "key"?, "fp"?}`
 and the request fingerprint.  The result of an entry is a ``Result``: the HTTP status and
 JSON body of the answer, and the log index that first produced it.
 
-Idempotency retention, decided only from the log so every replica keeps the same keys: a
-record is deleted when a later command's ``now`` is more than ``idempotency_retention_ms``
-(24 hours by default) past the record's, and the oldest records (by log index) are
-deleted when there are more than ``idempotency_max_keys`` (100,000 by default).  Both
-are checked at every command.  Every replica must run with the same two values.
-Answers with status 500 (a bug) and 422 ``idempotency_key_reused`` are not recorded.
+Idempotency records and their retention are ``txraft.idempotency``'s (the key-value
+store keeps them the same way): a record is deleted when a later command's ``now`` is
+more than ``idempotency_retention_ms`` (24 hours by default) past the record's, and the
+oldest records (by log index) are deleted when there are more than
+``idempotency_max_keys`` (100,000 by default).  Both are checked at every command.
+Every replica must run with the same two values.  Answers with status 500 (a bug) and
+422 ``idempotency_key_reused`` are not recorded.
 """
 
 from __future__ import annotations
@@ -36,15 +37,17 @@ import attrs
 import msgpack
 from zope.interface import implementer
 
+from txraft import idempotency
+from txraft.idempotency import Result
 from txraft.interfaces import IStateMachine
 from txraft.kv import SQLiteStateMachine
 
 from shop import schema
 from shop.schema import Refusal, ascii_lower
 
-DAY_MS = 24 * 60 * 60 * 1000
-DEFAULT_IDEMPOTENCY_RETENTION_MS = DAY_MS
-DEFAULT_IDEMPOTENCY_MAX_KEYS = 100_000
+DAY_MS = idempotency.DAY_MS
+DEFAULT_IDEMPOTENCY_RETENTION_MS = idempotency.DEFAULT_RETENTION_MS
+DEFAULT_IDEMPOTENCY_MAX_KEYS = idempotency.DEFAULT_MAX_KEYS
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
@@ -53,18 +56,6 @@ def iso_time(ms: int) -> str:
     """Milliseconds since the epoch as ISO 8601 UTC with milliseconds."""
     moment = _EPOCH + datetime.timedelta(milliseconds=ms)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (ms % 1000,)
-
-
-@attrs.frozen
-class Result:
-    """The answer to one command: ``status``, JSON ``body`` (or None) and ``index``, the
-    log index of the entry that produced it first (earlier than the current entry for an
-    idempotent replay, then ``replayed`` is true)."""
-
-    status: int
-    body: Optional[dict]
-    index: int
-    replayed: bool = False
 
 
 def error(status: int, code: str, message: str, field: Optional[str] = None) -> Refusal:
@@ -89,9 +80,7 @@ PRODUCT = Kind("product", "p", "products", schema.PRODUCT_FIELDS)
 CUSTOMER = Kind("customer", "c", "customers", schema.CUSTOMER_FIELDS)
 KINDS = {"p": PRODUCT, "c": CUSTOMER}
 
-SCHEMA = (
-    "INSERT OR IGNORE INTO meta VALUES ('last_ms', 0)",
-    "INSERT OR IGNORE INTO meta VALUES ('idempotency_count', 0)",
+SCHEMA = idempotency.DDL + (
     """CREATE TABLE IF NOT EXISTS products (
         seq INTEGER PRIMARY KEY, name TEXT NOT NULL, description TEXT, category TEXT,
         sku TEXT UNIQUE, price_cents INTEGER NOT NULL CHECK (price_cents >= 0),
@@ -112,10 +101,6 @@ SCHEMA = (
         order_seq INTEGER NOT NULL, line_no INTEGER NOT NULL, product_seq INTEGER NOT NULL,
         quantity INTEGER NOT NULL CHECK (quantity > 0), unit_price_cents INTEGER NOT NULL,
         PRIMARY KEY (order_seq, line_no)) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS idempotency (
-        key TEXT PRIMARY KEY, fingerprint BLOB NOT NULL, status INTEGER NOT NULL,
-        body BLOB NOT NULL, log_index INTEGER NOT NULL UNIQUE, created_ms INTEGER NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created_ms)",
 )
 
 PRODUCT_COLUMNS = "seq, name, description, category, sku, price_cents, stock, version, created_ms, updated_ms"
@@ -176,14 +161,14 @@ class ShopStateMachine(SQLiteStateMachine):
         ("customers", "seq"),
         ("orders", "seq"),
         ("order_lines", "order_seq, line_no"),
-        ("idempotency", "key"),
+        idempotency.TABLE,
     )
     snapshot_format = "shop/1"
 
     def __init__(self, path: str, idempotency_retention_ms: int = DEFAULT_IDEMPOTENCY_RETENTION_MS,
                  idempotency_max_keys: int = DEFAULT_IDEMPOTENCY_MAX_KEYS, durable: bool = True):
-        self.idempotency_retention_ms = idempotency_retention_ms
-        self.idempotency_max_keys = idempotency_max_keys
+        self.idempotency = idempotency.IdempotencyRecords(idempotency_retention_ms,
+                                                          idempotency_max_keys)
         super().__init__(path, durable)
         self._operations = {
             "product.create": self._create_simple,
@@ -201,17 +186,10 @@ class ShopStateMachine(SQLiteStateMachine):
         }
 
     def load_meta(self, meta: dict) -> None:
-        self._last_ms = meta["last_ms"]
-        self._idempotency_count = meta["idempotency_count"]
-        self._meta_dirty = False
+        self.idempotency.load_meta(meta)
 
     def before_commit(self) -> None:
-        if self._meta_dirty:
-            self._db.executemany(
-                "UPDATE meta SET value = ? WHERE name = ?",
-                ((self._last_ms, "last_ms"), (self._idempotency_count, "idempotency_count")),
-            )
-            self._meta_dirty = False
+        self.idempotency.before_commit(self._db)
 
     # -- applying -------------------------------------------------------------------------
 
@@ -224,21 +202,13 @@ class ShopStateMachine(SQLiteStateMachine):
         problem = _command_problem(command, self._operations)
         if problem is not None:
             return Result(400, error(400, "invalid_command", problem).document(), index)
-        now = command["ts"]
-        if now < self._last_ms:
-            now = self._last_ms
-        elif now > self._last_ms:
-            self._last_ms = now
-            self._meta_dirty = True
-        self._expire_idempotency(now)
+        db = self._db
+        now = self.idempotency.start(db, command["ts"])
         key = command.get("key")
         if key is not None:
-            row = self._db.execute(
-                "SELECT fingerprint, status, body, log_index FROM idempotency WHERE key = ?", (key,)
-            ).fetchone()
-            if row is not None:
-                return self._replay(row, command["fp"], index)
-        db = self._db
+            answer = self.idempotency.answer(db, key, command["fp"], index)
+            if answer is not None:
+                return answer
         db.execute("SAVEPOINT command")
         try:
             status, body = self._operations[command["op"]](command, index, now)
@@ -251,42 +221,10 @@ class ShopStateMachine(SQLiteStateMachine):
         if status >= 300:
             db.execute("ROLLBACK TO command")
         db.execute("RELEASE command")
+        result = Result(status, body, index)
         if key is not None and status != 500:
-            self._record(key, command["fp"], status, body, index, now)
-        return Result(status, body, index)
-
-    @staticmethod
-    def _replay(row, fp: bytes, index: int) -> Result:
-        stored_fp, status, body, first_index = row
-        if stored_fp != fp:
-            return Result(422, error(422, "idempotency_key_reused",
-                                     "this Idempotency-Key was used for a different request",
-                                     "Idempotency-Key").document(), index)
-        return Result(status, msgpack.unpackb(body, raw=False), first_index, replayed=True)
-
-    def _record(self, key, fp, status, body, index, now) -> None:
-        db = self._db
-        db.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?, ?, ?)",
-                   (key, fp, status, msgpack.packb(body), index, now))
-        self._idempotency_count += 1
-        self._meta_dirty = True
-        excess = self._idempotency_count - self.idempotency_max_keys
-        if excess > 0:
-            deleted = db.execute(
-                "DELETE FROM idempotency WHERE log_index IN "
-                "(SELECT log_index FROM idempotency ORDER BY log_index LIMIT ?)", (excess,)
-            ).rowcount
-            self._idempotency_count -= deleted
-
-    def _expire_idempotency(self, now: int) -> None:
-        if not self._idempotency_count:
-            return
-        deleted = self._db.execute(
-            "DELETE FROM idempotency WHERE created_ms < ?", (now - self.idempotency_retention_ms,)
-        ).rowcount
-        if deleted:
-            self._idempotency_count -= deleted
-            self._meta_dirty = True
+            self.idempotency.record(db, key, command["fp"], result, now)
+        return result
 
     # -- products and customers -------------------------------------------------------------
 
@@ -567,13 +505,7 @@ class ShopStateMachine(SQLiteStateMachine):
 
     def idempotency_record(self, key: str) -> Optional[Tuple[bytes, Result]]:
         """``(fingerprint, first answer)`` recorded for ``key``, or None."""
-        row = self._db.execute(
-            "SELECT fingerprint, status, body, log_index FROM idempotency WHERE key = ?",
-            (key,)).fetchone()
-        if row is None:
-            return None
-        fp, status, body, index = row
-        return fp, Result(status, msgpack.unpackb(body, raw=False), index, replayed=True)
+        return self.idempotency.find(self._db, key)
 
 
 def _check_if_match(command, version: int) -> None:
