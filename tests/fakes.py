@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 from typing import List, Optional
 
 from twisted.internet import defer
@@ -161,6 +162,51 @@ class FakeRaftNode:
 
 
 # -- HTTP helpers -----------------------------------------------------------------------
+
+
+class FakeCluster:
+    """Two nodes of an application: n1 leads, n2 follows and forwards to n1 through its
+    own client; ``replicate()`` brings followers up to the leader."""
+
+    def __init__(self, testcase, open_state_machine, make_resource):
+        from treq.testing import StubTreq
+        from twisted.internet.task import Clock
+
+        self.testcase = testcase
+        self.clock = Clock()
+        self.clock.advance(1_795_689_172.5)
+        base = testcase.mktemp()
+        self.nodes = {}
+        self.http = {}
+        self.clients = {}
+        for node_id in ("n1", "n2"):
+            sm = open_state_machine(os.path.join(base, node_id), durable=False)
+            testcase.addCleanup(sm.close)
+            node = FakeRaftNode(sm, node_id, "http://%s.test" % (node_id,))
+            self.nodes[node_id] = node
+            self.clients[node_id] = RecordingClient()
+            self.http[node_id] = StubTreq(make_resource(node, self.clock, self.clients[node_id]))
+        for node_id, client in self.clients.items():
+            other = "n2" if node_id == "n1" else "n1"
+            client.inner = self.http[other]
+        self.elect("n1")
+
+    def elect(self, leader_id):
+        for node_id, node in self.nodes.items():
+            if node_id == leader_id:
+                node.lead()
+            else:
+                node.follow(leader_id, "http://%s.test" % (leader_id,))
+
+    def replicate(self):
+        leader = next(n for n in self.nodes.values() if n.role == "leader")
+        for node in self.nodes.values():
+            if node is not leader:
+                node.catch_up(leader)
+
+    def __call__(self, method, path, node="n1", **kwargs):
+        return request(self.testcase, self.http[node], method, "http://%s.test%s" % (node, path),
+                       **kwargs)
 
 
 class Answer:
