@@ -134,7 +134,7 @@ class StateMachineTests(SynchronousTestCase):
     def test_snapshot_is_not_pickle(self):
         """Snapshots are msgpack."""
         data = self.sm.snapshot()[2]
-        self.assertEqual(msgpack.unpackb(data)["format"], "txraft.kv/1")
+        self.assertEqual(msgpack.unpackb(data)["format"], "txraft.kv/2")
 
 
 keys = st.sampled_from([b"a", b"b", b"c", b"\x00", b"long" * 10])

@@ -71,19 +71,41 @@ class Pair:
 class SameAnswersTests(SynchronousTestCase):
     """The fast routes answer exactly as the Klein routes, in every node situation."""
 
-    def check(self, setup=lambda node: None, client=None, bodies=(b"v",)):
+    def check(self, setup=lambda node: None, client=None, bodies=(b"v",), keys=(None,)):
         pair = Pair(self, setup, client)
-        for path in PATHS:
-            for method in METHODS:
-                for body in bodies:
-                    fast, klein = pair.answers(self, method, "http://n2" + path, data=body)
-                    self.assertEqual(fast, klein, "%s %s" % (method, path))
+        for key in keys:
+            headers = None if key is None else {"Idempotency-Key": [key]}
+            for path in PATHS:
+                for method in METHODS:
+                    for body in bodies:
+                        fast, klein = pair.answers(self, method, "http://n2" + path, data=body,
+                                                   headers=headers)
+                        self.assertEqual(fast, klein, "%s %s %r" % (method, path, key))
         self.assertEqual(pair.nodes[0].calls, pair.nodes[1].calls)
         self.assertEqual(pair.nodes[0].proposed, pair.nodes[1].proposed)
 
     def test_leader(self):
         """On a leader: writes, reads, status, and every routing and validation error."""
         self.check(bodies=(b"v", b"x" * (64 * 1024 + 1)))
+
+    def test_idempotency_keys(self):
+        """Keyed writes: first answers, replays (the same request again), 422 for a key
+        reused by another request, 422 for a malformed key."""
+        self.check(bodies=(b"v", b"w"), keys=(b"k1", b"k1", b"bad key", b""))
+
+    def test_idempotency_keys_on_a_follower(self):
+        """Keyed writes on a follower that holds no record and cannot reach its leader."""
+        self.check(lambda node: node.follow("n1", "http://n1.test:5001"),
+                   RecordingClient(failure=ConnectionRefusedError()), keys=(b"k1",))
+
+    def test_idempotency_keys_after_commit_timeouts(self):
+        """A keyed write that timed out after being applied, then its retry: alike."""
+
+        def setup(node):
+            node.commit_timeout = True
+            node.apply_on_timeout = True
+
+        self.check(setup, keys=(b"k1",))
 
     def test_follower_forwarding(self):
         """On a follower whose leader cannot be reached: the same no_leader answers and

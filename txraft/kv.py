@@ -4,6 +4,12 @@
 → 204; writes answer with ``X-Raft-Index``.  Reads are linearizable unless
 ``?consistency=stale``; followers forward or redirect through ``txraft.web``.
 
+A write may carry an ``Idempotency-Key`` (``txraft.idempotency``): a repeat of the same
+request (method, key, body) answers the first outcome again (its status and
+``X-Raft-Index``, with ``Idempotent-Replayed: true``) without applying it again; the same
+idempotency key with another request is 422 ``idempotency_key_reused``.  Writes without
+the header take the path they always took and cost nothing more.
+
 The state lives in SQLite.  ``SQLiteStateMachine`` is the durable, exactly-once part any
 SQLite-backed application can reuse (the shop does): one file in WAL mode with
 ``synchronous=NORMAL``, one transaction per ``apply_batch`` that also records the applied
@@ -20,6 +26,7 @@ compaction.  Exactly once either way, and one fsync fewer on every write's path.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 from typing import Any, Callable, List, Optional, Sequence, Tuple
@@ -29,6 +36,9 @@ import msgpack
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
+from txraft import idempotency
+from txraft.idempotency import (IdempotencyRecords, Result, recorded_answer, render_result,
+                                request_key)
 from txraft.interfaces import IStateMachine
 from txraft.messages import ENTRY_NORMAL
 from txraft.web import Application, HTTPError, RaftHTTP, error_document, json_response
@@ -194,8 +204,13 @@ class SQLiteStateMachine:
 
         return self._applied_index, self._applied_term, read
 
+    def upgrade_image(self, image: Any) -> Any:
+        """Hook: turn a snapshot image of an older format into the current one (a node
+        restores what a leader of the previous release sent or saved); others as is."""
+        return image
+
     def restore(self, index: int, term: int, data: bytes) -> None:
-        image = msgpack.unpackb(data, raw=False)
+        image = self.upgrade_image(msgpack.unpackb(data, raw=False))
         if not isinstance(image, dict) or image.get("format") != self.snapshot_format:
             raise ValueError("%s: not a %s snapshot" % (self.path, self.snapshot_format))
         tables = image["tables"]
@@ -241,17 +256,57 @@ def encode_delete(key: bytes) -> bytes:
     return msgpack.packb([OP_DELETE, key])
 
 
+def fingerprint(command: bytes) -> bytes:
+    """What makes two keyed writes "the same request": the plain command they encode
+    (``encode_put``/``encode_delete``: method, key and value, unambiguously)."""
+    return hashlib.sha256(command).digest()
+
+
+def encode_keyed(command: bytes, ts: int, idempotency_key: str) -> bytes:
+    """The plain ``command`` with the leader's time (ms) and an idempotency key after it:
+    ``[0, key, value, ts, idempotency_key]`` or ``[1, key, ts, idempotency_key]``."""
+    return msgpack.packb(msgpack.unpackb(command) + [ts, idempotency_key])
+
+
 @implementer(IStateMachine)
 class KVStateMachine(SQLiteStateMachine):
-    """Keys and values are bytes; a command is msgpack ``[0, key, value]`` or ``[1, key]``.
+    """Keys and values are bytes; a command is msgpack ``[0, key, value]`` or ``[1, key]``,
+    optionally followed by the leader's time and an idempotency key (``encode_keyed``).
 
-    The result of an entry is ``None``, or an error document for a command that does not
-    decode (every replica reaches the same verdict).
+    The result of a plain entry is ``None``, or an error document for a command that does
+    not decode (every replica reaches the same verdict).  A keyed entry's result is an
+    ``idempotency.Result``: 204 at its own index, the first 204 again (its index,
+    ``replayed``), or 422 ``idempotency_key_reused``.
     """
 
-    ddl = ("CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",)
-    tables = (("kv", "key"),)
-    snapshot_format = "txraft.kv/1"
+    ddl = (
+        "CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
+    ) + idempotency.DDL
+    tables = (("kv", "key"), idempotency.TABLE)
+    snapshot_format = "txraft.kv/2"
+
+    def __init__(self, path: str, durable: bool = True,
+                 idempotency_retention_ms: int = idempotency.DEFAULT_RETENTION_MS,
+                 idempotency_max_keys: int = idempotency.DEFAULT_MAX_KEYS):
+        self.idempotency = IdempotencyRecords(idempotency_retention_ms, idempotency_max_keys)
+        super().__init__(path, durable)
+
+    def load_meta(self, meta: dict) -> None:
+        self.idempotency.load_meta(meta)
+
+    def before_commit(self) -> None:
+        self.idempotency.before_commit(self._db)
+
+    def upgrade_image(self, image):
+        # txraft.kv/1 (before idempotency keys): the same plus no records yet.
+        if isinstance(image, dict) and image.get("format") == "txraft.kv/1" \
+                and isinstance(image.get("tables"), dict) \
+                and set(image["tables"]) == {"meta", "kv"}:
+            tables = dict(image["tables"])
+            tables["meta"] = list(tables["meta"]) + [list(row) for row in idempotency.INITIAL_META]
+            tables[idempotency.TABLE[0]] = []
+            return {"format": self.snapshot_format, "tables": tables}
+        return image
 
     def apply_command(self, entry):
         try:
@@ -263,17 +318,43 @@ class KVStateMachine(SQLiteStateMachine):
             and len(command) >= 2
             and isinstance(command[1], bytes)
         ):
-            if command[0] == OP_PUT and len(command) == 3 and isinstance(command[2], bytes):
+            op = command[0]
+            if op == OP_PUT and len(command) == 3 and isinstance(command[2], bytes):
                 self._db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (command[1], command[2]))
                 return None
-            if command[0] == OP_DELETE and len(command) == 2:
+            if op == OP_DELETE and len(command) == 2:
                 self._db.execute("DELETE FROM kv WHERE key = ?", (command[1],))
                 return None
+            if (op == OP_PUT and len(command) == 5 and isinstance(command[2], bytes)) or (
+                    op == OP_DELETE and len(command) == 4):
+                ts, key = command[-2:]
+                if type(ts) is int and 0 <= ts < 2**62 and idempotency.key_problem(key) is None:
+                    return self._apply_keyed(command[:-2], ts, key, entry.index)
         return error_document("invalid_command", "entry %d is not a kv command" % (entry.index,))
+
+    def _apply_keyed(self, command: list, ts: int, key: str, index: int) -> Result:
+        db = self._db
+        records = self.idempotency
+        now = records.start(db, ts)
+        fp = fingerprint(msgpack.packb(command))
+        answer = records.answer(db, key, fp, index)
+        if answer is not None:
+            return answer
+        if command[0] == OP_PUT:
+            db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (command[1], command[2]))
+        else:
+            db.execute("DELETE FROM kv WHERE key = ?", (command[1],))
+        result = Result(204, None, index)
+        records.record(db, key, fp, result, now)
+        return result
 
     def get(self, key: bytes) -> Optional[bytes]:
         row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         return None if row is None else row[0]
+
+    def idempotency_record(self, key: str) -> Optional[Tuple[bytes, Result]]:
+        """``(fingerprint, first answer)`` recorded for ``key``, or None."""
+        return self.idempotency.find(self._db, key)
 
 
 def open_state_machine(data_dir: str, durable: bool = True) -> KVStateMachine:
@@ -328,21 +409,42 @@ class KVAPI:
 
     def put(self, request, key):
         raw = self._key(key)
-        return self.http.write(request, encode_put(raw, self.http.body(request)),
+        command = encode_put(raw, self.http.body(request))
+        if request.getHeader(idempotency.HEADER) is not None:
+            return self._write_keyed(request, command)
+        return self.http.write(request, command,
                                lambda index, result: self._written(request, index, result))
 
     def delete(self, request, key):
         raw = self._key(key)
-        return self.http.write(request, encode_delete(raw),
+        command = encode_delete(raw)
+        if request.getHeader(idempotency.HEADER) is not None:
+            return self._write_keyed(request, command)
+        return self.http.write(request, command,
+                               lambda index, result: self._written(request, index, result))
+
+    def _write_keyed(self, request, command: bytes):
+        """A write with an ``Idempotency-Key``: answered from this node's record when it
+        holds one, else proposed with the key and the leader's time."""
+        key = request_key(request)
+        recorded = recorded_answer(self.state_machine.idempotency_record(key),
+                                   fingerprint(command))
+        if recorded is not None:
+            return render_result(request, recorded)
+        keyed = encode_keyed(command, int(self.http.clock.seconds() * 1000), key)
+        return self.http.write(request, keyed,
                                lambda index, result: self._written(request, index, result))
 
     @staticmethod
     def _written(request, index, result):
+        if result is None:
+            request.setHeader(b"X-Raft-Index", b"%d" % (index,))
+            request.setResponseCode(204)
+            return b""
+        if isinstance(result, Result):
+            return render_result(request, result)
         request.setHeader(b"X-Raft-Index", b"%d" % (index,))
-        if result is not None:
-            return json_response(request, 500, result)
-        request.setResponseCode(204)
-        return b""
+        return json_response(request, 500, result)
 
 
 @implementer(IResource)
