@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txraft.chaos.checker import FAIL, OK, UNKNOWN
 from txraft.chaos.harness import ChaosRun, Config, Monitor
+from txraft.chaos import workload as workload_module
 from txraft.chaos.history import Attempt, History, Record, settle
 from txraft.chaos.workload import (
     KeySpace,
@@ -89,6 +90,140 @@ class OutcomeTests(SynchronousTestCase):
                          "--seed 9 --workload shop --clients 10 --faults kill,pause")
         self.assertEqual(config.weights(), {"kill": 3, "pause": 3})
         self.assertRaises(ValueError, Config(faults="meteor").weights)
+
+
+class ScriptedContext:
+    """A harness stand-in whose nodes answer from a script, recording every request."""
+
+    node_ids = ["n1", "n2", "n3"]
+
+    def __init__(self, replies):
+        self.history = History()
+        self.stopping = threading.Event()
+        self.aborting = threading.Event()
+        self.anomalies = []
+        self.replies = list(replies)
+        self.sent = []
+        self.time = 0.0
+
+    def url(self, node_id):
+        return "http://%s.test" % (node_id,)
+
+    def now(self):
+        self.time += 1.0
+        return self.time
+
+    def call(self, base_url, method, path, body=None, headers=None, **kwargs):
+        self.sent.append((method, path, body, dict(headers or {})))
+        if callable(self.replies):
+            return self.replies(method, path, headers)
+        return self.replies.pop(0)
+
+    def leader(self):
+        return self.node_ids[0]
+
+
+class KVWriteTests(SynchronousTestCase):
+    """``KVWorkload.write``: keyed writes retried until their outcome is known."""
+
+    def setUp(self):
+        self.workload = KVWorkload()
+
+    def run_write(self, replies, value="c1-1", patience=20.0):
+        ctx = ScriptedContext(replies)
+        self.patch(workload_module, "call", ctx.call)
+        self.patch(workload_module, "backoff", lambda *args: None)
+        record = self.workload.write(ctx, "c1", random.Random(0), "k0", value, patience)
+        return ctx, record
+
+    def test_unknown_outcome_is_retried_with_the_same_key(self):
+        """A 504 and a lost answer are retried with the same Idempotency-Key until an
+        answer comes; the write is then ok, from its first attempt to that answer, with
+        the index of its first application."""
+        ctx, record = self.run_write([
+            Reply(504, {}, b"", True), Reply(0, {}, b"", True), Reply(503, {}, b"", True),
+            Reply(204, {"x-raft-index": "7", "idempotent-replayed": "true"}, b"", True)])
+        keys = {headers["Idempotency-Key"] for _, _, _, headers in ctx.sent}
+        self.assertEqual(keys, {record.args["idempotency_key"]})
+        self.assertEqual([s[:3] for s in ctx.sent], [("PUT", "/kv/k0", b"c1-1")] * 4)
+        self.assertEqual((record.status, record.result),
+                         (OK, {"status": 204, "index": "7", "replayed": True}))
+        self.assertEqual((record.invoke, record.complete), (1.0, 12.0))
+        self.assertEqual(ctx.anomalies, [])
+
+    def test_delete_and_fresh_keys(self):
+        """A delete is a keyed DELETE; every logical write has a key of its own."""
+        ctx, first = self.run_write([Reply(204, {"x-raft-index": "3"}, b"", True)], value=None)
+        _, second = self.run_write([Reply(204, {"x-raft-index": "4"}, b"", True)])
+        self.assertEqual(ctx.sent[0][:3], ("DELETE", "/kv/k0", None))
+        self.assertNotEqual(first.args["idempotency_key"], second.args["idempotency_key"])
+
+    def test_unknown_when_patience_runs_out(self):
+        """Without a definite answer in time the write stays unknown (no completion)."""
+        ctx, record = self.run_write([Reply(504, {}, b"", True)] * 3, patience=4.0)
+        self.assertEqual((record.status, record.complete, len(record.attempts)),
+                         (UNKNOWN, None, 2))
+
+    def test_a_refused_key_is_an_anomaly(self):
+        """A 422 (say, idempotency_key_reused) to our own retry is reported."""
+        ctx, record = self.run_write([Reply(422, {}, b'{"error": {}}', True)])
+        self.assertEqual(record.status, OK)
+        self.assertEqual(len(ctx.anomalies), 1)
+
+    def test_replay_writes(self):
+        """Completed writes sent again must come back 204, replayed, at their first
+        index; anything else is a violation."""
+        history = History()
+        for n, value in enumerate(("v1", None)):
+            record = history.invoke("c1", "write", {"key": "k0", "value": value,
+                                                    "idempotency_key": "c1-w%d" % n}, 0.0)
+            history.finish(record, OK, {"status": 204, "index": str(n + 5), "replayed": False},
+                           1.0)
+        ctx = ScriptedContext([])
+        self.patch(workload_module, "call", ctx.call)
+
+        def replay(answer):
+            ctx.sent = []
+            ctx.replies = answer
+            return self.workload.replay_writes(ctx, history.records(), random.Random(1))
+
+        def first_answers(method, path, headers):
+            index = {"c1-w0": "5", "c1-w1": "6"}[headers["Idempotency-Key"]]
+            return Reply(204, {"x-raft-index": index, "idempotent-replayed": "true"}, b"", True)
+
+        self.assertEqual(replay(first_answers), [])
+        self.assertEqual(sorted((method, headers["Idempotency-Key"])
+                                for method, _, _, headers in ctx.sent),
+                         [("DELETE", "c1-w1"), ("PUT", "c1-w0")])
+        applied_again = lambda method, path, headers: Reply(204, {"x-raft-index": "9"}, b"",
+                                                            True)
+        self.assertEqual(len(replay(applied_again)), 2)
+
+
+    def test_final_replays_and_rereads(self):
+        """After the final reads, ``final`` replays completed writes and reads every key
+        on every node again: a value that changed is a violation."""
+        ctx = ScriptedContext([])
+        self.patch(workload_module, "call", ctx.call)
+        self.workload.keys.used = ["k0"]
+        record = ctx.history.invoke("c1", "write", {"key": "k0", "value": "v1",
+                                                    "idempotency_key": "c1-w1"}, 0.0)
+        ctx.history.finish(record, OK, {"status": 204, "index": "5", "replayed": False}, 1.0)
+        reads = []
+
+        def cluster(method, path, headers):
+            if method == "GET":
+                reads.append(path)
+                value = b"v1" if len(reads) <= 1 + len(ctx.node_ids) else b"v0"
+                return Reply(200, {}, value, True)
+            return Reply(204, {"x-raft-index": "5", "idempotent-replayed": "true"}, b"", True)
+
+        ctx.replies = cluster
+        problems = self.workload.final(ctx, random.Random(2))
+        self.assertEqual([m for m, *_ in ctx.sent].count("PUT"), 1)
+        self.assertEqual(len(reads), 1 + 2 * len(ctx.node_ids))
+        self.assertEqual(len(problems), len(ctx.node_ids))
+        self.assertIn("replaying idempotency keys changed k0 on n1", problems[0])
 
 
 def rec(history, f, args, status=OK, result=None, start=0.0, end=1.0, process="c0"):
