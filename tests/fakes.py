@@ -169,6 +169,8 @@ class FakeCluster:
     own client; ``replicate()`` brings followers up to the leader."""
 
     def __init__(self, testcase, open_state_machine, make_resource):
+        # Imported here: test_idle_imports measures a process that imports this module,
+        # and treq is no part of an idle node.
         from treq.testing import StubTreq
         from twisted.internet.task import Clock
 
