@@ -159,6 +159,11 @@ def library_plot(plt, doc, out_dir):
     return [path]
 
 
+def _newer(other, doc) -> bool:
+    """Whether results ``other`` exist and finished after ``doc`` (ISO timestamps)."""
+    return other is not None and other.get("finished", "") > doc.get("finished", "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results-suffix", default="",
@@ -184,8 +189,8 @@ def main() -> None:
             print("no %s%s results yet: run bench/%s.py" % (name, args.results_suffix, name))
             continue
         if name == "cluster_http":
-            written += fn(plt, doc, args.out,
-                          common.load_results("cluster_http-after" + args.results_suffix))
+            later = common.load_results("cluster_http-after" + args.results_suffix)
+            written += fn(plt, doc, args.out, later if _newer(later, doc) else None)
             continue
         if name == "failover":
             # Overlay txraft runs with proposed patches (bench/failover.py --txraft-patches).
@@ -193,7 +198,9 @@ def main() -> None:
             for patches in args.failover_patches.split(";"):
                 other = common.load_results("failover-" + patches.replace(",", "-")
                                             + args.results_suffix) if patches else None
-                for s in (other or {}).get("summaries", []):
+                if not _newer(other, doc):
+                    continue  # an overlay older than the run it is drawn on misleads
+                for s in other.get("summaries", []):
                     if s["system"] == "txraft":
                         label = ("txraft, %s" % other["machine"].get("txraft_commit", "later")
                                  if patches == "after" else "txraft + %s (proposed)" % patches)
