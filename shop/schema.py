@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import attrs
 
+from txraft import idempotency
 from txraft.web import HTTPError
 
 MAX_PRICE_CENTS = 10**10  # 100 million in whole units
@@ -22,7 +23,7 @@ MAX_STOCK = 10**9
 MAX_QUANTITY = 10**6
 MAX_ORDER_LINES = 100  # so total_cents stays far below 2**63
 MAX_ID_CHARS = 32
-MAX_IDEMPOTENCY_KEY_CHARS = 255
+MAX_IDEMPOTENCY_KEY_CHARS = idempotency.MAX_KEY_CHARS
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 
@@ -38,7 +39,6 @@ _ASCII_BLANK = " \t\r\n\f\v"
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 EMAIL_PATTERN = r"^[^@ \t\r\n]+@[^@ \t\r\n]+\.[^@ \t\r\n]+$"
 _EMAIL = re.compile(EMAIL_PATTERN, re.ASCII)
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]+$")
 
 
 class Refusal(HTTPError):
@@ -221,10 +221,9 @@ def validate_status_patch(data: Any) -> str:
 
 
 def check_idempotency_key(key: Any) -> str:
-    if type(key) is not str or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_CHARS \
-            or not _IDEMPOTENCY_KEY.match(key):
-        raise invalid("invalid_value", "Idempotency-Key must be 1 to %d visible ASCII characters"
-                      % (MAX_IDEMPOTENCY_KEY_CHARS,), "Idempotency-Key")
+    problem = idempotency.key_problem(key)
+    if problem is not None:
+        raise invalid("invalid_value", problem, idempotency.FIELD)
     return key
 
 
