@@ -391,6 +391,11 @@ def spec() -> dict:
     paths["/raft/status"] = {"get": {
         "operationId": "raft_status", "summary": "This node's Raft status (served locally).",
         "responses": {"200": _ok("Status.", "RaftStatus")}}}
+    paths["/metrics"] = {"get": {
+        "operationId": "raft_metrics",
+        "summary": "This node's status in the Prometheus text format 0.0.4 (served locally).",
+        "responses": {"200": {"description": "Metrics.",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}}}}}
     paths["/health"] = {"get": {
         "operationId": "raft_health", "summary": "200 while the process runs.",
         "responses": {"200": {"description": "Alive.",

@@ -29,7 +29,7 @@ PATHS = [
     "/kv/a%0Ab", "/kv/a%00b", "/kv/a%FFb", "/kv/", "/kv", "/kv/" + "k" * 1025,
     "/kv/" + "k" * 1024, "/kv/a?consistency=stale", "/kv/a?consistency=bogus",
     "/kv/a?consistency=%FF", "/kv/a?redirect=true", "/health", "/ready", "/raft/status",
-    "/health/", "/nope", "/",
+    "/metrics", "/metrics?redirect=true", "/metrics/", "/health/", "/nope", "/",
 ]
 METHODS = ["GET", "PUT", "DELETE", "POST", "HEAD", "PATCH"]
 
@@ -145,10 +145,11 @@ class FastPathTests(SynchronousTestCase):
         self.http = StubTreq(self.resource)
 
     def test_hot_routes_do_not_build_klein(self):
-        """Key-value requests and the status, health and readiness polls are answered
-        without building the Klein app (which an idle node then never loads)."""
+        """Key-value requests and the status, health, readiness and metrics polls are
+        answered without building the Klein app (which an idle node then never loads)."""
         for method, path in (("PUT", "/kv/a"), ("GET", "/kv/a"), ("DELETE", "/kv/a"),
-                             ("GET", "/health"), ("GET", "/ready"), ("GET", "/raft/status")):
+                             ("GET", "/health"), ("GET", "/ready"), ("GET", "/raft/status"),
+                             ("GET", "/metrics")):
             d = start_request(self.http, method, "http://n1" + path, data=b"v")
             self.http.flush()
             self.assertLess(self.successResultOf(d).code, 300)

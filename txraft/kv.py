@@ -472,6 +472,7 @@ class KVResource:
             b"/raft/status": http.raft_status,
             b"/health": http.health,
             b"/ready": http.ready,
+            b"/metrics": http.metrics,
         }
 
     @property

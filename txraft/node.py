@@ -350,6 +350,7 @@ class RaftNode(Service):
         out["counters"] = dict(self.counters)
         if self.transport is not None:
             out["transport"] = dict(self.transport.stats)
+        out["snapshot_transfers"] = dict(self.transfers.stats)
         if self._dead is not None:
             out["fatal_error"] = str(self._dead.value)
         return out
