@@ -361,6 +361,21 @@ class ClusterTests(SynchronousTestCase):
         for machine in cluster.machines.values():
             self.assertIn((index, b"hello"), machine.applied)
 
+    def test_counts_leader_changes(self):
+        """Operators alert on elections: each node counts the leaders it learns of."""
+        cluster = Cluster(self, 3)
+        cluster.run(1.0)
+        first = cluster.leader()
+        for node in cluster.nodes.values():
+            self.assertEqual(node.counters["leader_changes_seen"], 1)
+        first.stopService()
+        cluster.network.cut.add(first.node_id)
+        cluster.run(2.0)
+        self.assertNotEqual(cluster.leader().node_id, first.node_id)
+        for node in cluster.nodes.values():
+            if node is not first:
+                self.assertEqual(node.counters["leader_changes_seen"], 2)
+
     def test_follower_refuses_and_names_the_leader(self):
         """Dissertation 6.2: a follower rejects a proposal and names the leader's URL."""
         cluster = Cluster(self, 3)

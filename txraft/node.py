@@ -173,7 +173,9 @@ class RaftNode(Service):
             "reads": 0,
             "snapshots_taken": 0,
             "snapshots_installed": 0,
+            "leader_changes_seen": 0,
         }
+        self._last_leader: Optional[str] = None
 
     def _recover(self) -> Tuple[Any, Any, Any, int]:
         """Reconcile the log, the state machine and the snapshot after a restart.
@@ -484,6 +486,9 @@ class RaftNode(Service):
             "{node}: {role} in term {term}, leader {leader}",
             node=self.node_id, role=soft.role, term=soft.term, leader=soft.leader_id,
         )
+        if soft.leader_id is not None and soft.leader_id != self._last_leader:
+            self.counters["leader_changes_seen"] += 1
+            self._last_leader = soft.leader_id
         # Proposals of an earlier leadership may still be committed by the next leader
         # (or may have been overwritten): the outcome is unknown, and the client must
         # retry with its idempotency key.

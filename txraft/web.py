@@ -637,6 +637,8 @@ NODE_COUNTERS = {
     "reads": "Linearizable reads accepted while leading.",
     "snapshots_taken": "Snapshots of the state machine stored.",
     "snapshots_installed": "Snapshots received from a leader and installed.",
+    "leader_changes_seen": "Times this node learned of a leader other than the last one "
+                           "it knew (itself included).",
 }
 
 #: ``status()["transport"]`` stats with a metric of their own (the drops are labelled).
