@@ -41,6 +41,7 @@ from txraft.idempotency import (IdempotencyRecords, Result, recorded_answer, ren
                                 request_key)
 from txraft.interfaces import IStateMachine
 from txraft.messages import ENTRY_NORMAL
+from txraft.storage import fsync_directory
 from txraft.web import Application, HTTPError, RaftHTTP, error_document, json_response
 
 MAX_KEY_BYTES = 1024
@@ -50,15 +51,6 @@ _META_SCHEMA = (
     "INSERT OR IGNORE INTO meta VALUES ('applied_index', 0)",
     "INSERT OR IGNORE INTO meta VALUES ('applied_term', 0)",
 )
-
-
-def fsync_directory(path: str) -> None:
-    """Make a file's creation in directory ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SQLiteStateMachine:

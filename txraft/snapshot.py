@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from txraft.errors import StorageCorrupted
 from txraft.messages import InstallSnapshot, InstallSnapshotResponse, SnapshotMeta
+from txraft.storage import fsync_directory
 
 log = Logger()
 
@@ -47,12 +48,7 @@ class SnapshotStore:
             os.makedirs(directory, exist_ok=True)
             # The directory's own entry must survive a power loss before the log is
             # compacted behind a file in it.
-            parent = os.path.dirname(os.path.abspath(directory))
-            dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            fsync_directory(os.path.dirname(os.path.abspath(directory)))
         self.path = os.path.join(directory, _FILE)
         self._latest: Optional[Tuple[SnapshotMeta, bytes]] = None
         self._loaded = False
@@ -86,11 +82,7 @@ class SnapshotStore:
             finally:
                 os.close(fd)
             os.replace(tmp, self.path)
-            dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            fsync_directory(self.directory)
             self._durable_index = meta.index
             return True
 

@@ -97,6 +97,15 @@ def _write(fd: int, data) -> int:
     return os.write(fd, data)
 
 
+def fsync_directory(path: str) -> None:
+    """Make the creation, renaming or removal of files in directory ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _frame(record_type: int, payload: bytes) -> bytes:
     crc = zlib.crc32(payload, _CRC_SEED[record_type])
     return RECORD_HEADER.pack(len(payload), crc, record_type) + payload

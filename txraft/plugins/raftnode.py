@@ -459,11 +459,9 @@ def next_incarnation(path: str) -> int:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    from txraft.storage import fsync_directory
+
+    fsync_directory(os.path.dirname(os.path.abspath(path)))
     return incarnation
 
 
