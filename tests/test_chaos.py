@@ -324,6 +324,23 @@ class ShopInvariantTests(SynchronousTestCase):
         self.assertEqual(self.verify(9, [order_doc("o5", "c9", ("p1", 3))]), [])
         self.assertEqual(len(self.verify(12, [order_doc("o5", "c9", ("p1", 3))])), 1)
 
+    def test_replays_must_change_nothing(self):
+        """After the idempotency-key replays, every node's tables must equal the final
+        state read before them, and the cluster must settle."""
+        before = {"products": [{"id": "p1", "stock": 9}], "customers": [], "orders": []}
+        self.workload.final_state = {"n1": before}
+        reads = {"products": [{"id": "p1", "stock": 8}], "customers": [], "orders": []}
+        self.workload._read_all = lambda url, collection: (reads[collection], None)
+        ctx = FakeContext()
+        ctx.url = lambda node_id: "http://%s" % node_id
+        ctx.settle = lambda: ["did not settle"]
+        problems = self.workload._unchanged_after_replays(ctx)
+        self.assertIn("did not settle", problems)
+        self.assertTrue(any("changed products" in p for p in problems), problems)
+        reads["products"] = before["products"]
+        ctx.settle = lambda: []
+        self.assertEqual(self.workload._unchanged_after_replays(ctx), [])
+
     def test_negative_stock(self):
         problems = self.verify(-1, [order_doc("o5", "c9", ("p1", 3))])
         self.assertTrue(any("negative stock" in p for p in problems), problems)
