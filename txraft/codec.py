@@ -207,27 +207,41 @@ def _arity(obj, n, name):
         raise CodecError("%s needs %d fields, got %d" % (name, n - 1, len(obj) - 1))
 
 
-def _decode_entries(raw):
+def _decode_entries(raw, prev_log_index: int, prev_log_term: int, term: int):
+    """An AppendEntries' entries, in the shape Log Matching relies on (Figure 2, section
+    5.3): they run on from ``prev_log_index`` with no gap, and their terms never decrease,
+    from ``prev_log_term`` up to at most the leader's ``term``.  Checked here, before the
+    follower may truncate its log for a message it cannot append."""
     if type(raw) is not tuple:
         raise CodecError("entries must be an array")
     entries = []
     append = entries.append
+    due, last_term = prev_log_index, prev_log_term
     for e in raw:
         if type(e) is not tuple or len(e) != 4:
             raise CodecError("an entry must be a 4-element array")
-        index, term, data, kind = e
+        index, entry_term, data, kind = e
         if (
             type(index) is not int
-            or type(term) is not int
+            or type(entry_term) is not int
             or not (0 <= index <= MAX_UINT)
-            or not (0 <= term <= MAX_UINT)
+            or not (0 <= entry_term <= MAX_UINT)
         ):
             raise CodecError("entry index and term must be unsigned integers")
         if type(data) is not bytes:
             raise CodecError("entry data must be bytes")
         if type(kind) is not int or kind not in _ENTRY_KINDS:
             raise CodecError("unknown entry kind %r" % (_short(kind),))
-        append(Entry(index, term, data, kind))
+        due += 1
+        if index != due:
+            raise CodecError("AppendEntries: entry %d where %d was due" % (index, due))
+        if not last_term <= entry_term <= term:
+            raise CodecError(
+                "AppendEntries: entry %d has term %d, outside %d..%d"
+                % (index, entry_term, last_term, term)
+            )
+        last_term = entry_term
+        append(Entry(index, entry_term, data, kind))
     return tuple(entries)
 
 
@@ -255,32 +269,17 @@ def _decode_request_vote_response(obj):
 def _decode_append_entries(obj):
     _arity(obj, 9, "AppendEntries")
     _, term, sender, receiver, prev_log_index, prev_log_term, entries, commit, seq = obj
-    m = AppendEntries(
-        _uint(term),
+    term, prev_log_index, prev_log_term = _uint(term), _uint(prev_log_index), _uint(prev_log_term)
+    return AppendEntries(
+        term,
         _id(sender),
         _id(receiver),
-        _uint(prev_log_index),
-        _uint(prev_log_term),
-        _decode_entries(entries),
+        prev_log_index,
+        prev_log_term,
+        _decode_entries(entries, prev_log_index, prev_log_term, term),
         _uint(commit),
         _uint(seq),
     )
-    # The shape Log Matching relies on (Figure 2, section 5.3): entries run on from
-    # prev_log_index with no gap, and their terms never decrease, from prev_log_term up
-    # to at most the leader's own term.  Checked here, before the follower may truncate
-    # its log for a message it cannot append.
-    index, last_term = m.prev_log_index, m.prev_log_term
-    for e in m.entries:
-        index += 1
-        if e.index != index:
-            raise CodecError("AppendEntries: entry %d where %d was due" % (e.index, index))
-        if not last_term <= e.term <= m.term:
-            raise CodecError(
-                "AppendEntries: entry %d has term %d, outside %d..%d"
-                % (e.index, e.term, last_term, m.term)
-            )
-        last_term = e.term
-    return m
 
 
 def _decode_append_entries_response(obj):
