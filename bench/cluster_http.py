@@ -45,7 +45,7 @@ import common  # noqa: E402
 from common import (  # noqa: E402
     FSYNC, CPUMeter, EtcdCluster, fmt, http, print_table, ratio, require, run_wrk,
 )
-from txraft.localcluster import LocalCluster  # noqa: E402
+from txraft.tools.localcluster import LocalCluster  # noqa: E402
 
 WORKLOADS = {
     # name: (txraft wrk mode, etcd wrk mode, which node, counted by the cluster)

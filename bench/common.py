@@ -28,7 +28,7 @@ WRK_SCRIPT = os.path.join(BENCH_DIR, "wrk.lua")
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from txraft.localcluster import free_port, http  # noqa: E402
+from txraft.tools.localcluster import free_port, http  # noqa: E402
 
 #: How to get each tool a benchmark may need (Debian and PyPI names).
 HOW_TO_GET = {
@@ -346,9 +346,9 @@ class CPUMeter:
 
 #: Where a sample's time goes: the first rule matching a frame, from the leaf up, wins.
 PROFILE_CATEGORIES = [
-    ("Raft log fsync", ("txraft/storage.py", "_fsync")),
-    ("Raft log encode + write", ("txraft/storage.py", "")),
-    ("state machine apply (SQLite)", ("txraft/kv.py", "")),
+    ("Raft log fsync", ("txraft/runtime/storage.py", "_fsync")),
+    ("Raft log encode + write", ("txraft/runtime/storage.py", "")),
+    ("state machine apply (SQLite)", ("txraft/apps/kv.py", "")),
     ("state machine apply (SQLite)", ("shop/", "")),
     # Only real logging: twisted/python/log.py also holds callWithLogger, which wraps
     # every reactor event, and untilConcludes is also every TCP send.
@@ -356,16 +356,16 @@ PROFILE_CATEGORIES = [
     ("HTTP access log + logging", ("twisted/web/http.py", "combinedLogFormatter")),
     ("HTTP access log + logging", ("twisted/web/http.py", "_escape")),
     ("HTTP access log + logging", ("twisted/web/http.py", "HTTPFactory.log")),
-    ("UDP transport, codec, HMAC", ("txraft/transport.py", "")),
-    ("UDP transport, codec, HMAC", ("txraft/codec.py", "")),
+    ("UDP transport, codec, HMAC", ("txraft/runtime/transport.py", "")),
+    ("UDP transport, codec, HMAC", ("txraft/runtime/codec.py", "")),
     ("UDP transport, codec, HMAC", ("twisted/internet/udp.py", "")),
     ("UDP transport, codec, HMAC", ("msgpack/", "")),
     ("UDP transport, codec, HMAC", ("hmac.py", "")),
-    ("Raft core", ("txraft/core.py", "")),
-    ("Raft core", ("txraft/log.py", "")),
-    ("Raft core", ("txraft/messages.py", "")),
-    ("driver (txraft/node.py)", ("txraft/node.py", "")),
-    ("app + HTTP plumbing (txraft/web.py)", ("txraft/web.py", "")),
+    ("Raft core", ("txraft/core/raft.py", "")),
+    ("Raft core", ("txraft/core/log.py", "")),
+    ("Raft core", ("txraft/core/messages.py", "")),
+    ("driver (txraft/runtime/node.py)", ("txraft/runtime/node.py", "")),
+    ("app + HTTP plumbing (txraft/http/web.py)", ("txraft/http/web.py", "")),
     ("HTTP server (twisted.web, Klein, werkzeug)", ("twisted/web/", "")),
     ("HTTP server (twisted.web, Klein, werkzeug)", ("klein/", "")),
     ("HTTP server (twisted.web, Klein, werkzeug)", ("werkzeug/", "")),

@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 from common import EtcdCluster, fmt, print_table, require  # noqa: E402
-from txraft.localcluster import LocalCluster  # noqa: E402
+from txraft.tools.localcluster import LocalCluster  # noqa: E402
 
 
 class Writer(threading.Thread):

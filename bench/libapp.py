@@ -23,9 +23,9 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from txraft.interfaces import IStateMachine
-from txraft.kv import KVAPI, encode_put, open_state_machine
-from txraft.messages import ENTRY_NORMAL
-from txraft.web import Application, HTTPError, RaftHTTP, json_response, query_arg
+from txraft.apps.kv import KVAPI, encode_put, open_state_machine
+from txraft.core.messages import ENTRY_NORMAL
+from txraft.http.web import Application, HTTPError, RaftHTTP, json_response, query_arg
 
 
 @implementer(IStateMachine)

@@ -205,7 +205,7 @@ class PySyncObjCluster:
 class TxraftCluster:
     def __init__(self, root: str, state_machine: str, python: str, extra: List[str],
                  patches: List[str]):
-        from txraft.localcluster import LocalCluster
+        from txraft.tools.localcluster import LocalCluster
 
         app = "bench.libapp:" + "_".join([state_machine] + patches)
         self.cluster = LocalCluster(3, root, app=app, python=python, extra_args=extra)

@@ -103,8 +103,8 @@ def _patch_latecommit() -> None:
     import attrs
 
     from txraft.core import LEADER
-    from txraft.messages import AppendEntries
-    from txraft.node import RaftNode
+    from txraft.core.messages import AppendEntries
+    from txraft.runtime.node import RaftNode
 
     if getattr(RaftNode, "_bench_latecommit", False):
         return
@@ -126,8 +126,8 @@ def _patch_parallel() -> None:
     import attrs
 
     from txraft.core import LEADER
-    from txraft.messages import InstallSnapshot
-    from txraft.node import RaftNode
+    from txraft.core.messages import InstallSnapshot
+    from txraft.runtime.node import RaftNode
 
     if getattr(RaftNode, "_bench_parallel_send", False):
         return
@@ -150,7 +150,7 @@ def _patch_parallel() -> None:
 
 def apply(base: Any, patches: List[str]) -> Any:
     """``base`` (an ``Application``) with ``patches`` applied in this process."""
-    from txraft.web import Application
+    from txraft.http.web import Application
 
     unknown = [p for p in patches if p not in PATCHES]
     if unknown:

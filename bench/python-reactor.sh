@@ -1,5 +1,5 @@
 #!/bin/sh
-# Stand-in for the interpreter that txraft.localcluster runs as "PYTHON -c CODE ARGS...":
+# Stand-in for the interpreter that txraft.tools.localcluster runs as "PYTHON -c CODE ARGS...":
 # runs the same twistd on Twisted's asyncio reactor (on uvloop when
 # TXRAFT_BENCH_REACTOR=uvloop).  The benchmarks' --reactor option sets it up; see
 # bench/common.py:node_python.

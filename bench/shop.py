@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 from common import CPUMeter, fmt, http, print_table, require, run_wrk  # noqa: E402
-from txraft.localcluster import LocalCluster  # noqa: E402
+from txraft.tools.localcluster import LocalCluster  # noqa: E402
 
 STOCK = 10**9
 

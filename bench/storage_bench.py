@@ -16,8 +16,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from txraft.messages import Entry, HardState  # noqa: E402
-from txraft.storage import FileLogStorage  # noqa: E402
+from txraft.core.messages import Entry, HardState  # noqa: E402
+from txraft.runtime.storage import FileLogStorage  # noqa: E402
 
 CASES = [
     ("1 x 64 B entry per save", 1),

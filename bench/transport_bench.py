@@ -21,9 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from twisted.internet.task import Clock  # noqa: E402
 
-from txraft.codec import decode_message, encode_message  # noqa: E402
-from txraft.messages import AppendEntries, Entry  # noqa: E402
-from txraft.transport import UDPTransport, _mac_pads  # noqa: E402
+from txraft.runtime.codec import decode_message, encode_message  # noqa: E402
+from txraft.core.messages import AppendEntries, Entry  # noqa: E402
+from txraft.runtime.transport import UDPTransport, _mac_pads  # noqa: E402
 
 ADDRESSES = {"node1": ("10.0.0.1", 7000), "node2": ("10.0.0.2", 7000)}
 

@@ -1,4 +1,4 @@
-"""The shop's HTTP API (Klein), built on ``txraft.web``: the contract of issue 4.
+"""The shop's HTTP API (Klein), built on ``txraft.http.web``: the contract of issue 4.
 
 Every write is validated here first (422 with ``field``) so that bad requests cost no log
 entry, then proposed as one command that the state machine validates again.  The answer
@@ -16,8 +16,8 @@ from typing import Any, Callable, List, Optional
 
 from klein import Klein
 
-from txraft.idempotency import recorded_answer, render_result, request_key
-from txraft.web import HTTPError, RaftHTTP, json_response, query_arg, dumps
+from txraft.apps.idempotency import recorded_answer, render_result, request_key
+from txraft.http.web import HTTPError, RaftHTTP, json_response, query_arg, dumps
 
 from shop import schema
 from shop.openapi import spec

@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 description of the shop's HTTP API, served at ``GET /openapi.json``.
 
 Built from the same field rules the code validates with (``shop.schema``), and kept true
-by ``tests/test_shop_openapi.py``: every route is described and every description is a
+by ``tests/unit/test_shop_openapi.py``: every route is described and every description is a
 route, every documented status is produced by some request and every status a request
 produces is documented.
 """

@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import attrs
 
-from txraft import idempotency
-from txraft.web import HTTPError
+from txraft.apps import idempotency
+from txraft.http.web import HTTPError
 
 MAX_PRICE_CENTS = 10**10  # 100 million in whole units
 MAX_STOCK = 10**9

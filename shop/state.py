@@ -17,7 +17,7 @@ Commands are msgpack maps ``{"op", "ts", "id"?, "data"?, "ifm"?, "key"?, "fp"?}`
 and the request fingerprint.  The result of an entry is a ``Result``: the HTTP status and
 JSON body of the answer, and the log index that first produced it.
 
-Idempotency records and their retention are ``txraft.idempotency``'s (the key-value
+Idempotency records and their retention are ``txraft.apps.idempotency``'s (the key-value
 store keeps them the same way): a record is deleted when a later command's ``now`` is
 more than ``idempotency_retention_ms`` (24 hours by default) past the record's, and the
 oldest records (by log index) are deleted when there are more than
@@ -37,10 +37,10 @@ import attrs
 import msgpack
 from zope.interface import implementer
 
-from txraft import idempotency
-from txraft.idempotency import Result
+from txraft.apps import idempotency
+from txraft.apps.idempotency import Result
 from txraft.interfaces import IStateMachine
-from txraft.kv import SQLiteStateMachine
+from txraft.apps.kv import SQLiteStateMachine
 
 from shop import schema
 from shop.schema import Refusal, ascii_lower

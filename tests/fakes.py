@@ -19,7 +19,7 @@ from zope.interface import implementer
 
 from txraft.errors import CommitTimeout, NotLeader, ProposalDropped, ReadTimeout
 from txraft.interfaces import IRaftNode
-from txraft.messages import ENTRY_NOOP, Entry
+from txraft.core.messages import ENTRY_NOOP, Entry
 
 
 @implementer(IRaftNode)

@@ -22,7 +22,7 @@ if __name__ == "__main__":
     # Run as a script from anywhere: make the checkout importable.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from txraft.messages import ENTRY_NOOP, ENTRY_NORMAL, Entry, HardState, SnapshotMeta
+from txraft.core.messages import ENTRY_NOOP, ENTRY_NORMAL, Entry, HardState, SnapshotMeta
 
 # Stop on its own if nobody kills it, so a broken test cannot leave it running.
 MAX_SECONDS = 30.0
@@ -94,9 +94,9 @@ def apply(storage, operation):
 
 
 def main(argv):
-    from txraft.storage import FileLogStorage
+    from txraft.runtime.storage import FileLogStorage
 
-    from txraft import storage as storage_module
+    from txraft.runtime import storage as storage_module
 
     directory, seed, segment_bytes = argv[1], int(argv[2]), int(argv[3])
     if len(argv) > 4:

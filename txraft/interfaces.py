@@ -1,7 +1,7 @@
 """The boundaries of txraft, as zope interfaces (after hashicorp/raft's FSM/LogStore/Transport).
 
 The Raft core depends on none of these: it is a pure state machine.  The node runtime
-(``txraft.node``) joins the core to a storage, a transport and an application state
+(``txraft.runtime.node``) joins the core to a storage, a transport and an application state
 machine through these interfaces; tests check implementers with ``verifyObject``.
 """
 
@@ -26,7 +26,7 @@ class IStateMachine(Interface):
         """Return the term of that entry (0 when empty), stored with it."""
 
     def apply_batch(entries):
-        """Apply ``entries`` (a sequence of ``txraft.messages.Entry``) atomically.
+        """Apply ``entries`` (a sequence of ``txraft.core.messages.Entry``) atomically.
 
         Returns a list with one result per entry (``None`` for NOOP entries).  A result is
         whatever the application wants to hand back to the proposer.  An entry whose

@@ -23,13 +23,13 @@ from twisted.python import usage
 from twisted.logger import Logger
 
 from txraft.errors import ConfigError, RaftError
-from txraft.node import Member, Timing
+from txraft.runtime.node import Member, Timing
 
 log = Logger()
 
 #: Applications known by a short name; anything else is taken as ``module:attribute``.
 #: Names, not imports: the library never imports the shop.
-APPLICATIONS = {"kv": "txraft.kv:application", "shop": "shop.app:application"}
+APPLICATIONS = {"kv": "txraft.apps.kv:application", "shop": "shop.app:application"}
 
 SECRET_ENV = "TXRAFT_SECRET"
 
@@ -292,7 +292,7 @@ class Options(usage.Options):
             raise ConfigError("cannot create data directory %s: %s" % (data_dir, e.strerror)) from None
         if not os.access(data_dir, os.W_OK | os.X_OK):
             raise ConfigError("data directory %s is not writable" % data_dir)
-        from txraft.storage import FileLogStorage
+        from txraft.runtime.storage import FileLogStorage
 
         # Opening takes the directory lock and checks every record: a busy or corrupt
         # directory is reported now, as one line, rather than as a traceback later.
@@ -314,13 +314,13 @@ class RaftNodeService(service.MultiService):
         # Imported here: twistd loads the plugin module just to list its options.
         from twisted.internet.threads import deferToThreadPool
 
-        from txraft.codec import append_entries_overhead, encode_message
-        from txraft.messages import InstallSnapshot
-        from txraft.snapshot import SnapshotStore
+        from txraft.runtime.codec import append_entries_overhead, encode_message
+        from txraft.core.messages import InstallSnapshot
+        from txraft.runtime.snapshot import SnapshotStore
         from txraft.core import CoreConfig
-        from txraft.node import RaftNode
-        from txraft.storage import FileLogStorage
-        from txraft.transport import Faults, UDPTransport
+        from txraft.runtime.node import RaftNode
+        from txraft.runtime.storage import FileLogStorage
+        from txraft.runtime.transport import Faults, UDPTransport
 
         _QuietPool, _Site = _web_classes()
         opts = self.options
@@ -373,11 +373,11 @@ class RaftNodeService(service.MultiService):
         self.node = node
         self.udp_port = transport.listen(opts["port"], opts["bind"])
         http_client = _ForwardingClient(reactor, _QuietPool)
-        from txraft.web import JSONRequest, RequestGuard
+        from txraft.http.web import JSONRequest, RequestGuard
 
         resource = RequestGuard(application.make_resource(node, reactor, http_client))
         if opts["admin-token"]:
-            from txraft.admin import AdminRoot
+            from txraft.http.admin import AdminRoot
 
             resource = AdminRoot(resource, transport, opts["admin-token"])
             log.warn("fault-injection admin endpoint enabled at /admin/faults")
@@ -459,7 +459,7 @@ def next_incarnation(path: str) -> int:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    from txraft.storage import fsync_directory
+    from txraft.runtime.storage import fsync_directory
 
     fsync_directory(os.path.dirname(os.path.abspath(path)))
     return incarnation

@@ -43,7 +43,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import attrs
 
 from txraft.core import LEADER, CoreConfig, NotLeaderOutcome, RaftCore
-from txraft.messages import (
+from txraft.core.messages import (
     ENTRY_NOOP,
     AppendEntries,
     AppendEntriesResponse,
@@ -54,7 +54,7 @@ from txraft.messages import (
 from txraft.testing.sim_invariants import InvariantViolation, LivenessViolation, SafetyChecker
 from txraft.testing.sim_network import SimNetwork
 
-DEFAULT_REPLAY = "TXRAFT_SEED=%(seed)d python -m twisted.trial tests.test_sim_random"
+DEFAULT_REPLAY = "TXRAFT_SEED=%(seed)d python -m twisted.trial tests.unit.test_sim_random"
 
 CRASH_POINTS = ("persist", "send", "apply")
 

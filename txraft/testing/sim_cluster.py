@@ -21,7 +21,7 @@ import random
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from txraft.core import LEADER, CoreConfig, Ready, RaftCore
-from txraft.messages import ENTRY_NOOP, Entry, HardState
+from txraft.core.messages import ENTRY_NOOP, Entry, HardState
 from txraft.testing.sim import MemoryStorage
 from txraft.testing.sim_invariants import InvariantViolation, SafetyChecker
 

@@ -9,7 +9,7 @@ coverage test looks at.  Every draw comes from the simulation's one ``random.Ran
 
 Changing what ``run_seed`` draws, or the order in which the simulator consumes the random
 source, changes the scenario every seed names: re-derive the regression seeds in
-``tests/test_sim_regressions.py`` then (its docstring says how).
+``tests/unit/test_sim_regressions.py`` then (its docstring says how).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Tuple
 
 from txraft.core import LEADER
-from txraft.messages import AppendEntriesResponse, RequestVote, RequestVoteResponse
+from txraft.core.messages import AppendEntriesResponse, RequestVote, RequestVoteResponse
 
 
 class InvariantViolation(AssertionError):

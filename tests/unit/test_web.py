@@ -1,0 +1,454 @@
+"""The shared HTTP plumbing (txraft.http.web), driven through the kv application and StubTreq."""
+
+from __future__ import annotations
+
+import ast
+import os
+
+from klein import Klein
+from treq.testing import StubTreq
+from twisted.internet import defer
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.web.http_headers import Headers
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import ResponseNeverReceived
+from zope.interface.verify import verifyObject
+
+import txraft
+from txraft.apps import kv
+from txraft.http import web
+from txraft.errors import Overloaded
+from txraft.interfaces import IRaftNode, IStateMachine
+
+from tests.fakes import FakeRaftNode, RecordingClient, request, start_request
+
+
+class Cluster:
+    """Two kv nodes: ``leader`` (n1) and ``follower`` (n2), the follower forwarding to n1."""
+
+    def __init__(self, testcase):
+        self.clock = Clock()
+        base = testcase.mktemp()
+        self.leader_sm = kv.open_state_machine(os.path.join(base, "n1"), durable=False)
+        self.follower_sm = kv.open_state_machine(os.path.join(base, "n2"), durable=False)
+        testcase.addCleanup(self.leader_sm.close)
+        testcase.addCleanup(self.follower_sm.close)
+        self.leader = FakeRaftNode(self.leader_sm, "n1", "http://n1.test:5001")
+        self.follower = FakeRaftNode(self.follower_sm, "n2", "http://n2.test:5002")
+        self.follower.follow("n1", "http://n1.test:5001")
+        self.leader_http = StubTreq(kv.make_resource(self.leader, self.clock, None))
+        self.to_leader = RecordingClient(self.leader_http)
+        self.follower_http = StubTreq(kv.make_resource(self.follower, self.clock, self.to_leader))
+
+
+class ApplicationTests(SynchronousTestCase):
+    def test_application_shape(self):
+        """kv.application is a frozen Application named kv whose parts build the app."""
+        self.assertEqual(kv.application.name, "kv")
+        self.assertIsInstance(kv.application, web.Application)
+        with self.assertRaises(Exception):
+            kv.application.name = "other"
+        sm = kv.application.make_state_machine(self.mktemp())
+        self.addCleanup(sm.close)
+        self.assertTrue(verifyObject(IStateMachine, sm))
+        resource = kv.application.make_resource(FakeRaftNode(sm), Clock(), None)
+        self.assertEqual(request(self, StubTreq(resource), "GET", "http://x/health").code, 200)
+
+    def test_fake_node_provides_interface(self):
+        """The FakeRaftNode the HTTP tests rely on really provides IRaftNode."""
+        sm = kv.open_state_machine(self.mktemp())
+        self.addCleanup(sm.close)
+        self.assertTrue(verifyObject(IRaftNode, FakeRaftNode(sm)))
+
+    def test_txraft_never_imports_shop(self):
+        """The library never imports the application (import direction txraft <- shop)."""
+        root = os.path.dirname(txraft.__file__)
+        offenders = []
+        for folder, _, files in os.walk(root):
+            for name in files:
+                if not name.endswith(".py"):
+                    continue
+                path = os.path.join(folder, name)
+                with open(path, encoding="utf-8") as f:
+                    tree = ast.parse(f.read(), path)
+                for node in ast.walk(tree):
+                    if isinstance(node, ast.Import):
+                        modules = [alias.name for alias in node.names]
+                    elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                        modules = [node.module or ""]
+                    else:
+                        continue
+                    if any(m == "shop" or m.startswith("shop.") for m in modules):
+                        offenders.append(path)
+        self.assertEqual(offenders, [])
+
+
+class CommonRouteTests(SynchronousTestCase):
+    def setUp(self):
+        self.cluster = Cluster(self)
+
+    def test_health(self):
+        """GET /health answers 200 as long as the process runs, leader or not."""
+        self.cluster.follower.lose_leader()
+        answer = request(self, self.cluster.follower_http, "GET", "http://n2/health")
+        self.assertEqual((answer.code, answer.json()), (200, {"status": "ok"}))
+
+    def test_ready(self):
+        """GET /ready is 200 when the node is ready, 503 (JSON, Retry-After) otherwise."""
+        answer = request(self, self.cluster.leader_http, "GET", "http://n1/ready")
+        self.assertEqual(answer.code, 200)
+        self.cluster.leader.ready = False
+        answer = request(self, self.cluster.leader_http, "GET", "http://n1/ready")
+        self.assertEqual((answer.code, answer.error_code), (503, "not_ready"))
+        self.assertEqual(answer.header("Retry-After"), "1")
+
+    def test_raft_status(self):
+        """GET /raft/status is node.status() as JSON, served locally even on a follower."""
+        answer = request(self, self.cluster.follower_http, "GET", "http://n2/raft/status")
+        self.assertEqual(answer.code, 200)
+        self.assertEqual(answer.header("Content-Type"), "application/json")
+        self.assertEqual(answer.json(), self.cluster.follower.status())
+        self.assertEqual(self.cluster.to_leader.requests, [])
+
+    def test_unknown_path_is_json_404(self):
+        """An unknown path is a JSON 404, not Klein's HTML page."""
+        answer = request(self, self.cluster.leader_http, "GET", "http://n1/nothing/here")
+        self.assertEqual(answer.code, 404)
+        self.assertEqual(answer.header("Content-Type"), "application/json")
+        self.assertEqual(answer.error_code, "not_found")
+
+    def test_wrong_method_is_json_405_with_allow(self):
+        """A known path with a wrong method is a JSON 405 carrying Allow."""
+        answer = request(self, self.cluster.leader_http, "POST", "http://n1/kv/a")
+        self.assertEqual((answer.code, answer.error_code), (405, "method_not_allowed"))
+        self.assertEqual(answer.header("Allow"), "DELETE, GET, HEAD, PUT")
+        answer = request(self, self.cluster.leader_http, "DELETE", "http://n1/health")
+        self.assertEqual(answer.code, 405)
+        self.assertEqual(answer.header("Allow"), "GET, HEAD")
+
+
+class JSONBodyTests(SynchronousTestCase):
+    """RaftHTTP.json_body through a minimal application of its own."""
+
+    def setUp(self):
+        sm = kv.open_state_machine(self.mktemp())
+        self.addCleanup(sm.close)
+        http = web.RaftHTTP(FakeRaftNode(sm), Clock(), None, body_limit=100)
+        app = Klein()
+
+        @app.route("/echo", methods=["POST"])
+        def echo(request):
+            return web.json_response(request, 200, {"got": http.json_body(request)})
+
+        @app.route("/boom", methods=["GET"])
+        def boom(request):
+            raise ZeroDivisionError("bug")
+
+        http.install(app)
+        self.stub = StubTreq(app.resource())
+
+    def post(self, data, content_type="application/json"):
+        headers = {"Content-Type": [content_type]} if content_type else {}
+        return request(self, self.stub, "POST", "http://x/echo", data=data, headers=headers)
+
+    def test_valid_json(self):
+        """A JSON body under the limit is parsed, with or without content-type params."""
+        self.assertEqual(self.post(b'{"a": [1, 2]}').json(), {"got": {"a": [1, 2]}})
+        answer = self.post(b'"x"', "application/json; charset=utf-8")
+        self.assertEqual(answer.json(), {"got": "x"})
+        self.assertEqual(self.post(b'{}', "application/merge-patch+json").code, 200)
+
+    def test_malformed_json_is_400(self):
+        """Malformed JSON, invalid UTF-8 and NaN/Infinity are 400 malformed_json."""
+        for body in (b"{", b"", b"\xff\xfe\xfa", b'{"a": NaN}', b"[Infinity]"):
+            answer = self.post(body)
+            self.assertEqual((answer.code, answer.error_code), (400, "malformed_json"), body)
+
+    def test_not_json_is_415(self):
+        """A body that is not declared JSON is 415, whatever it contains."""
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+            answer = self.post(b"{}", content_type)
+            self.assertEqual((answer.code, answer.error_code), (415, "unsupported_media_type"))
+
+    def test_over_limit_is_413(self):
+        """A body over the limit is 413 before anything parses it."""
+        answer = self.post(b'"' + b"x" * 200 + b'"')
+        self.assertEqual((answer.code, answer.error_code), (413, "body_too_large"))
+        self.assertEqual(self.post(b'"' + b"x" * 98 + b'"').code, 200)
+
+    def test_unexpected_exception_is_json_500(self):
+        """A bug in a handler gives a JSON 500 (and is logged), not a traceback page."""
+        answer = request(self, self.stub, "GET", "http://x/boom")
+        self.assertEqual((answer.code, answer.error_code), (500, "internal_error"))
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+
+class RaftErrorMappingTests(SynchronousTestCase):
+    def setUp(self):
+        self.cluster = Cluster(self)
+        self.leader = self.cluster.leader
+        self.http = self.cluster.leader_http
+
+    def test_no_leader_write(self):
+        """A write on a node that knows no leader is 503 no_leader with Retry-After: 1."""
+        self.leader.lose_leader()
+        answer = request(self, self.http, "PUT", "http://n1/kv/a", data=b"v")
+        self.assertEqual((answer.code, answer.error_code), (503, "no_leader"))
+        self.assertEqual(answer.header("Retry-After"), "1")
+
+    def test_no_leader_read(self):
+        """A linearizable read with no known leader is 503 no_leader."""
+        self.leader.lose_leader()
+        answer = request(self, self.http, "GET", "http://n1/kv/a")
+        self.assertEqual((answer.code, answer.error_code), (503, "no_leader"))
+        self.assertEqual(answer.header("Retry-After"), "1")
+
+    def test_no_leader_redirect(self):
+        """?redirect=true with no known leader is 503 no_leader too, never a 307."""
+        self.leader.lose_leader()
+        answer = request(self, self.http, "GET", "http://n1/kv/a?redirect=true")
+        self.assertEqual((answer.code, answer.error_code), (503, "no_leader"))
+
+    def test_commit_timeout(self):
+        """CommitTimeout is 504 commit_timeout whose message says the outcome is unknown."""
+        self.leader.commit_timeout = True
+        answer = request(self, self.http, "PUT", "http://n1/kv/a", data=b"v")
+        self.assertEqual((answer.code, answer.error_code), (504, "commit_timeout"))
+        self.assertIn("unknown", answer.json()["error"]["message"])
+
+    def test_proposal_dropped(self):
+        """ProposalDropped is also 504 commit_timeout: the entry may still commit."""
+        self.leader.drop_proposals = True
+        answer = request(self, self.http, "DELETE", "http://n1/kv/a")
+        self.assertEqual((answer.code, answer.error_code), (504, "commit_timeout"))
+
+    def test_read_timeout(self):
+        """ReadTimeout (leadership not confirmed) is 503 read_timeout with Retry-After."""
+        self.leader.read_timeout = True
+        answer = request(self, self.http, "GET", "http://n1/kv/a")
+        self.assertEqual((answer.code, answer.error_code), (503, "read_timeout"))
+        self.assertEqual(answer.header("Retry-After"), "1")
+
+    def test_overloaded(self):
+        """A node with too much waiting work refuses definitely: 503 overloaded."""
+        self.leader.propose = lambda data: defer.fail(Overloaded())
+        answer = request(self, self.http, "PUT", "http://n1/kv/a", data=b"v")
+        self.assertEqual((answer.code, answer.error_code), (503, "overloaded"))
+        self.assertEqual(answer.header("Retry-After"), "1")
+
+    def test_linearizable_read_waits_for_barrier(self):
+        """A default read is answered only once read_barrier() fires, with its index."""
+        request(self, self.http, "PUT", "http://n1/kv/a", data=b"v")
+        self.leader.hold = True
+        d = start_request(self.http, "GET", "http://n1/kv/a")
+        self.http.flush()
+        self.assertNoResult(d)
+        self.leader.release()
+        self.http.flush()
+        answer = self.successResultOf(d)
+        self.assertEqual((answer.code, answer.body), (200, b"v"))
+        self.assertEqual(answer.header("X-Raft-Applied-Index"), "1")
+
+    def test_read_hot_path(self):
+        """A linearizable read on the leader costs one read_barrier and nothing else."""
+        request(self, self.http, "GET", "http://n1/kv/a")
+        self.assertEqual(dict(self.leader.calls), {"read_barrier": 1})
+
+    def test_bad_consistency(self):
+        """An unknown consistency value is 422 invalid_value naming the parameter."""
+        answer = request(self, self.http, "GET", "http://n1/kv/a?consistency=eventual")
+        self.assertEqual((answer.code, answer.error_code), (422, "invalid_value"))
+        self.assertEqual(answer.json()["error"]["field"], "consistency")
+
+
+class LeaderRoutingTests(SynchronousTestCase):
+    def setUp(self):
+        self.cluster = Cluster(self)
+
+    def test_follower_forwards_write(self):
+        """A write on a follower is forwarded to the leader and its answer relayed."""
+        c = self.cluster
+        answer = request(self, c.follower_http, "PUT", "http://n2/kv/a?x=1", data=b"value")
+        self.assertEqual(answer.code, 204)
+        self.assertEqual(answer.header("X-Raft-Index"), "1")
+        self.assertEqual(answer.header("X-Raft-Leader"), "n1")
+        self.assertEqual(c.leader_sm.get(b"a"), b"value")
+        [(method, url, kwargs)] = c.to_leader.requests
+        self.assertEqual((method, url), ("PUT", "http://n1.test:5001/kv/a?x=1"))
+        self.assertEqual(kwargs["headers"][b"X-Raft-Forwarded-By"], [b"n2"])
+        self.assertEqual(kwargs["data"], b"value")
+        self.assertFalse(kwargs["allow_redirects"])
+
+    def test_follower_forwards_linearizable_read(self):
+        """A linearizable read on a follower is served by the leader, headers relayed."""
+        c = self.cluster
+        request(self, c.leader_http, "PUT", "http://n1/kv/k", data=b"fresh")
+        answer = request(self, c.follower_http, "GET", "http://n2/kv/k")
+        self.assertEqual((answer.code, answer.body), (200, b"fresh"))
+        self.assertEqual(answer.header("Content-Type"), "application/octet-stream")
+        self.assertEqual(answer.header("X-Raft-Applied-Index"), "1")
+        missing = request(self, c.follower_http, "GET", "http://n2/kv/none")
+        self.assertEqual((missing.code, missing.error_code), (404, "not_found"))
+
+    def test_forwarded_headers(self):
+        """Content-Type, Idempotency-Key and If-Match go along; Host and others do not."""
+        c = self.cluster
+        request(self, c.follower_http, "PUT", "http://n2/kv/a", data=b"v",
+                headers={"Content-Type": ["text/plain"], "Idempotency-Key": ["k1"],
+                         "If-Match": ['"3"'], "Cookie": ["x=1"]})
+        headers = c.to_leader.requests[0][2]["headers"]
+        self.assertEqual(headers[b"content-type"], [b"text/plain"])
+        self.assertEqual(headers[b"idempotency-key"], [b"k1"])
+        self.assertEqual(headers[b"if-match"], [b'"3"'])
+        self.assertNotIn(b"cookie", headers)
+
+    def test_stale_read_on_follower_is_local(self):
+        """?consistency=stale reads the follower's own replica and says how fresh it is."""
+        c = self.cluster
+        request(self, c.leader_http, "PUT", "http://n1/kv/k", data=b"new")
+        answer = request(self, c.follower_http, "GET", "http://n2/kv/k?consistency=stale")
+        self.assertEqual((answer.code, answer.error_code), (404, "not_found"))
+        self.assertEqual(answer.header("X-Raft-Applied-Index"), "0")
+        self.assertEqual(c.to_leader.requests, [])
+        self.assertEqual(c.follower.calls["read_barrier"], 0)
+
+    def test_redirect(self):
+        """?redirect=true answers 307 to the same path and query on the leader."""
+        c = self.cluster
+        for method in ("GET", "PUT", "DELETE"):
+            answer = request(self, c.follower_http, method, "http://n2/kv/a%20b?redirect=true&q=1")
+            self.assertEqual(answer.code, 307, method)
+            self.assertEqual(answer.header("Location"),
+                             "http://n1.test:5001/kv/a%20b?redirect=true&q=1")
+            self.assertEqual(answer.header("X-Raft-Leader"), "n1")
+        self.assertEqual(c.to_leader.requests, [])
+        self.assertEqual(c.leader_sm.applied_index(), 0)
+
+    def test_redirect_names_the_advertised_url(self):
+        """A redirect names the leader's advertised (public) URL, while forwarding keeps
+        using the member address the nodes share (e.g. behind Docker port publishing)."""
+        c = self.cluster
+        c.follower.follow("n1", "http://n1.test:5001", "http://127.0.0.1:5001")
+        answer = request(self, c.follower_http, "GET", "http://n2/kv/a?redirect=true")
+        self.assertEqual(answer.code, 307)
+        self.assertEqual(answer.header("Location"), "http://127.0.0.1:5001/kv/a?redirect=true")
+        request(self, c.follower_http, "PUT", "http://n2/kv/a", data=b"v")
+        self.assertTrue(c.to_leader.requests[0][1].startswith("http://n1.test:5001/"))
+
+    def test_forwarded_request_is_never_forwarded_again(self):
+        """A request already forwarded once that reaches a follower is 503, not re-sent."""
+        c = self.cluster
+        answer = request(self, c.follower_http, "PUT", "http://n2/kv/a", data=b"v",
+                         headers={"X-Raft-Forwarded-By": ["n3"]})
+        self.assertEqual((answer.code, answer.error_code), (503, "no_leader"))
+        self.assertEqual(answer.header("Retry-After"), "1")
+        self.assertEqual(c.to_leader.requests, [])
+
+    def test_two_followers_naming_each_other_do_not_loop(self):
+        """Two nodes that each think the other leads answer 503 after one hop."""
+        base = self.mktemp()
+        sm_a = kv.open_state_machine(os.path.join(base, "a"))
+        sm_b = kv.open_state_machine(os.path.join(base, "b"))
+        self.addCleanup(sm_a.close)
+        self.addCleanup(sm_b.close)
+        node_a = FakeRaftNode(sm_a, "a", "http://a.test")
+        node_b = FakeRaftNode(sm_b, "b", "http://b.test")
+        node_a.follow("b", "http://b.test")
+        node_b.follow("a", "http://a.test")
+        clock = Clock()
+        to_a = RecordingClient()
+        to_b = RecordingClient()
+        http_a = StubTreq(kv.make_resource(node_a, clock, to_b))
+        http_b = StubTreq(kv.make_resource(node_b, clock, to_a))
+        to_a.inner, to_b.inner = http_a, http_b
+        answer = request(self, http_a, "PUT", "http://a.test/kv/x", data=b"v")
+        self.assertEqual((answer.code, answer.error_code), (503, "no_leader"))
+        self.assertEqual((len(to_b.requests), len(to_a.requests)), (1, 0))
+
+    def test_connection_refused_is_no_leader(self):
+        """A leader that refuses the connection never got the request: 503 no_leader."""
+        c = self.cluster
+        c.to_leader.failure = ConnectionRefusedError()
+        answer = request(self, c.follower_http, "PUT", "http://n2/kv/a", data=b"v")
+        self.assertEqual((answer.code, answer.error_code), (503, "no_leader"))
+        self.assertEqual(answer.header("Retry-After"), "1")
+
+    def test_broken_forwarded_write_is_unknown_outcome(self):
+        """A forwarded write whose answer never came may have been applied: 504."""
+        c = self.cluster
+        c.to_leader.failure = ResponseNeverReceived([])
+        answer = request(self, c.follower_http, "DELETE", "http://n2/kv/a")
+        self.assertEqual((answer.code, answer.error_code), (504, "commit_timeout"))
+        self.assertIn("unknown", answer.json()["error"]["message"])
+
+    def test_broken_forwarded_read_is_no_leader(self):
+        """A forwarded read whose answer never came had no effect: 503 no_leader."""
+        c = self.cluster
+        c.to_leader.failure = ResponseNeverReceived([])
+        answer = request(self, c.follower_http, "GET", "http://n2/kv/a")
+        self.assertEqual((answer.code, answer.error_code), (503, "no_leader"))
+
+    def test_forward_timeout(self):
+        """A leader that does not answer in time: 504 for a write, 503 for a read."""
+        c = self.cluster
+        c.leader.hold = True
+        write = start_request(c.follower_http, "PUT", "http://n2/kv/a", data=b"v")
+        read = start_request(c.follower_http, "GET", "http://n2/kv/a")
+        c.follower_http.flush()
+        self.assertNoResult(write)
+        c.clock.advance(web.DEFAULT_FORWARD_TIMEOUT_SECONDS)
+        c.follower_http.flush()
+        answer = self.successResultOf(write)
+        self.assertEqual((answer.code, answer.error_code), (504, "commit_timeout"))
+        answer = self.successResultOf(read)
+        self.assertEqual((answer.code, answer.error_code), (503, "no_leader"))
+
+    def test_client_gone_while_forwarding(self):
+        """A forward cancelled because our client left stays a cancellation (which Klein
+        ignores) instead of becoming an error answer nobody reads (and Klein logs)."""
+        c = self.cluster
+        c.leader.hold = True
+        http = web.RaftHTTP(c.follower, c.clock, RecordingClient(c.leader_http))
+        fake_request = type("R", (), {})()
+        fake_request.uri = b"/kv/a"
+        fake_request.args = {}
+        fake_request.method = b"PUT"
+        fake_request.content = None
+        fake_request.requestHeaders = Headers()
+        fake_request.getHeader = lambda name: None
+        d = http.forward(fake_request, "n1", "http://n1.test:5001")
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+
+    def test_not_leader_naming_itself(self):
+        """A NotLeader naming this very node is treated as no leader, not a self-forward."""
+        c = self.cluster
+        c.follower.follow("n2", "http://n2.test:5002")
+        answer = request(self, c.follower_http, "PUT", "http://n2/kv/a", data=b"v")
+        self.assertEqual((answer.code, answer.error_code), (503, "no_leader"))
+        self.assertEqual(c.to_leader.requests, [])
+
+
+class HelperTests(SynchronousTestCase):
+    def test_dumps_is_compact_utf8(self):
+        """dumps() gives compact UTF-8 JSON."""
+        self.assertEqual(web.dumps({"a": "é", "b": [1]}), '{"a":"é","b":[1]}'.encode("utf-8"))
+
+    def test_error_document(self):
+        """error_document() has the documented shape, field only when given."""
+        self.assertEqual(web.error_document("c", "m"), {"error": {"code": "c", "message": "m"}})
+        self.assertEqual(web.error_document("c", "m", "f")["error"]["field"], "f")
+
+    def test_is_json_type(self):
+        """JSON media types are recognised with parameters and +json suffixes."""
+        self.assertTrue(web.is_json_type(b"Application/JSON; charset=utf-8"))
+        self.assertTrue(web.is_json_type(b"application/merge-patch+json"))
+        self.assertFalse(web.is_json_type(b"text/json"))
+        self.assertFalse(web.is_json_type(None))
+
+    def test_method_not_allowed(self):
+        """method_not_allowed() is a 405 with a sorted Allow header."""
+        error = web.method_not_allowed(["PUT", "GET", "GET"])
+        self.assertEqual(error.status, 405)
+        self.assertEqual(dict(error.headers)[b"Allow"], b"GET, PUT")

@@ -1,0 +1,204 @@
+"""Exactly-once writes for SQLite state machines: ``Idempotency-Key`` records kept in the
+replicated state (Raft dissertation §6.3), shared by every txraft application.
+
+A client that does not know whether its write took effect (a 504, a lost leader) sends it
+again with the same key; the state machine answers with the recorded first outcome
+instead of applying the request twice.  A record is ``(key, fingerprint, status, body,
+log_index, created_ms)``: the fingerprint tells "the same request" (the application
+decides what that means) from another request reusing the key (422
+``idempotency_key_reused``, never recorded); ``log_index`` is the entry that produced the
+answer first, which a replay reports again.
+
+Everything is decided from the log, so every replica keeps the same records:
+
+* time is the leader's: a command carries ``ts`` (milliseconds since the epoch) stamped
+  by the proposing leader, and the state machine uses ``now = max(ts, last now)``, so
+  time never goes backwards even across leaders whose clocks disagree;
+* a record is deleted when a later stamped command's ``now`` is more than
+  ``retention_ms`` (24 hours by default) past the record's, and the oldest records (by
+  log index) are deleted when there are more than ``max_keys`` (100,000 by default).
+
+Every replica must run with the same two values.  The records live in the state
+machine's own database (table ``idempotency``, counters ``last_ms`` and
+``idempotency_count`` in ``meta``), so they are part of its snapshots.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Optional, Tuple
+
+import attrs
+import msgpack
+
+from txraft.http.web import HTTPError, error_document, json_response
+
+DAY_MS = 24 * 60 * 60 * 1000
+DEFAULT_RETENTION_MS = DAY_MS
+DEFAULT_MAX_KEYS = 100_000
+MAX_KEY_CHARS = 255
+HEADER = b"idempotency-key"
+FIELD = "Idempotency-Key"
+
+_KEY = re.compile(r"^[\x21-\x7e]+$")
+
+#: Statements for the state machine's ``ddl`` (after ``meta`` exists).
+DDL = (
+    "INSERT OR IGNORE INTO meta VALUES ('last_ms', 0)",
+    "INSERT OR IGNORE INTO meta VALUES ('idempotency_count', 0)",
+    """CREATE TABLE IF NOT EXISTS idempotency (
+        key TEXT PRIMARY KEY, fingerprint BLOB NOT NULL, status INTEGER NOT NULL,
+        body BLOB NOT NULL, log_index INTEGER NOT NULL UNIQUE, created_ms INTEGER NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created_ms)",
+)
+#: The entry for the state machine's ``tables`` (what its snapshots hold).
+TABLE = ("idempotency", "key")
+#: What a snapshot's ``meta`` holds for these records in a fresh state machine.
+INITIAL_META = (["idempotency_count", 0], ["last_ms", 0])
+
+
+@attrs.frozen
+class Result:
+    """The answer to one command: ``status``, JSON ``body`` (or None) and ``index``, the
+    log index of the entry that produced it first (earlier than the current entry for an
+    idempotent replay, then ``replayed`` is true)."""
+
+    status: int
+    body: Optional[dict]
+    index: int
+    replayed: bool = False
+
+
+def key_problem(key: Any) -> Optional[str]:
+    """Why ``key`` cannot be an idempotency key, or None."""
+    if type(key) is not str or not 1 <= len(key) <= MAX_KEY_CHARS or not _KEY.match(key):
+        return "Idempotency-Key must be 1 to %d visible ASCII characters" % (MAX_KEY_CHARS,)
+    return None
+
+
+def key_reused(index: int) -> Result:
+    return Result(422, error_document(
+        "idempotency_key_reused", "this Idempotency-Key was used for a different request",
+        FIELD), index)
+
+
+class IdempotencyRecords:
+    """The records of one state machine: call ``start`` at every stamped command, then
+    ``answer`` (a replay or a refusal, or None to apply the command) and ``record``.
+
+    The owner wires ``load_meta`` and ``before_commit`` into its hooks of the same names
+    and passes its connection; nothing here commits.
+    """
+
+    def __init__(self, retention_ms: int = DEFAULT_RETENTION_MS,
+                 max_keys: int = DEFAULT_MAX_KEYS):
+        self.retention_ms = retention_ms
+        self.max_keys = max_keys
+        self._last_ms = 0
+        self._count = 0
+        self._dirty = False
+
+    def load_meta(self, meta: dict) -> None:
+        self._last_ms = meta["last_ms"]
+        self._count = meta["idempotency_count"]
+        self._dirty = False
+
+    def before_commit(self, db) -> None:
+        if self._dirty:
+            db.executemany(
+                "UPDATE meta SET value = ? WHERE name = ?",
+                ((self._last_ms, "last_ms"), (self._count, "idempotency_count")),
+            )
+            self._dirty = False
+
+    def start(self, db, ts: int) -> int:
+        """The command's ``now`` (``ts`` or later), after forgetting expired records."""
+        now = ts
+        if now < self._last_ms:
+            now = self._last_ms
+        elif now > self._last_ms:
+            self._last_ms = now
+            self._dirty = True
+        if self._count:
+            deleted = db.execute(
+                "DELETE FROM idempotency WHERE created_ms < ?", (now - self.retention_ms,)
+            ).rowcount
+            if deleted:
+                self._count -= deleted
+                self._dirty = True
+        return now
+
+    def find(self, db, key: str) -> Optional[Tuple[bytes, Result]]:
+        """``(fingerprint, first answer)`` recorded for ``key``, or None."""
+        row = db.execute(
+            "SELECT fingerprint, status, body, log_index FROM idempotency WHERE key = ?", (key,)
+        ).fetchone()
+        if row is None:
+            return None
+        fp, status, body, index = row
+        return fp, Result(status, msgpack.unpackb(body, raw=False), index, replayed=True)
+
+    def answer(self, db, key: str, fp: bytes, index: int) -> Optional[Result]:
+        """For the command at ``index``: the replayed first answer, 422 when ``key`` was
+        used for another request, or None when ``key`` is new."""
+        found = self.find(db, key)
+        if found is None:
+            return None
+        if found[0] != fp:
+            return key_reused(index)
+        return found[1]
+
+    def record(self, db, key: str, fp: bytes, result: Result, now: int) -> None:
+        """Keep ``result`` as the answer to ``key`` (the oldest keys go beyond the bound)."""
+        db.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?, ?, ?)",
+                   (key, fp, result.status, msgpack.packb(result.body), result.index, now))
+        self._count += 1
+        self._dirty = True
+        excess = self._count - self.max_keys
+        if excess > 0:
+            deleted = db.execute(
+                "DELETE FROM idempotency WHERE log_index IN "
+                "(SELECT log_index FROM idempotency ORDER BY log_index LIMIT ?)", (excess,)
+            ).rowcount
+            self._count -= deleted
+
+
+# -- HTTP ------------------------------------------------------------------------------
+
+
+def request_key(request) -> Optional[str]:
+    """The request's ``Idempotency-Key``, None without one; 422 ``invalid_value`` when
+    it is not a valid key."""
+    value = request.getHeader(HEADER)
+    if value is None:
+        return None
+    key = value.decode("latin-1")
+    problem = key_problem(key)
+    if problem is not None:
+        raise HTTPError(422, "invalid_value", problem, field=FIELD)
+    return key
+
+
+def recorded_answer(found: Optional[Tuple[bytes, Result]], fp: bytes) -> Optional[Result]:
+    """What a node holding ``found`` (from ``IdempotencyRecords.find``) answers at once,
+    without a log entry: the first answer again, or 422 when the key was used for
+    another request; None when it holds no record (the write goes through the log)."""
+    if found is None:
+        return None
+    if found[0] != fp:
+        raise HTTPError(422, "idempotency_key_reused",
+                        "this Idempotency-Key was used for a different request", field=FIELD)
+    return found[1]
+
+
+def render_result(request, result: Result,
+                  headers: Iterable[Tuple[bytes, bytes]] = ()) -> bytes:
+    """Answer with ``result``: its status and JSON body, ``X-Raft-Index`` (the entry that
+    produced it first) and ``Idempotent-Replayed: true`` on a replay."""
+    request.setHeader(b"X-Raft-Index", b"%d" % (result.index,))
+    if result.replayed:
+        request.setHeader(b"Idempotent-Replayed", b"true")
+    if result.body is None:
+        request.setResponseCode(result.status)
+        return b""
+    return json_response(request, result.status, result.body, headers)

@@ -1,0 +1,27 @@
+"""The Raft algorithm, sans-I/O: messages, the log, replication progress and the core
+state machine that turns inputs into ``Ready`` batches.
+
+Nothing in this package imports Twisted, a socket, a clock, a file or the global random
+module (``tests/unit/test_layering.py`` checks it).  ``txraft.core`` re-exports the
+names a runtime needs; the modules are ``messages`` (the values), ``log`` (the in-memory
+log), ``raft`` (``RaftCore``).
+"""
+
+from txraft.core.raft import (  # noqa: F401
+    CANDIDATE,
+    FOLLOWER,
+    LEADER,
+    PRE_CANDIDATE,
+    PROBE,
+    REPLICATE,
+    SNAPSHOT,
+    Accepted,
+    CoreConfig,
+    CoreError,
+    NotLeaderOutcome,
+    Progress,
+    RaftCore,
+    Ready,
+    SafetyViolation,
+    SoftState,
+)

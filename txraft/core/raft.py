@@ -1,0 +1,926 @@
+"""The Raft algorithm as a pure, deterministic state machine (sans-I/O).
+
+Inputs: ``step(message)``, ``tick()``, ``propose(data)``, ``read_index(ctx)`` and
+``campaign()``.  Output: a ``Ready`` batch from ``ready()`` that the caller must execute in
+order -- persist ``hard_state`` and ``entries`` (fsync), then send ``messages``, then apply
+``committed_entries``, then serve ``reads`` -- and acknowledge with ``advance(ready)``.
+
+Nothing here touches a clock, a socket, a file or the global random module: time is
+``tick()``, randomness is the injected ``rng``.  The same object runs in the deterministic
+simulator (``txraft.testing``) and in the Twisted node (``txraft.runtime.node``).
+
+Section numbers refer to the Raft paper (Ongaro & Ousterhout 2014) and, where marked,
+Ongaro's dissertation (2014).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Deque, Dict, Hashable, List, Optional, Sequence, Tuple
+
+import attrs
+
+from txraft.core.log import RaftLog
+from txraft.core.messages import (
+    ENTRY_NOOP,
+    AppendEntries,
+    AppendEntriesResponse,
+    Entry,
+    HardState,
+    InstallSnapshot,
+    InstallSnapshotResponse,
+    RequestVote,
+    RequestVoteResponse,
+    SnapshotMeta,
+)
+
+FOLLOWER = "follower"
+PRE_CANDIDATE = "pre_candidate"
+CANDIDATE = "candidate"
+LEADER = "leader"
+
+# How the leader replicates to one follower (after etcd's Progress).
+PROBE = "probe"  # next_index is a guess: one message at a time until a success
+REPLICATE = "replicate"  # next_index is known good: pipeline optimistically
+SNAPSHOT = "snapshot"  # the follower needs a snapshot; the runtime is sending it
+
+
+class CoreError(Exception):
+    """The core was used against its contract (a bug in the caller)."""
+
+
+class SafetyViolation(CoreError):
+    """A message would make this node break a Raft safety property; never swallowed."""
+
+
+@attrs.frozen
+class CoreConfig:
+    """Tunables, in ticks and bytes; the runtime converts seconds to ticks."""
+
+    election_ticks: int = 10
+    heartbeat_ticks: int = 2
+    max_append_bytes: int = 64 * 1024
+    max_append_entries: int = 4096
+    max_inflight: int = 64
+    max_apply_entries: int = 4096
+    pre_vote: bool = True
+    check_quorum: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if self.heartbeat_ticks < 1 or self.election_ticks <= self.heartbeat_ticks:
+            raise ValueError(
+                "need 1 <= heartbeat_ticks < election_ticks, got %d and %d"
+                % (self.heartbeat_ticks, self.election_ticks)
+            )
+        if self.max_append_bytes < 1 or self.max_inflight < 1 or self.max_apply_entries < 1:
+            raise ValueError("byte, inflight and apply limits must be positive")
+
+
+@attrs.frozen
+class Accepted:
+    """A proposal or read accepted by the leader; ``index``/``term`` name a proposal's entry."""
+
+    index: int = 0
+    term: int = 0
+
+
+@attrs.frozen
+class NotLeaderOutcome:
+    """Refused: this node is not the leader; ``leader_id`` is the one it knows, or None."""
+
+    leader_id: Optional[str]
+
+
+@attrs.frozen
+class SoftState:
+    """Volatile state a runtime reports: who leads, in which term, in which role."""
+
+    role: str
+    term: int
+    leader_id: Optional[str]
+
+
+@attrs.frozen
+class Ready:
+    """One batch of work; execute in field order, then call ``RaftCore.advance``.
+
+    ``entries`` replace any stored entries at the same or a higher index.  ``reads`` are
+    ReadIndex contexts that may be served once ``committed_entries`` are applied;
+    ``failed_reads`` lost their leader and must be retried elsewhere.
+    """
+
+    hard_state: Optional[HardState] = None
+    entries: Tuple[Entry, ...] = ()
+    messages: Tuple[Any, ...] = ()
+    committed_entries: Tuple[Entry, ...] = ()
+    reads: Tuple[Hashable, ...] = ()
+    failed_reads: Tuple[Hashable, ...] = ()
+    soft_state: Optional[SoftState] = None
+    snapshot: Optional[SnapshotMeta] = None
+
+    def is_empty(self) -> bool:
+        return not (
+            self.hard_state
+            or self.entries
+            or self.messages
+            or self.committed_entries
+            or self.reads
+            or self.failed_reads
+            or self.soft_state
+            or self.snapshot
+        )
+
+
+@attrs.define
+class Progress:
+    """What the leader knows about one follower (Figure 2's nextIndex/matchIndex and more)."""
+
+    next_index: int
+    match_index: int = 0
+    state: str = PROBE
+    probe_sent: bool = False
+    inflight: Deque[int] = attrs.Factory(deque)
+    recent_active: bool = False
+    read_ack: int = 0
+    commit_sent: int = 0
+    match_at_heartbeat: int = 0
+    snapshot_index: int = 0
+    snapshot_elapsed: int = 0
+    # prev_log_index of pipelined messages rejected as "log too short" (REPLICATE).
+    gaps: List[int] = attrs.Factory(list)
+
+
+class RaftCore:
+    """One Raft server's algorithm state.  See the module docstring for the contract."""
+
+    def __init__(
+        self,
+        node_id: str,
+        voters: Sequence[str],
+        config: CoreConfig,
+        rng: Any,
+        hard_state: HardState = HardState(),
+        snapshot: SnapshotMeta = SnapshotMeta(),
+        entries: Sequence[Entry] = (),
+        applied_index: int = 0,
+    ):
+        if node_id not in voters:
+            raise ValueError("node %r is not among the voters %r" % (node_id, list(voters)))
+        if len(set(voters)) != len(voters):
+            raise ValueError("duplicate voter ids in %r" % (list(voters),))
+        self.id = node_id
+        self.voters = tuple(sorted(voters))
+        self.peers = tuple(v for v in self.voters if v != node_id)
+        self.quorum = len(self.voters) // 2 + 1
+        self.config = config
+        self._rng = rng
+
+        self.term = hard_state.term
+        self.voted_for = hard_state.voted_for
+        self.log = RaftLog(snapshot, entries)
+        # Everything up to what the state machine already applied is committed.
+        self.commit_index = max(snapshot.index, applied_index)
+        if self.commit_index > self.log.last_index:
+            raise ValueError(
+                "applied index %d is beyond the durable log (last index %d)"
+                % (self.commit_index, self.log.last_index)
+            )
+        self.last_applied = self.commit_index  # last index handed out to apply
+        self.role = FOLLOWER
+        self.leader_id: Optional[str] = None
+
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_election_ticks = 0
+        self._reset_randomized_timeout()
+        self._votes: Dict[str, bool] = {}
+        self.progress: Dict[str, Progress] = {}
+
+        # Durability bookkeeping.
+        self._persisted_hard_state = HardState(self.term, self.voted_for)
+        self._persisted_index = self.log.last_index
+        self._unstable_from = self.log.last_index + 1
+        self._ready_outstanding = False
+        self._last_soft_state = SoftState(self.role, self.term, self.leader_id)
+
+        # Outputs accumulated until the next ready().
+        self._messages: List[Any] = []
+        self._failed_reads: List[Hashable] = []
+        self._pending_snapshot: Optional[SnapshotMeta] = None
+        self._append_pending = False
+
+        # ReadIndex (dissertation section 6.4).
+        self.read_seq = 0
+        self._reads_waiting_noop: List[Hashable] = []
+        self._reads_unconfirmed: Deque[Tuple[Hashable, int, int]] = deque()
+        self._reads_confirmed: Deque[Tuple[Hashable, int]] = deque()
+        self._read_broadcast_pending = False
+
+    # ------------------------------------------------------------------ inputs
+
+    def tick(self) -> None:
+        """Advance logical time by one tick."""
+        if self.role == LEADER:
+            self._tick_leader()
+        else:
+            self.election_elapsed += 1
+            if self.election_elapsed >= self.randomized_election_ticks:
+                self.election_elapsed = 0
+                self.campaign()
+
+    def campaign(self) -> None:
+        """Start an election now (PreVote first when enabled).  A leader ignores this."""
+        if self.role == LEADER:
+            return
+        if self.config.pre_vote:
+            self._become_pre_candidate()
+        else:
+            self._become_candidate()
+
+    def propose(self, data: bytes) -> Any:
+        """Append ``data`` as a new entry if leader; returns ``Accepted`` or ``NotLeaderOutcome``."""
+        if self.role != LEADER:
+            return NotLeaderOutcome(self.leader_id)
+        entry = Entry(self.log.last_index + 1, self.term, data)
+        self._append_local(entry)
+        return Accepted(entry.index, entry.term)
+
+    def read_index(self, ctx: Hashable) -> Any:
+        """Queue a linearizable read; ``ctx`` comes back in ``Ready.reads`` when safe."""
+        if self.role != LEADER:
+            return NotLeaderOutcome(self.leader_id)
+        if self.log.term_at(self.commit_index) != self.term:
+            # Until an entry of this term commits, the leader does not know the real
+            # commit index (section 6.4 step 1); the no-op appended at election fixes it.
+            self._reads_waiting_noop.append(ctx)
+        else:
+            self._register_reads([ctx])
+        return Accepted(self.commit_index, self.term)
+
+    def step(self, m: Any) -> None:
+        """Process one message from a peer.  Stale, duplicated and reordered ones are fine."""
+        if m.receiver != self.id or m.sender not in self.peers:
+            return
+        if m.term > self.term:
+            if isinstance(m, RequestVote):
+                if self._in_lease():
+                    # Section 4.2.3 / 9.6: a server that heard from a live leader within
+                    # the minimum election timeout does not help depose it.
+                    return
+                if m.pre_vote:
+                    self._handle_request_vote(m)
+                    return
+                self._become_follower(m.term, None)
+            elif isinstance(m, RequestVoteResponse) and m.pre_vote and m.vote_granted:
+                pass  # the grant carries the term we asked about, not a newer one
+            elif isinstance(m, (AppendEntries, InstallSnapshot)):
+                self._become_follower(m.term, m.sender)
+            else:
+                self._become_follower(m.term, None)
+        elif m.term < self.term:
+            if isinstance(m, AppendEntries):
+                # Tell a deposed leader about the newer term so it steps down; without
+                # this a leader cut off by PreVote/CheckQuorum could linger.  The answer
+                # carries our term and nothing else: it acknowledges no entries and no
+                # ReadIndex round, because the sender may itself already lead our term
+                # (it restarted, so its read_seq counts from 0 again) and must not take
+                # an echo of its old term's read_seq as a quorum for new reads.
+                self._send(AppendEntriesResponse(self.term, self.id, m.sender, False))
+            elif isinstance(m, InstallSnapshot):
+                self._send(
+                    InstallSnapshotResponse(
+                        self.term, self.id, m.sender, m.last_included_index, success=False
+                    )
+                )
+            elif isinstance(m, RequestVote) and m.pre_vote:
+                self._send(RequestVoteResponse(self.term, self.id, m.sender, False, True))
+            return
+
+        if isinstance(m, AppendEntries):
+            self._handle_append_entries(m)
+        elif isinstance(m, AppendEntriesResponse):
+            self._handle_append_response(m)
+        elif isinstance(m, RequestVote):
+            self._handle_request_vote(m)
+        elif isinstance(m, RequestVoteResponse):
+            self._handle_vote_response(m)
+        elif isinstance(m, InstallSnapshot):
+            self._handle_install_snapshot(m)
+        elif isinstance(m, InstallSnapshotResponse):
+            self._handle_snapshot_response(m)
+
+    # ------------------------------------------------------------- ready/advance
+
+    def has_ready(self) -> bool:
+        if self._ready_outstanding:
+            return False
+        return bool(
+            self._messages
+            or self._append_pending
+            or self._read_broadcast_pending
+            or self._failed_reads
+            or self._pending_snapshot
+            or self._unstable_from <= self.log.last_index
+            or self.last_applied < self.commit_index
+            or self._releasable_reads()
+            or HardState(self.term, self.voted_for) != self._persisted_hard_state
+            or self._soft_state() != self._last_soft_state
+        )
+
+    def ready(self) -> Ready:
+        """Collect the pending batch of work.  Call ``advance`` when it is done.
+
+        Between ``ready()`` and ``advance()`` the caller must not feed the core (no
+        ``step``, ``tick``, ``propose``, ``read_index`` or ``campaign``): ``advance``
+        accounts for the batch against the state it was taken from.  Inputs that arrive
+        meanwhile wait for ``advance`` (the runtime runs a batch within one reactor
+        turn, so they queue in the reactor).
+        """
+        if self._ready_outstanding:
+            raise CoreError("ready() called again before advance()")
+        if self.role == LEADER:
+            self._flush_leader()
+        hard_state = HardState(self.term, self.voted_for)
+        if hard_state == self._persisted_hard_state:
+            hard_state = None
+        entries = self.log.slice(self._unstable_from, self.log.last_index + 1)
+        self._unstable_from = self.log.last_index + 1
+        committed = self.log.slice(
+            self.last_applied + 1,
+            min(self.commit_index, self.last_applied + self.config.max_apply_entries) + 1,
+        )
+        applied_after = committed[-1].index if committed else self.last_applied
+        reads = []
+        while self._reads_confirmed and self._reads_confirmed[0][1] <= applied_after:
+            reads.append(self._reads_confirmed.popleft()[0])
+        soft = self._soft_state()
+        if soft == self._last_soft_state:
+            soft = None
+        else:
+            self._last_soft_state = soft
+        rd = Ready(
+            hard_state=hard_state,
+            entries=entries,
+            messages=tuple(self._messages),
+            committed_entries=committed,
+            reads=tuple(reads),
+            failed_reads=tuple(self._failed_reads),
+            soft_state=soft,
+            snapshot=self._pending_snapshot,
+        )
+        self._messages = []
+        self._failed_reads = []
+        self._pending_snapshot = None
+        self._ready_outstanding = True
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """The caller persisted, sent and applied ``rd``; account for it."""
+        if not self._ready_outstanding:
+            raise CoreError("advance() without an outstanding ready()")
+        self._ready_outstanding = False
+        if rd.hard_state is not None:
+            self._persisted_hard_state = rd.hard_state
+        if rd.entries:
+            last = rd.entries[-1]
+            if self.log.term_at(last.index) == last.term:
+                self._persisted_index = max(self._persisted_index, last.index)
+        if rd.committed_entries:
+            self.last_applied = rd.committed_entries[-1].index
+        if self.role == LEADER and rd.entries:
+            # The leader counts its own copy only once it is durable.
+            self._maybe_commit()
+
+    # ------------------------------------------------------------ observation
+
+    def status(self) -> Dict[str, Any]:
+        """A JSON-ready summary for operators."""
+        out: Dict[str, Any] = {
+            "id": self.id,
+            "role": self.role,
+            "term": self.term,
+            "voted_for": self.voted_for,
+            "leader_id": self.leader_id,
+            "commit_index": self.commit_index,
+            "last_applied": self.last_applied,
+            "last_log_index": self.log.last_index,
+            "last_log_term": self.log.last_term,
+            "snapshot_index": self.log.snapshot_index,
+            "voters": list(self.voters),
+        }
+        if self.role == LEADER:
+            out["progress"] = {
+                peer: {
+                    "match_index": pr.match_index,
+                    "next_index": pr.next_index,
+                    "state": pr.state,
+                    "recent_active": pr.recent_active,
+                    "inflight": len(pr.inflight),
+                }
+                for peer, pr in sorted(self.progress.items())
+            }
+        return out
+
+    # --------------------------------------------------------------- roles
+
+    def _soft_state(self) -> SoftState:
+        return SoftState(self.role, self.term, self.leader_id)
+
+    def _reset_randomized_timeout(self) -> None:
+        e = self.config.election_ticks
+        self.randomized_election_ticks = self._rng.randrange(e, 2 * e)
+
+    def _reset(self, term: int) -> None:
+        if term != self.term:
+            self.term = term
+            self.voted_for = None
+        self.leader_id = None
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self._reset_randomized_timeout()
+        self._votes = {}
+        self.progress = {}
+        self._append_pending = False
+        self._read_broadcast_pending = False
+        self._fail_all_reads()
+
+    def _become_follower(self, term: int, leader_id: Optional[str]) -> None:
+        self._reset(term)
+        self.role = FOLLOWER
+        self.leader_id = leader_id
+
+    def _become_pre_candidate(self) -> None:
+        # Section 9.6: no term change and no vote until a majority says it would vote.
+        self._reset(self.term)
+        self.role = PRE_CANDIDATE
+        self._votes = {self.id: True}
+        if self._tally()[0] >= self.quorum:
+            self._become_candidate()
+            return
+        for peer in self.peers:
+            self._send(
+                RequestVote(
+                    self.term + 1, self.id, peer, self.log.last_index, self.log.last_term, True
+                )
+            )
+
+    def _become_candidate(self) -> None:
+        self._reset(self.term + 1)
+        self.role = CANDIDATE
+        self.voted_for = self.id
+        self._votes = {self.id: True}
+        if self._tally()[0] >= self.quorum:
+            self._become_leader()
+            return
+        for peer in self.peers:
+            self._send(
+                RequestVote(self.term, self.id, peer, self.log.last_index, self.log.last_term)
+            )
+
+    def _become_leader(self) -> None:
+        self._reset(self.term)
+        self.role = LEADER
+        self.leader_id = self.id
+        last = self.log.last_index
+        self.progress = {peer: Progress(next_index=last + 1) for peer in self.peers}
+        # Figure 8 / section 8: commit an entry of the new term at once.
+        self._append_local(Entry(last + 1, self.term, b"", ENTRY_NOOP))
+        for peer in self.peers:
+            self._send_append(peer)
+
+    def _in_lease(self) -> bool:
+        return (
+            self.config.check_quorum
+            and self.leader_id is not None
+            and self.election_elapsed < self.config.election_ticks
+        )
+
+    # -------------------------------------------------------------- elections
+
+    def _tally(self) -> Tuple[int, int]:
+        granted = sum(1 for v in self._votes.values() if v)
+        return granted, len(self._votes) - granted
+
+    def _handle_request_vote(self, m: RequestVote) -> None:
+        can_vote = (
+            self.voted_for == m.sender
+            or (self.voted_for is None and self.leader_id is None)
+            or (m.pre_vote and m.term > self.term)
+        )
+        if can_vote and self.log.is_up_to_date(m.last_log_index, m.last_log_term):
+            # A grant carries the requested term: for a pre-vote it is not ours yet.
+            self._send(RequestVoteResponse(m.term, self.id, m.sender, True, m.pre_vote))
+            if not m.pre_vote:
+                self.voted_for = m.sender
+                self.election_elapsed = 0
+        else:
+            self._send(RequestVoteResponse(self.term, self.id, m.sender, False, m.pre_vote))
+
+    def _handle_vote_response(self, m: RequestVoteResponse) -> None:
+        if m.pre_vote:
+            # A grant names the term we asked about (ours + 1); a refusal names the
+            # refuser's term.  Anything else is left over from an earlier round.
+            wanted = self.term + 1 if m.vote_granted else self.term
+            if self.role != PRE_CANDIDATE or m.term != wanted:
+                return
+        elif self.role != CANDIDATE or m.term != self.term:
+            return
+        self._votes[m.sender] = m.vote_granted
+        granted, rejected = self._tally()
+        if granted >= self.quorum:
+            if self.role == PRE_CANDIDATE:
+                self._become_candidate()
+            else:
+                self._become_leader()
+        elif rejected >= self.quorum:
+            self._become_follower(self.term, None)
+
+    # ------------------------------------------------------------ replication
+
+    def _append_local(self, entry: Entry) -> None:
+        self.log.append(entry)
+        self._append_pending = True
+
+    def _tick_leader(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.config.election_ticks:
+            self.election_elapsed = 0
+            if self.config.check_quorum:
+                active = 1 + sum(1 for pr in self.progress.values() if pr.recent_active)
+                if active < self.quorum:
+                    # Section 6.2: a leader that cannot reach a majority steps down and
+                    # stops claiming leadership to clients.
+                    self._become_follower(self.term, None)
+                    return
+                for pr in self.progress.values():
+                    pr.recent_active = False
+        for peer, pr in self.progress.items():
+            if pr.state == SNAPSHOT:
+                pr.snapshot_elapsed += 1
+                if pr.snapshot_elapsed >= self.config.election_ticks:
+                    # Over UDP the snapshot or its answer can be lost, and nothing else
+                    # ever leaves this state: probe again, which re-offers the snapshot
+                    # while the follower still needs one (Figure 13; section 7).
+                    pr.state = PROBE
+                    pr.probe_sent = False
+                    self._send_append(peer)
+        if self.heartbeat_elapsed >= self.config.heartbeat_ticks:
+            self.heartbeat_elapsed = 0
+            for peer, pr in self.progress.items():
+                self._heartbeat(peer, pr)
+
+    def _heartbeat(self, peer: str, pr: Progress) -> None:
+        # Every follower gets a plain heartbeat, whatever else it is sent: a probe or a
+        # retransmission may carry a batch too big for one datagram and be lost again
+        # and again, and the follower must not take that for a dead leader.
+        self._send_heartbeat(peer, pr)
+        if pr.state == PROBE:
+            pr.probe_sent = False
+            self._send_append(peer)
+            return
+        if pr.state == REPLICATE:
+            stalled = pr.match_index == pr.match_at_heartbeat
+            pr.match_at_heartbeat = pr.match_index
+            if stalled and pr.match_index < self.log.last_index:
+                # No acknowledgement for a whole heartbeat interval while entries are
+                # outstanding: over UDP that means loss, or a follower that is down or
+                # cut off.  Probe from what it acknowledged: one message per heartbeat
+                # until it answers, not a refilled pipeline (max_inflight batches)
+                # every interval into a node that may not be there.
+                pr.state = PROBE
+                pr.next_index = pr.match_index + 1
+                pr.inflight.clear()
+                pr.probe_sent = False
+                self._send_append(peer)
+
+    def _send_heartbeat(self, peer: str, pr: Progress) -> None:
+        # prev = match_index: a heartbeat must never look like a gap to the follower.
+        prev = pr.match_index
+        prev_term = self.log.term_at(prev)
+        if prev_term is None:
+            prev, prev_term = 0, 0
+        commit = min(self.commit_index, pr.match_index)
+        pr.commit_sent = max(pr.commit_sent, commit)
+        self._send(
+            AppendEntries(self.term, self.id, peer, prev, prev_term, (), commit, self.read_seq)
+        )
+
+    def _send_append(self, peer: str) -> bool:
+        """Send entries from next_index (or an empty probe); False if nothing was sent."""
+        pr = self.progress[peer]
+        if pr.state == SNAPSHOT:
+            return False
+        if pr.state == PROBE and pr.probe_sent:
+            return False
+        if pr.state == REPLICATE and len(pr.inflight) >= self.config.max_inflight:
+            return False
+        prev = pr.next_index - 1
+        prev_term = self.log.term_at(prev)
+        if prev_term is None:
+            # The entries it needs were compacted: the runtime must send a snapshot.
+            pr.state = SNAPSHOT
+            pr.snapshot_index = self.log.snapshot_index
+            pr.snapshot_elapsed = 0
+            pr.inflight.clear()
+            self._send(
+                InstallSnapshot(
+                    self.term, self.id, peer, self.log.snapshot_index, self.log.snapshot_term,
+                    read_seq=self.read_seq,
+                )
+            )
+            return True
+        entries = self.log.batch_from(
+            pr.next_index, self.config.max_append_bytes, self.config.max_append_entries
+        )
+        if pr.state == REPLICATE and not entries:
+            return False
+        self._send(
+            AppendEntries(
+                self.term, self.id, peer, prev, prev_term, entries, self.commit_index, self.read_seq
+            )
+        )
+        pr.commit_sent = max(pr.commit_sent, min(self.commit_index, prev + len(entries)))
+        if pr.state == PROBE:
+            pr.probe_sent = True
+        elif entries:
+            pr.next_index = entries[-1].index + 1
+            pr.inflight.append(entries[-1].index)
+        return True
+
+    def _resend_after_gap(self, peer: str, pr: Progress) -> None:
+        """One batch after what the follower now holds, for a pipelined message it
+        rejected because an earlier one had not arrived yet; next_index stays."""
+        prev = pr.match_index
+        prev_term = self.log.term_at(prev)
+        if prev_term is None:
+            return  # compacted: the stall probe will offer a snapshot
+        entries = self.log.batch_from(
+            prev + 1, self.config.max_append_bytes, self.config.max_append_entries
+        )
+        if entries:
+            self._send(
+                AppendEntries(
+                    self.term, self.id, peer, prev, prev_term, entries, self.commit_index,
+                    self.read_seq,
+                )
+            )
+
+    def _flush_leader(self) -> None:
+        """Turn appended proposals and pending reads into messages (batched per ready)."""
+        if self._append_pending or self._read_broadcast_pending:
+            self._append_pending = False
+            for peer, pr in self.progress.items():
+                if pr.state == REPLICATE:
+                    while self._send_append(peer):
+                        pass
+                elif pr.state == PROBE:
+                    self._send_append(peer)
+        for peer, pr in self.progress.items():
+            # Tell followers about a commit they cannot know yet, so they apply promptly.
+            if pr.state == REPLICATE and pr.commit_sent < min(self.commit_index, pr.match_index):
+                self._send_heartbeat(peer, pr)
+        if self._read_broadcast_pending:
+            self._read_broadcast_pending = False
+            for peer, pr in self.progress.items():
+                self._send_heartbeat(peer, pr)
+
+    def _handle_append_entries(self, m: AppendEntries) -> None:
+        if self.role != FOLLOWER or self.leader_id != m.sender:
+            self._become_follower(self.term, m.sender)
+        self.election_elapsed = 0
+        prev = m.prev_log_index
+        entries = m.entries
+        if prev < self.commit_index:
+            # The committed prefix is the same on every server (Leader Completeness), so
+            # whatever the message says about it matches; only look at what follows.
+            skip = self.commit_index - prev
+            entries = entries[skip:]
+            prev = self.commit_index
+        elif self.log.term_at(prev) != m.prev_log_term:
+            self._reject_append(m)
+            return
+        for i, entry in enumerate(entries):
+            existing = self.log.term_at(entry.index)
+            if existing == entry.term:
+                continue
+            if existing is not None:
+                # A real conflict (section 5.3): only now may the suffix go.
+                if entry.index <= self.commit_index:
+                    raise SafetyViolation(
+                        "leader %s tried to overwrite committed entry %d"
+                        % (m.sender, entry.index)
+                    )
+                self.log.truncate_from(entry.index)
+                self._persisted_index = min(self._persisted_index, entry.index - 1)
+            self._unstable_from = min(self._unstable_from, entry.index)
+            for new in entries[i:]:
+                self.log.append(new)
+            break
+        last_new = m.prev_log_index + len(m.entries)
+        match = max(last_new, self.commit_index)
+        if m.leader_commit > self.commit_index:
+            self.commit_index = min(m.leader_commit, max(last_new, self.commit_index))
+        self._send(
+            AppendEntriesResponse(
+                self.term, self.id, m.sender, True, match_index=match, read_seq=m.read_seq
+            )
+        )
+
+    def _reject_append(self, m: AppendEntries) -> None:
+        prev = m.prev_log_index
+        if prev > self.log.last_index:
+            conflict_term, conflict_index = 0, self.log.last_index + 1
+        else:
+            conflict_term = self.log.term_at(prev) or 0
+            conflict_index = max(
+                self.log.first_index_of_term(conflict_term, prev), self.commit_index + 1
+            )
+        self._send(
+            AppendEntriesResponse(
+                self.term, self.id, m.sender, False,
+                rejected_index=prev, conflict_index=conflict_index,
+                conflict_term=conflict_term, read_seq=m.read_seq,
+            )
+        )
+
+    def _heard_from(self, pr: Progress, read_seq: int) -> None:
+        """Any answer of this term shows the follower alive (CheckQuorum) and, through
+        the read round it echoes, confirms this leadership to that round's reads."""
+        pr.recent_active = True
+        if read_seq > pr.read_ack:
+            pr.read_ack = read_seq
+            self._confirm_reads()
+
+    def _handle_append_response(self, m: AppendEntriesResponse) -> None:
+        if self.role != LEADER:
+            return
+        pr = self.progress[m.sender]
+        self._heard_from(pr, m.read_seq)
+        if m.success:
+            if m.match_index > self.log.last_index:
+                return  # cannot be a response to this leader's messages
+            advanced = m.match_index > pr.match_index
+            if advanced:
+                pr.match_index = m.match_index
+                pr.next_index = max(pr.next_index, m.match_index + 1)
+                while pr.inflight and pr.inflight[0] <= m.match_index:
+                    pr.inflight.popleft()
+                if pr.gaps and pr.state == REPLICATE:
+                    # The follower now ends at match_index: a rejected message that
+                    # starts exactly there is needed now; one that starts before it
+                    # arrived by another copy.
+                    if m.match_index in pr.gaps:
+                        self._resend_after_gap(m.sender, pr)
+                    pr.gaps = [r for r in pr.gaps if r > m.match_index]
+            # A success proves the logs agree up to match_index.  When it is no news but
+            # the follower has everything (a probe right after a snapshot with nothing
+            # after it), leave PROBE too, or each answer would draw another empty probe,
+            # forever.  Not when entries remain: an answer to a heartbeat must not
+            # refill the pipeline towards a follower whose batches keep getting lost.
+            caught_up = m.match_index == pr.match_index == self.log.last_index
+            if advanced or (pr.state == PROBE and caught_up):
+                if pr.state != REPLICATE:
+                    pr.state = REPLICATE
+                    pr.probe_sent = False
+                    pr.inflight.clear()
+                    pr.gaps = []
+                    pr.next_index = pr.match_index + 1
+                if advanced:
+                    self._maybe_commit()
+                self._append_pending = True
+            return
+        # A rejection only counts if it answers a message sent since the last success:
+        # a stale or duplicated one must not move next_index below match_index + 1.
+        if not pr.match_index < m.rejected_index < pr.next_index:
+            return
+        if pr.state == REPLICATE and not m.conflict_term:
+            # "Log too short" while pipelining: a message sent before this one is still
+            # in flight (UDP reorders it) or was lost.  Tearing the pipeline down and
+            # refilling it from match_index on each such answer multiplies traffic.
+            # Remember the gap; when a success shows it closed, resend one batch from
+            # there.  A real loss is caught by the stall probe at the next heartbeat.
+            if m.rejected_index not in pr.gaps:  # duplicated datagrams: keep it bounded
+                pr.gaps.append(m.rejected_index)
+            return
+        if m.conflict_term:
+            last_of_term = self.log.last_index_of_term(m.conflict_term)
+            hint = last_of_term + 1 if last_of_term else m.conflict_index
+        else:
+            hint = m.conflict_index
+        pr.next_index = max(pr.match_index + 1, min(hint, m.rejected_index))
+        pr.state = PROBE
+        pr.probe_sent = False
+        pr.inflight.clear()
+        self._send_append(m.sender)
+
+    def _maybe_commit(self) -> None:
+        matches = sorted(
+            [pr.match_index for pr in self.progress.values()] + [self._persisted_index],
+            reverse=True,
+        )
+        candidate = matches[self.quorum - 1]
+        # Figure 8: only entries of the current term are committed by counting replicas.
+        if candidate > self.commit_index and self.log.term_at(candidate) == self.term:
+            self.commit_index = candidate
+            if self._reads_waiting_noop:
+                waiting, self._reads_waiting_noop = self._reads_waiting_noop, []
+                self._register_reads(waiting)
+
+    # ------------------------------------------------------------- snapshots
+
+    def _handle_install_snapshot(self, m: InstallSnapshot) -> None:
+        """The runtime delivers this once a whole snapshot was received and restored."""
+        if self.role != FOLLOWER or self.leader_id != m.sender:
+            self._become_follower(self.term, m.sender)
+        self.election_elapsed = 0
+        if not m.done:
+            # A chunk is the runtime's business; acknowledging it here would tell the
+            # leader the follower holds a snapshot it does not have yet.
+            return
+        if m.last_included_index > self.commit_index:
+            if self.log.term_at(m.last_included_index) == m.last_included_term:
+                self.log.compact(SnapshotMeta(m.last_included_index, m.last_included_term))
+            else:
+                self.log = RaftLog(SnapshotMeta(m.last_included_index, m.last_included_term))
+                self._unstable_from = self.log.last_index + 1
+                self._persisted_index = self.log.last_index
+            self.commit_index = m.last_included_index
+            self.last_applied = m.last_included_index
+            self._pending_snapshot = SnapshotMeta(m.last_included_index, m.last_included_term)
+        self._send(
+            InstallSnapshotResponse(
+                self.term, self.id, m.sender, m.last_included_index, True, read_seq=m.read_seq
+            )
+        )
+
+    def _handle_snapshot_response(self, m: InstallSnapshotResponse) -> None:
+        if self.role != LEADER:
+            return
+        pr = self.progress[m.sender]
+        self._heard_from(pr, m.read_seq)
+        if pr.state == SNAPSHOT and m.success and m.last_included_index >= pr.snapshot_index:
+            pr.match_index = max(pr.match_index, m.last_included_index)
+            pr.next_index = pr.match_index + 1
+            pr.state = PROBE
+            pr.probe_sent = False
+            self._send_append(m.sender)
+        elif pr.state == SNAPSHOT and not m.success:
+            pr.state = PROBE
+            pr.probe_sent = False
+
+    def snapshot_progressing(self, peer: str) -> None:
+        """The runtime's snapshot transfer to ``peer`` advanced: do not re-offer it yet.
+
+        The core's snapshot-state timer exists for transfers that went silent; a large
+        image over UDP takes longer than an election timeout, and chunk acknowledgements
+        go to the runtime, not here.
+        """
+        pr = self.progress.get(peer) if self.role == LEADER else None
+        if pr is not None and pr.state == SNAPSHOT:
+            pr.snapshot_elapsed = 0
+            pr.recent_active = True
+
+    def compact(self, snapshot: SnapshotMeta) -> None:
+        """The state machine holds a durable snapshot at ``snapshot``: drop older entries."""
+        if snapshot.index > self.last_applied:
+            raise CoreError("cannot compact beyond the applied index")
+        self.log.compact(snapshot)
+
+    # ----------------------------------------------------------------- reads
+
+    def _register_reads(self, ctxs: List[Hashable]) -> None:
+        if self.quorum == 1:
+            for ctx in ctxs:
+                self._reads_confirmed.append((ctx, self.commit_index))
+            return
+        self.read_seq += 1
+        for ctx in ctxs:
+            self._reads_unconfirmed.append((ctx, self.commit_index, self.read_seq))
+        self._read_broadcast_pending = True
+
+    def _confirm_reads(self) -> None:
+        if not self._reads_unconfirmed:
+            return
+        acks = sorted((pr.read_ack for pr in self.progress.values()), reverse=True)
+        # The leader itself is one of the quorum.
+        confirmed_seq = acks[self.quorum - 2]
+        while self._reads_unconfirmed and self._reads_unconfirmed[0][2] <= confirmed_seq:
+            ctx, index, _ = self._reads_unconfirmed.popleft()
+            self._reads_confirmed.append((ctx, index))
+
+    def _releasable_reads(self) -> bool:
+        return bool(self._reads_confirmed) and self._reads_confirmed[0][1] <= self.commit_index
+
+    def _fail_all_reads(self) -> None:
+        self._failed_reads.extend(self._reads_waiting_noop)
+        self._failed_reads.extend(ctx for ctx, _, _ in self._reads_unconfirmed)
+        self._failed_reads.extend(ctx for ctx, _ in self._reads_confirmed)
+        self._reads_waiting_noop = []
+        self._reads_unconfirmed.clear()
+        self._reads_confirmed.clear()
+
+    # ---------------------------------------------------------------- output
+
+    def _send(self, message: Any) -> None:
+        self._messages.append(message)

@@ -1,0 +1,677 @@
+"""The node runtime: drives a ``RaftCore`` with a reactor, a storage, a transport and an app.
+
+Every input (a datagram, a timer tick, a proposal, a read) is fed to the core at once;
+the resulting work is executed once per reactor turn in the only safe order:
+
+    persist (one fsync for the whole batch) -> send -> apply -> serve reads -> advance
+
+so a vote or an acknowledgement never leaves before the state it promises is durable, and
+all the datagrams and proposals that arrived in one turn share one fsync (group commit).
+
+Nothing here reads a global reactor: the composition root (``txraft.plugins.raftnode``)
+injects it, and tests drive this class with ``twisted.internet.task.Clock``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Dict, Hashable, Optional, Tuple
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txraft.core import LEADER, PROBE, SNAPSHOT, Accepted, CoreConfig, RaftCore
+from txraft.errors import CommitTimeout, NotLeader, Overloaded, ProposalDropped, ReadTimeout
+from txraft.interfaces import ILogStorage, IRaftNode, IStateMachine
+from txraft.core.messages import (
+    ENTRY_NOOP,
+    AppendEntries,
+    InstallSnapshot,
+    InstallSnapshotResponse,
+    SnapshotMeta,
+)
+from txraft.runtime.snapshot import SnapshotStore, SnapshotTransfers
+
+
+@attrs.frozen
+class Member:
+    """One cluster member: where its Raft UDP port and its HTTP API are."""
+
+    node_id: str
+    host: str
+    port: int
+    http_port: int
+    #: The URL clients use, when it differs from host:http_port (e.g. behind Docker's
+    #: port publishing); used in redirects and status, never for node-to-node traffic.
+    advertise_url: Optional[str] = None
+
+    @property
+    def http_url(self) -> str:
+        host = self.host
+        if ":" in host:
+            host = "[%s]" % (host,)
+        return "http://%s:%d" % (host, self.http_port)
+
+    @property
+    def public_url(self) -> str:
+        return (self.advertise_url or self.http_url).rstrip("/")
+
+
+@attrs.frozen
+class Timing:
+    """Wall-clock settings, converted to core ticks here (the core only knows ticks)."""
+
+    tick_seconds: float = 0.01
+    election_timeout_seconds: float = 0.15
+    heartbeat_seconds: float = 0.05
+    proposal_timeout_seconds: float = 5.0
+    read_timeout_seconds: float = 2.0
+    #: Take a snapshot and compact the log every this many applied entries ...
+    snapshot_entries: int = 10000
+    #: ... keeping this many entries behind it for followers that lag a little.
+    snapshot_trailing_entries: int = 1000
+    #: Proposals (and, separately, reads) waiting at once before new ones are refused.
+    max_pending: int = 20000
+
+    def core_ticks(self) -> Tuple[int, int]:
+        election = max(2, round(self.election_timeout_seconds / self.tick_seconds))
+        heartbeat = max(1, round(self.heartbeat_seconds / self.tick_seconds))
+        if heartbeat >= election:
+            raise ValueError(
+                "the heartbeat interval (%gs) must be shorter than the election timeout (%gs)"
+                % (self.heartbeat_seconds, self.election_timeout_seconds)
+            )
+        return election, heartbeat
+
+
+class FatalNodeError(Exception):
+    """Storage or the state machine failed: continuing could break a promise."""
+
+
+@implementer(IRaftNode)
+class RaftNode(Service):
+    """One Raft server process.  See the module docstring for the order of work."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        node_id: str,
+        members: Dict[str, Member],
+        storage: ILogStorage,
+        state_machine: IStateMachine,
+        reactor: Any,
+        rng: Any,
+        timing: Timing = Timing(),
+        core_config: Optional[CoreConfig] = None,
+        on_fatal: Optional[Callable[[Failure], None]] = None,
+        snapshots: Optional[SnapshotStore] = None,
+        snapshot_chunk_bytes: int = 1200,
+        run_in_thread: Optional[Callable[[Callable[[], Any]], Deferred]] = None,
+    ):
+        if node_id not in members:
+            raise ValueError("node id %r is not among the members %r" % (node_id, sorted(members)))
+        self.node_id = node_id
+        self.members = dict(members)
+        self.storage = storage
+        self.state_machine = state_machine
+        self.transport: Any = None  # set by the composition root (an ITransport)
+        self.reactor = reactor
+        self.timing = timing
+        election, heartbeat = timing.core_ticks()
+        if core_config is None:
+            core_config = CoreConfig(election_ticks=election, heartbeat_ticks=heartbeat)
+        else:
+            core_config = attrs.evolve(
+                core_config, election_ticks=election, heartbeat_ticks=heartbeat
+            )
+        self._on_fatal = on_fatal
+        self._dead: Optional[Failure] = None
+
+        self.snapshots = snapshots
+        # Runs a function in a worker thread, returning a Deferred (the composition root
+        # passes the reactor's thread pool).  Without it snapshots are taken inline.
+        self._run_in_thread = run_in_thread
+        self._snapshot_running = False
+        hard_state, snapshot, entries, applied = self._recover()
+        self.core = RaftCore(
+            node_id,
+            sorted(members),
+            core_config,
+            rng,
+            hard_state=hard_state,
+            snapshot=snapshot,
+            entries=entries,
+            applied_index=applied,
+        )
+        self._proposals: Dict[int, Tuple[int, Deferred, Any]] = {}
+        self._reads: Dict[Hashable, Tuple[Deferred, Any]] = {}
+        self._read_ids = itertools.count(1)
+        self._process_call: Any = None
+        self._ticker: Optional[LoopingCall] = None
+        self.transfers = SnapshotTransfers(
+            node_id,
+            self._send_direct,
+            reactor.seconds,
+            latest=self.snapshots.latest if self.snapshots is not None else (lambda: None),
+            chunk_bytes=snapshot_chunk_bytes,
+            resend_after_seconds=max(0.05, 4 * timing.tick_seconds),
+        )
+        self.counters: Dict[str, int] = {
+            "readies": 0,
+            "fsync_batches": 0,
+            "entries_persisted": 0,
+            "entries_applied": 0,
+            "messages_sent": 0,
+            "messages_received": 0,
+            "proposals": 0,
+            "reads": 0,
+            "snapshots_taken": 0,
+            "snapshots_installed": 0,
+            "leader_changes_seen": 0,
+        }
+        self._last_leader: Optional[str] = None
+
+    def _recover(self) -> Tuple[Any, Any, Any, int]:
+        """Reconcile the log, the state machine and the snapshot after a restart.
+
+        The state machine's applied index is durable with its data; the log may lag it
+        after a crash between installing a snapshot and compacting the log, and the
+        state machine may lag the log's compaction point if its file was lost.
+        """
+        storage, sm = self.storage, self.state_machine
+        hard_state, snapshot, entries = storage.load()
+        applied = sm.applied_index()
+        last_index = snapshot.index + len(entries)
+        if applied > snapshot.index:
+            if applied > last_index:
+                term_at_applied = None
+            elif applied == snapshot.index:
+                term_at_applied = snapshot.term
+            else:
+                term_at_applied = entries[applied - snapshot.index - 1].term
+            applied_term = sm.applied_term()
+            if term_at_applied != applied_term:
+                # Everything applied is committed: make it the log's starting point.
+                storage.compact(SnapshotMeta(applied, applied_term))
+                hard_state, snapshot, entries = storage.load()
+        elif applied < snapshot.index:
+            latest = self.snapshots.latest() if self.snapshots is not None else None
+            if latest is None or latest[0].index < snapshot.index:
+                raise FatalNodeError(
+                    "the state machine is at index %d but the log starts after %d and no "
+                    "snapshot covers the gap" % (applied, snapshot.index)
+                )
+            meta, data = latest
+            sm.restore(meta.index, meta.term, data)
+            applied = sm.applied_index()
+        return hard_state, snapshot, entries, applied
+
+    # ---------------------------------------------------------------- service
+
+    def startService(self) -> None:
+        super().startService()
+        self._ticker = LoopingCall(self._tick)
+        self._ticker.clock = self.reactor
+        self._ticker.start(self.timing.tick_seconds, now=False)
+        if len(self.members) == 1:
+            # A cluster of one needs nobody's vote: serve at once.
+            self.core.campaign()
+        self._schedule()
+
+    def stopService(self) -> None:
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        if self._process_call is not None and self._process_call.active():
+            self._process_call.cancel()
+        self._process_call = None
+        self._fail_everything(NotLeader(None, None), ProposalDropped("the node is stopping"))
+        return super().stopService()
+
+    # ----------------------------------------------------------------- inputs
+
+    def receive(self, message: Any) -> None:
+        """Called by the transport for each authenticated message addressed to us."""
+        if self._dead is not None or not self.running:
+            return
+        self.counters["messages_received"] += 1
+        try:
+            self._receive(message)
+        except Exception:
+            self._fatal(Failure())
+            return
+        self._schedule()
+
+    def _receive(self, message: Any) -> None:
+        if isinstance(message, InstallSnapshot):
+            self._snapshot_chunk(message)
+        elif isinstance(message, InstallSnapshotResponse) and (
+            message.next_offset > 0 or not message.success
+        ):
+            # A chunk acknowledgement (or a refusal) is the transfer's business; the
+            # core only hears that the transfer is alive.  A refusal goes to the core
+            # only when it brings a newer term: a same-term one would send the peer
+            # back to probing and draw yet another window of chunks.
+            if self.transfers.acknowledged(message):
+                self.core.snapshot_progressing(message.sender)
+            if not message.success and message.term > self.core.term:
+                self.core.step(message)
+        else:
+            self.core.step(message)
+
+    def _tick(self) -> None:
+        if self._dead is not None or not self.running:
+            return
+        try:
+            self.core.tick()
+            if self.transfers.outgoing:
+                self.transfers.tick(self._transfer_wanted)
+        except Exception:
+            # An exception would silently stop the LoopingCall: no more heartbeats or
+            # elections from a node that looks alive.
+            self._fatal(Failure())
+            return
+        self._schedule()
+
+    def propose(self, data: bytes) -> Deferred:
+        if self._dead is not None:
+            return _failed(FatalNodeError("node stopped after a fatal error"))
+        if not self.running:
+            return _failed(ProposalDropped("the node is stopping"))
+        if len(self._proposals) >= self.timing.max_pending:
+            return _failed(Overloaded(
+                "%d proposals are already waiting to commit; retry shortly" % len(self._proposals)
+            ))
+        outcome = self.core.propose(data)
+        if not isinstance(outcome, Accepted):
+            return _failed(self._not_leader(outcome.leader_id))
+        self.counters["proposals"] += 1
+        d: Deferred = Deferred()
+        timeout = self.reactor.callLater(
+            self.timing.proposal_timeout_seconds, self._proposal_timed_out, outcome.index
+        )
+        self._proposals[outcome.index] = (outcome.term, d, timeout)
+        self._schedule()
+        return d
+
+    def read_barrier(self) -> Deferred:
+        if self._dead is not None:
+            return _failed(FatalNodeError("node stopped after a fatal error"))
+        if not self.running:
+            return _failed(NotLeader(None, None))
+        if len(self._reads) >= self.timing.max_pending:
+            return _failed(Overloaded(
+                "%d reads are already waiting for confirmation; retry shortly" % len(self._reads)
+            ))
+        ctx = next(self._read_ids)
+        outcome = self.core.read_index(ctx)
+        if not isinstance(outcome, Accepted):
+            return _failed(self._not_leader(outcome.leader_id))
+        self.counters["reads"] += 1
+        d: Deferred = Deferred()
+        timeout = self.reactor.callLater(
+            self.timing.read_timeout_seconds, self._read_timed_out, ctx
+        )
+        self._reads[ctx] = (d, timeout)
+        self._schedule()
+        return d
+
+    # ------------------------------------------------------------ observation
+
+    def leader(self) -> Tuple[Optional[str], Optional[str]]:
+        leader_id = self.core.leader_id
+        if leader_id is None:
+            return None, None
+        return leader_id, self.members[leader_id].http_url
+
+    def is_leader(self) -> bool:
+        return self.core.role == LEADER
+
+    def is_ready(self) -> bool:
+        return (
+            self._dead is None
+            and self.core.leader_id is not None
+            and self.core.last_applied >= self.core.commit_index
+        )
+
+    def status(self) -> Dict[str, Any]:
+        out = self.core.status()
+        leader_id, leader_url = self.leader()
+        out["leader_http_url"] = (
+            self.members[leader_id].public_url if leader_id in self.members else None
+        )
+        out["http_url"] = self.members[self.node_id].public_url
+        out["applied_index"] = self.core.last_applied
+        out["pending_proposals"] = len(self._proposals)
+        out["pending_reads"] = len(self._reads)
+        out["counters"] = dict(self.counters)
+        if self.transport is not None:
+            out["transport"] = dict(self.transport.stats)
+        out["snapshot_transfers"] = dict(self.transfers.stats)
+        if self._dead is not None:
+            out["fatal_error"] = str(self._dead.value)
+        return out
+
+    # ------------------------------------------------------------ the driver
+
+    def _schedule(self) -> None:
+        if self._process_call is None and self._dead is None and self.running:
+            self._process_call = self.reactor.callLater(0, self._process)
+
+    def _process(self) -> None:
+        self._process_call = None
+        try:
+            while self.core.has_ready():
+                self._execute(self.core.ready())
+        except Exception:
+            self._fatal(Failure())
+
+    def _execute(self, rd: Any) -> None:
+        self.counters["readies"] += 1
+        if (
+            rd.entries
+            and rd.messages
+            and rd.hard_state is None
+            and rd.snapshot is None
+            and self.core.role == LEADER
+        ):
+            # Thesis section 10.2.1: a leader may write its log in parallel with its
+            # followers.  Its messages promise nothing about its own disk (its term and
+            # vote are already durable: hard_state is None), and the core counts its own
+            # copy only in advance(), after the save below.  The followers' fsyncs then
+            # overlap the leader's instead of following it.
+            self._send_messages(rd.messages)
+            messages = ()
+        elif (
+            rd.committed_entries
+            and rd.messages
+            and rd.hard_state is None
+            and not rd.entries
+            and self.core.role == LEADER
+            and all(type(m) is AppendEntries and not m.entries for m in rd.messages)
+        ):
+            # Commit notices (empty AppendEntries telling followers the new commit
+            # index) promise nothing and nobody waits for them, unlike the answers to
+            # the writes this batch commits: send them on the next reactor turn, after
+            # the reactor has written those answers to their sockets (one-connection
+            # write p50 down 4-15% in bench/cluster_http.py, docs/benchmarks.md).
+            self.reactor.callLater(0, self._send_later, rd.messages)
+            messages = ()
+        else:
+            messages = rd.messages
+        # 1. Persist: nothing below may depend on state that is not yet durable.
+        if rd.snapshot is not None:
+            # The state machine already holds this snapshot (see _snapshot_chunk).
+            self.storage.compact(rd.snapshot)
+        if rd.hard_state is not None or rd.entries:
+            self.storage.save(rd.hard_state, rd.entries)
+            self.counters["fsync_batches"] += 1
+            self.counters["entries_persisted"] += len(rd.entries)
+        # 2. Send.
+        if messages:
+            self._send_messages(messages)
+        # 3. Apply, in one state-machine transaction for the whole batch.  Deferreds
+        # fire after advance(), below.
+        outcomes: list = []
+        if rd.committed_entries:
+            results = self.state_machine.apply_batch(rd.committed_entries)
+            self.counters["entries_applied"] += len(rd.committed_entries)
+            for entry, result in zip(rd.committed_entries, results):
+                pending = self._proposals.pop(entry.index, None)
+                if pending is None:
+                    continue
+                term, d, timeout = pending
+                _cancel(timeout)
+                if entry.term == term and entry.kind != ENTRY_NOOP:
+                    outcomes.append((d, (entry.index, result)))
+                else:
+                    outcomes.append((d, Failure(
+                        ProposalDropped(
+                            "another entry (term %d) was committed at index %d; the proposal "
+                            "was not applied" % (entry.term, entry.index)
+                        )
+                    )))
+        # 4. Serve reads the batch made safe; fail the ones whose leader was lost.
+        applied = self.core.last_applied
+        if rd.committed_entries:
+            applied = rd.committed_entries[-1].index
+        for ctx in rd.reads:
+            pending = self._reads.pop(ctx, None)
+            if pending is not None:
+                _cancel(pending[1])
+                outcomes.append((pending[0], applied))
+        for ctx in rd.failed_reads:
+            pending = self._reads.pop(ctx, None)
+            if pending is not None:
+                _cancel(pending[1])
+                outcomes.append((pending[0], Failure(self._not_leader(self.core.leader_id))))
+        if rd.soft_state is not None:
+            self._role_changed(rd.soft_state, outcomes)
+        self.core.advance(rd)
+        # Only now: a callback may propose or read, which the core takes only after
+        # advance() (see RaftCore.ready).
+        for d, outcome in outcomes:
+            if isinstance(outcome, Failure):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)
+        if (
+            self.snapshots is not None
+            and not self._snapshot_running
+            and self.core.last_applied - self.core.log.snapshot_index
+            >= self.timing.snapshot_entries + self.timing.snapshot_trailing_entries
+        ):
+            self._snapshot()
+
+    def _send_later(self, messages: Any) -> None:
+        if self._dead is None and self.running:
+            self._send_messages(messages)
+
+    def _send_messages(self, messages: Any) -> None:
+        send = self.transport.send
+        for message in messages:
+            if isinstance(message, InstallSnapshot):
+                self._start_snapshot_transfer(message)
+            else:
+                send(message)
+        self.counters["messages_sent"] += len(messages)
+
+    def _role_changed(self, soft: Any, outcomes: list) -> None:
+        self.log.info(
+            "{node}: {role} in term {term}, leader {leader}",
+            node=self.node_id, role=soft.role, term=soft.term, leader=soft.leader_id,
+        )
+        if soft.leader_id is not None and soft.leader_id != self._last_leader:
+            self.counters["leader_changes_seen"] += 1
+            self._last_leader = soft.leader_id
+        # Proposals of an earlier leadership may still be committed by the next leader
+        # (or may have been overwritten): the outcome is unknown, and the client must
+        # retry with its idempotency key.
+        lost = [
+            index for index, (term, _, _) in self._proposals.items()
+            if soft.role != LEADER or term != soft.term
+        ]
+        for index in sorted(lost):
+            term, d, timeout = self._proposals.pop(index)
+            _cancel(timeout)
+            outcomes.append((d, Failure(
+                ProposalDropped(
+                    "leadership (term %d) was lost before entry %d was committed; it may "
+                    "still be committed by the next leader (outcome unknown)" % (term, index)
+                )
+            )))
+
+    # ------------------------------------------------------------- snapshots
+
+    def take_snapshot(self) -> SnapshotMeta:
+        """Store the state machine's image durably, then compact the log behind it."""
+        if self.snapshots is None:
+            raise FatalNodeError("this node has no snapshot store")
+        index, term, data = self.state_machine.snapshot()
+        meta = SnapshotMeta(index, term)
+        self.snapshots.save(meta, data)
+        self._snapshot_stored(meta, data)
+        return meta
+
+    def _snapshot(self) -> None:
+        begin = getattr(self.state_machine, "begin_snapshot", None)
+        if begin is None or self._run_in_thread is None:
+            self.take_snapshot()
+            return
+        # Reading and fsyncing a whole database takes longer than an election timeout
+        # once it holds a few megabytes: pin a consistent image here, and read and
+        # store it in a worker thread while this thread goes on applying entries.  The
+        # log is compacted only once the file is durable.
+        index, term, read = begin()
+        meta = SnapshotMeta(index, term)
+        store = self.snapshots
+        self._snapshot_running = True
+
+        def work() -> bytes:
+            data = read()
+            store.write(meta, data)
+            return data
+
+        def stored(data: bytes) -> None:
+            self._snapshot_running = False
+            if self._dead is None and self.running:
+                store.remember(meta, data)
+                self._snapshot_stored(meta, data)
+
+        def failed(failure: Failure) -> None:
+            self._snapshot_running = False
+            if self._dead is None and self.running:
+                self._fatal(failure)
+
+        self._run_in_thread(work).addCallbacks(stored, failed).addErrback(self._fatal)
+
+    def _snapshot_stored(self, meta: SnapshotMeta, data: bytes) -> None:
+        self.counters["snapshots_taken"] += 1
+        upto = min(meta.index, self.core.last_applied) - self.timing.snapshot_trailing_entries
+        if upto > self.core.log.snapshot_index:
+            compact = SnapshotMeta(upto, self.core.log.term_at(upto))
+            self.storage.compact(compact)
+            self.core.compact(compact)
+        self.log.info(
+            "{node}: snapshot at index {index} ({size} bytes); log starts after {first}",
+            node=self.node_id, index=meta.index, size=len(data),
+            first=self.core.log.snapshot_index,
+        )
+
+    def _start_snapshot_transfer(self, message: InstallSnapshot) -> None:
+        if not self.transfers.start(message.receiver, message.term, message.last_included_index):
+            raise FatalNodeError(
+                "a follower needs a snapshot at index %d or later but none is stored"
+                % message.last_included_index
+            )
+
+    def _transfer_wanted(self, peer: str, term: int) -> bool:
+        core = self.core
+        if core.role != LEADER or core.term != term:
+            return False
+        progress = core.progress.get(peer)
+        # A probe is how the core re-checks a silent transfer; it usually ends with the
+        # snapshot offered again, and the transfer should go on where it was.
+        return progress is not None and progress.state in (SNAPSHOT, PROBE)
+
+    def _snapshot_chunk(self, message: InstallSnapshot) -> None:
+        core = self.core
+        if (
+            message.last_included_index <= core.commit_index
+            and message.term == core.term
+            and message.sender == core.leader_id
+            and not self.transfers.receiving_from(message.sender, message.term)
+        ):
+            # We already hold everything it covers (perhaps our last answer was lost):
+            # let the core say so, which ends the leader's transfer.
+            meta, data = SnapshotMeta(message.last_included_index, message.last_included_term), None
+        else:
+            complete = self.transfers.received(message, core.term, core.leader_id)
+            if complete is None:
+                return
+            meta, data = complete
+        if meta.index > self.core.commit_index:
+            if self.snapshots is not None:
+                self.snapshots.save(meta, data)
+            # Durable state machine first: a crash after this is reconciled by _recover.
+            self.state_machine.restore(meta.index, meta.term, data)
+            self.counters["snapshots_installed"] += 1
+            self.log.info(
+                "{node}: installed snapshot at index {index} from {leader}",
+                node=self.node_id, index=meta.index, leader=message.sender,
+            )
+        self.core.step(
+            InstallSnapshot(
+                message.term, message.sender, self.node_id, meta.index, meta.term, done=True
+            )
+        )
+
+    def _send_direct(self, message: Any) -> None:
+        self.transport.send(message)
+
+    # -------------------------------------------------------------- failures
+
+    def _not_leader(self, leader_id: Optional[str]) -> NotLeader:
+        member = self.members.get(leader_id) if leader_id is not None else None
+        if member is None:
+            return NotLeader(leader_id, None)
+        return NotLeader(leader_id, member.http_url, member.public_url)
+
+    def _proposal_timed_out(self, index: int) -> None:
+        pending = self._proposals.pop(index, None)
+        if pending is not None:
+            pending[1].errback(
+                CommitTimeout(
+                    "entry %d was not committed within %gs; it may still be (outcome unknown)"
+                    % (index, self.timing.proposal_timeout_seconds)
+                )
+            )
+
+    def _read_timed_out(self, ctx: Hashable) -> None:
+        pending = self._reads.pop(ctx, None)
+        if pending is not None:
+            pending[0].errback(
+                ReadTimeout(
+                    "leadership could not be confirmed within %gs"
+                    % (self.timing.read_timeout_seconds,)
+                )
+            )
+
+    def _fail_everything(self, read_error: Exception, write_error: Exception) -> None:
+        proposals, self._proposals = self._proposals, {}
+        for _, d, timeout in proposals.values():
+            _cancel(timeout)
+            d.errback(write_error)
+        reads, self._reads = self._reads, {}
+        for d, timeout in reads.values():
+            _cancel(timeout)
+            d.errback(read_error)
+
+    def _fatal(self, failure: Failure) -> None:
+        self._dead = failure
+        self.log.failure(
+            "{node}: fatal error; the node stops taking part to keep its promises",
+            failure, node=self.node_id,
+        )
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        error = FatalNodeError(str(failure.value))
+        self._fail_everything(error, error)
+        if self._on_fatal is not None:
+            self._on_fatal(failure)
+
+
+def _cancel(call: Any) -> None:
+    if call is not None and call.active():
+        call.cancel()
+
+
+def _failed(error: Exception) -> Deferred:
+    d: Deferred = Deferred()
+    d.errback(error)
+    return d

@@ -1,0 +1,2 @@
+"""Operator and test tools: real local clusters, the ``txraft-cluster`` console and the
+chaos harness."""
