@@ -413,8 +413,8 @@ def main() -> None:
     parser.add_argument("--txraft-args", default="",
                         help="extra 'twistd raftnode' options, e.g. '--tick-ms 5'")
     parser.add_argument("--txraft-patches", default="",
-                        help="proposed patches to measure (bench/patched.py: direct, quiet, "
-                             "parallel, normal), comma-separated")
+                        help="proposed patches to measure (bench/patched.py: content), "
+                             "comma-separated")
     parser.add_argument("--reactor", choices=("default", "asyncio", "uvloop"),
                         default="default",
                         help="txraft nodes' reactor: twistd's default (epoll), or Twisted's "
@@ -422,7 +422,7 @@ def main() -> None:
     parser.add_argument("--variants", default="",
                         help="also run txraft with these patch sets, interleaved with the "
                              "rest (A/B under the same noise): sets separated by ';', "
-                             "patches by ',', e.g. 'parallel,normal;direct,quiet'")
+                             "patches by ',', e.g. 'content'")
     parser.add_argument("--python", default=sys.executable,
                         help="interpreter for the txraft nodes (e.g. a PyPy with the deps)")
     parser.add_argument("--profile", action="store_true",
@@ -465,9 +465,6 @@ def main() -> None:
     machine = common.machine()
     print(common.describe(machine))
     fsync = {s: FSYNC[s] for s in systems}
-    if "txraft" in fsync and "normal" in patches:
-        fsync["txraft"] = ("yes for the Raft log (one fsync per batch); the SQLite state "
-                           "machine runs with synchronous=NORMAL (patch 'normal')")
     for s in systems:
         print("fsync, %s: %s" % (s, fsync[s]))
     root = common.scratch_dir("txraft-bench-http-")

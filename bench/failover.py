@@ -319,7 +319,7 @@ def main() -> None:
                         help="seconds of quiet after the restarted node caught up")
     parser.add_argument("--trial-timeout", type=float, default=10.0)
     parser.add_argument("--txraft-patches", default="",
-                        help="proposed patches to measure (bench/patched.py), e.g. direct")
+                        help="proposed patches to measure (bench/patched.py), e.g. content")
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--txraft-args", default="")
     parser.add_argument("--max-load", type=float, default=1.5)

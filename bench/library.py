@@ -262,7 +262,7 @@ def main() -> None:
                         help="txraft's state machine: the SQLite key-value one (fsync on "
                              "apply) or an in-memory dict [kv]")
     parser.add_argument("--txraft-patches", default="",
-                        help="proposed patches to measure (bench/patched.py), e.g. parallel,normal")
+                        help="proposed patches to measure (bench/patched.py), e.g. content")
     parser.add_argument("--reactor", choices=("default", "asyncio", "uvloop"),
                         default="default",
                         help="txraft nodes' reactor: twistd's default (epoll), or Twisted's "
@@ -291,9 +291,6 @@ def main() -> None:
     machine = common.machine()
     print(common.describe(machine))
     fsync = dict((s, FSYNC[s]) for s in systems)
-    if "txraft" in fsync and "normal" in args.txraft_patches:
-        fsync["txraft"] = ("yes for the Raft log; the SQLite state machine runs with "
-                           "synchronous=NORMAL (patch 'normal')")
     if "txraft" in fsync and args.state_machine == "memory":
         fsync["txraft"] = "yes for the Raft log; the in-memory state machine does not fsync"
     for s, text in fsync.items():
