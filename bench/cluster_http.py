@@ -340,30 +340,6 @@ def report(rows: List[Dict[str, Any]], memory: Dict[str, Any]) -> Dict[str, Any]
                 table,
                 title="%s (%s; latency ms from wrk; ldr%% = leader CPU, %% of one core; "
                       "ratio = txraft/etcd)" % (workload, unit))
-    variants = sorted({r["system"] for r in rows if r["system"].startswith("txraft+")})
-    if variants:
-        table = []
-        for w, n, c in keys:
-            base = index.get(("txraft", n, w, c))
-            e = index.get(("etcd", n, w, c))
-            for v in variants:
-                x = index.get((v, n, w, c))
-                if x is None:
-                    continue
-                table.append([w, n, c, v[len("txraft+"):], fmt(x["ops_per_s"], 0),
-                              fmt(x["p50_ms"], 2), fmt(x["p99_ms"], 1), str(x["error_count"]),
-                              fmt(x.get("leader_cpu_us_per_op"), 0),
-                              fmt(ratio(x["ops_per_s"], base and base["ops_per_s"]), 2),
-                              fmt(ratio(x["p50_ms"], base and base["p50_ms"]), 2),
-                              fmt(ratio(x["ops_per_s"], e and e["ops_per_s"]), 2),
-                              fmt(ratio(x["p50_ms"], e and e["p50_ms"]), 2)])
-                ratios.append({"workload": w, "nodes": n, "connections": c, "variant": v,
-                               "throughput_ratio": ratio(x["ops_per_s"], e and e["ops_per_s"]),
-                               "p50_ratio": ratio(x["p50_ms"], e and e["p50_ms"]),
-                               "vs_txraft": ratio(x["ops_per_s"], base and base["ops_per_s"])})
-        print_table(["workload", "nodes", "conns", "patches", "/s", "p50", "p99", "err",
-                     "ldr us/op", "x txraft", "p50 x txraft", "x etcd", "p50 x etcd"], table,
-                    title="txraft with proposed patches (bench/patched.py), interleaved")
     goals: Dict[str, Any] = {}
     t = index.get(("txraft", 3, "write", 64))
     e = index.get(("etcd", 3, "write", 64))
@@ -412,17 +388,10 @@ def main() -> None:
                         help="etcd --heartbeat-interval [100, its default]")
     parser.add_argument("--txraft-args", default="",
                         help="extra 'twistd raftnode' options, e.g. '--tick-ms 5'")
-    parser.add_argument("--txraft-patches", default="",
-                        help="proposed patches to measure (bench/patched.py: content), "
-                             "comma-separated")
     parser.add_argument("--reactor", choices=("default", "asyncio", "uvloop"),
                         default="default",
                         help="txraft nodes' reactor: twistd's default (epoll), or Twisted's "
                              "asyncio reactor, optionally on uvloop [default]")
-    parser.add_argument("--variants", default="",
-                        help="also run txraft with these patch sets, interleaved with the "
-                             "rest (A/B under the same noise): sets separated by ';', "
-                             "patches by ',', e.g. 'content'")
     parser.add_argument("--python", default=sys.executable,
                         help="interpreter for the txraft nodes (e.g. a PyPy with the deps)")
     parser.add_argument("--profile", action="store_true",
@@ -443,16 +412,11 @@ def main() -> None:
             args.name = "cluster_http-quick"
 
     require("wrk")
-    patches = [x for x in args.txraft_patches.split(",") if x]
-    txraft_app = "bench.patched:" + "_".join(["kv"] + patches) if patches else "kv"
+    txraft_app = "kv"
     node_python = common.node_python(args.reactor, args.python)
-    if args.name in ("cluster_http", "cluster_http-quick"):
-        args.name += "".join("-" + p for p in patches)
-        if args.reactor != "default":
-            args.name += "-" + args.reactor
+    if args.name in ("cluster_http", "cluster_http-quick") and args.reactor != "default":
+        args.name += "-" + args.reactor
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    variants = ["txraft+" + "+".join(x.strip() for x in v.split(",") if x.strip())
-                for v in args.variants.split(";") if v.strip()]
     if "etcd" in systems and require("etcd", needed=False) is None:
         systems.remove("etcd")
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
@@ -477,10 +441,6 @@ def main() -> None:
             running: Dict[str, System] = {}
             size_root = os.path.join(root, "n%d" % size)
             try:
-                for variant in variants:
-                    running[variant] = Txraft(
-                        size, size_root, args.txraft_args.split(), node_python,
-                        "bench.patched:kv_" + "_".join(variant.split("+")[1:]), name=variant)
                 for s in systems:
                     if s == "txraft":
                         running[s] = Txraft(size, size_root, args.txraft_args.split(),
