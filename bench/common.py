@@ -3,6 +3,11 @@
 The benchmark scripts in ``bench/`` install nothing: :func:`require` says what is missing
 and how to get it.  Results go to ``bench/results/<name>-<timestamp>.json`` (and
 ``<name>-latest.json``, which ``bench/plots.py`` and the docs read), plots to ``docs/img``.
+
+They run from any directory: every path is relative to this file, and txraft is the one of
+the checkout this file lives in (first on ``sys.path``, and so on the nodes' PYTHONPATH
+too, which ``LocalCluster`` derives from the txraft it was imported from), whatever else
+is installed or on PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -25,10 +30,28 @@ RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 IMG_DIR = os.path.join(REPO_ROOT, "docs", "img")
 WRK_SCRIPT = os.path.join(BENCH_DIR, "wrk.lua")
 
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+# First, even when REPO_ROOT is already further down the path (an editable install of this
+# checkout, with another txraft on PYTHONPATH or installed ahead of it).
+while REPO_ROOT in sys.path:
+    sys.path.remove(REPO_ROOT)
+sys.path.insert(0, REPO_ROOT)
 
+import txraft  # noqa: E402
 from txraft.tools.localcluster import free_port, http  # noqa: E402
+
+if os.path.dirname(os.path.dirname(os.path.realpath(txraft.__file__))) != os.path.realpath(
+        REPO_ROOT):
+    sys.exit("bench: txraft was imported from %s, not from this checkout (%s)"
+             % (os.path.dirname(txraft.__file__), REPO_ROOT))
+
+
+def shown(path: str) -> str:
+    """``path`` as printed: relative to the repository root when run from there (as the
+    docs show it), else absolute, so that it is right whatever the current directory."""
+    path = os.path.abspath(path)
+    if os.path.abspath(os.getcwd()) == REPO_ROOT:
+        return os.path.relpath(path, REPO_ROOT)
+    return path
 
 #: How to get each tool a benchmark may need (Debian and PyPI names).
 HOW_TO_GET = {
@@ -277,7 +300,7 @@ def save_results(name: str, doc: Dict[str, Any]) -> str:
     for target in (path, os.path.join(RESULTS_DIR, "%s-latest.json" % name)):
         with open(target, "w") as f:
             f.write(text + "\n")
-    print("results: %s" % os.path.relpath(path, REPO_ROOT))
+    print("results: %s" % shown(path))
     return path
 
 

@@ -210,7 +210,7 @@ def main() -> None:
         else:
             written += fn(plt, doc, args.out)
     for path in written:
-        print("wrote %s" % os.path.relpath(path, common.REPO_ROOT))
+        print("wrote %s" % common.shown(path))
 
 
 if __name__ == "__main__":
