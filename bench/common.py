@@ -49,7 +49,7 @@ def shown(path: str) -> str:
     """``path`` as printed: relative to the repository root when run from there (as the
     docs show it), else absolute, so that it is right whatever the current directory."""
     path = os.path.abspath(path)
-    if os.path.abspath(os.getcwd()) == REPO_ROOT:
+    if os.path.abspath(os.getcwd()) == REPO_ROOT and path.startswith(REPO_ROOT + os.sep):
         return os.path.relpath(path, REPO_ROOT)
     return path
 
