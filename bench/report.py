@@ -63,6 +63,7 @@ def http_tables(doc) -> str:
             ["nodes", "conns", "txraft /s", "txraft p50 / p99 / p99.9 ms", "errors",
              "txraft leader CPU µs/op", "etcd /s", "etcd p50 / p99 / p99.9 ms", "errors",
              "etcd leader CPU µs/op", "ratio /s", "ratio p50"], rows))
+    # txraft+<patches> rows: results of the --variants runs, before bench/patched.py went.
     variants = sorted({s for (s, n, w, c) in index if s.startswith("txraft+")})
     if variants:
         rows = []
