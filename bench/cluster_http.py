@@ -15,6 +15,14 @@ warm-up and the txraft and etcd rows alternate, so both see the same machine.
   ``serializable``), both against the leader;
 * CPU used by each node and by wrk during the run, and the resident memory of idle nodes.
 
+``--against DIR`` (repeatable, or comma-separated) adds the txraft of another checkout
+``DIR`` (e.g. a clone of an older commit) as the system ``txraft@<its short commit>``,
+interleaved with this tree's rows as etcd's are, so before and after see the same machine;
+each row then shows after/before = this tree / the other.  Its nodes run from ``DIR``
+alone (``PYTHONPATH=DIR``, working directory ``DIR``, that tree's twistd plugin; checked
+from what each node reports), with ``--python-against`` or else ``--python``; nothing of
+``DIR`` is imported here, so any layout with the same ``twistd raftnode`` options works.
+
 Both systems fsync every acknowledged write (see ``FSYNC`` in ``bench/common.py``).
 
 Usage::
@@ -22,6 +30,9 @@ Usage::
     python bench/cluster_http.py                 # the full run (about 15 minutes)
     python bench/cluster_http.py --quick         # a smoke run (about 2 minutes)
     python bench/cluster_http.py --sizes 3 --connections 64 --workloads write --profile
+    git clone -q . /tmp/before && git -C /tmp/before checkout -q dac2096
+    python bench/cluster_http.py --sizes 3 --workloads write --connections 64 --repeat 3 \
+        --systems txraft --against /tmp/before
 
 It installs nothing: without ``wrk`` it stops and says how to get it; without ``etcd`` it
 measures txraft alone and says so.
@@ -113,11 +124,24 @@ class Txraft(System):
     name = "txraft"
 
     def __init__(self, size: int, root: str, extra_args: List[str], python: str, app: str,
-                 name: str = "txraft"):
+                 name: str = "txraft", tree: Optional[str] = None, reactor: str = "default"):
+        """``tree``: run the txraft of that checkout instead (``--against``)."""
         self.name = name
-        self.cluster = LocalCluster(size, os.path.join(root, name), app=app,
-                                    extra_args=extra_args, python=python)
+        self.tree = tree
+        directory = os.path.join(root, name.replace("@", "-at-"))
+        if tree is None:
+            self.cluster = LocalCluster(size, directory, app=app, extra_args=extra_args,
+                                        python=python)
+        else:
+            self.cluster = common.TreeCluster(size, directory, tree, reactor=reactor, app=app,
+                                              extra_args=extra_args, python=python)
         self._leader = _start(self.cluster)
+        if tree is not None:
+            try:
+                self.cluster.check_nodes()
+            except BaseException:
+                self.cluster.stop_all()
+                raise
 
     def leader(self) -> str:
         self._leader = self.cluster.wait_for_leader(timeout=30)
@@ -131,11 +155,12 @@ class Txraft(System):
 
     def counter(self, leader: str) -> Dict[str, Any]:
         s = common.txraft_leader_status(self.cluster, leader)
+        counters = s.get("counters", {})  # (another tree's node may not count them all)
         return {"count": s["applied_index"], "term": s["term"], "role": s["role"],
-                "reads": s["counters"].get("reads", 0),
-                "fsync_batches": s["counters"].get("fsync_batches", 0),
-                "entries_persisted": s["counters"].get("entries_persisted", 0),
-                "messages_sent": s["counters"].get("messages_sent", 0)}
+                "reads": counters.get("reads", 0),
+                "fsync_batches": counters.get("fsync_batches", 0),
+                "entries_persisted": counters.get("entries_persisted", 0),
+                "messages_sent": counters.get("messages_sent", 0)}
 
     def preload(self, leader: str, keys: int) -> None:
         for i in range(keys):
@@ -306,6 +331,69 @@ def median_rows(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return out
 
 
+def after_before(x: Optional[Dict[str, Any]], y: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """This tree's row ``x`` over another tree's ``y``: throughput, p50, p99, leader CPU."""
+    return {"ops_per_s": ratio(x and x["ops_per_s"], y and y["ops_per_s"]),
+            "p50_ms": ratio(x and x["p50_ms"], y and y["p50_ms"]),
+            "p99_ms": ratio(x and x["p99_ms"], y and y["p99_ms"]),
+            "leader_cpu_us_per_op": ratio(x and x.get("leader_cpu_us_per_op"),
+                                          y and y.get("leader_cpu_us_per_op"))}
+
+
+def this_tree() -> str:
+    rev = common.tree_revision(common.REPO_ROOT)
+    return rev["short"] + ("-dirty" if rev["dirty"] else "")
+
+
+def against_report(rows: List[Dict[str, Any]], all_runs: List[Dict[str, Any]],
+                   against: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Print this tree against each ``--against`` tree, row by row; return the ratios.
+
+    after/before is this tree's median row over the other tree's; "per repeat" pairs the
+    two runs of the same repeat, which ran back to back."""
+    index = {(r["system"], r["nodes"], r["workload"], r["connections"]): r for r in rows}
+    runs = {(r["system"], r["nodes"], r["workload"], r["connections"], r.get("repeat")): r
+            for r in all_runs if not r.get("profiled")}
+    keys = sorted({(r["workload"], r["nodes"], r["connections"]) for r in rows},
+                  key=lambda k: (list(WORKLOADS).index(k[0]), k[1], k[2]))
+    repeats = sorted({r.get("repeat") for r in all_runs if not r.get("profiled")},
+                     key=lambda r: -1 if r is None else r)
+    out, table = [], []
+    for a in against:
+        for w, n, c in keys:
+            t, b = index.get(("txraft", n, w, c)), index.get((a["name"], n, w, c))
+            if b is None:
+                continue
+            q = after_before(t, b)
+            per_repeat = [ratio(x["ops_per_s"], y["ops_per_s"])
+                          for x, y in ((runs.get(("txraft", n, w, c, rep)),
+                                        runs.get((a["name"], n, w, c, rep))) for rep in repeats)
+                          if x and y]
+            out.append({"workload": w, "nodes": n, "connections": c, "against": a["name"],
+                        "after_over_before": q, "per_repeat_ops_per_s": per_repeat})
+            table.append([w, n, c, a["name"], fmt(b["ops_per_s"], 0), fmt(b["p50_ms"], 2),
+                          fmt(b["p99_ms"], 1), str(b["error_count"]),
+                          fmt(b.get("leader_cpu_us_per_op"), 0),
+                          fmt(t and t["ops_per_s"], 0), fmt(t and t["p50_ms"], 2),
+                          fmt(t and t["p99_ms"], 1),
+                          fmt(q["ops_per_s"], 2), fmt(q["p50_ms"], 2), fmt(q["p99_ms"], 2),
+                          fmt(q["leader_cpu_us_per_op"], 2),
+                          " ".join(fmt(r, 2) for r in per_repeat) or "-"])
+    if table:
+        print_table(["workload", "nodes", "conns", "before", "/s", "p50", "p99", "err",
+                     "ldr us/op", "after /s", "p50", "p99", "after/before /s", "p50", "p99",
+                     "ldr us/op", "/s per repeat"], table,
+                    title="this tree (txraft, %s) after, --against trees before, interleaved "
+                          "(latency ms; after/before = this tree / the other)"
+                          % this_tree())
+        for r in out:
+            print("  %s %dn c=%d: after/before %s (txraft / %s)" % (
+                r["workload"], r["nodes"], r["connections"],
+                fmt(r["after_over_before"]["ops_per_s"], 2), r["against"]))
+        print()
+    return out
+
+
 def report(rows: List[Dict[str, Any]], memory: Dict[str, Any]) -> Dict[str, Any]:
     """Print one table per workload with txraft/etcd ratios; return the goal verdicts."""
     index = {(r["system"], r["nodes"], r["workload"], r["connections"]): r for r in rows}
@@ -340,30 +428,6 @@ def report(rows: List[Dict[str, Any]], memory: Dict[str, Any]) -> Dict[str, Any]
                 table,
                 title="%s (%s; latency ms from wrk; ldr%% = leader CPU, %% of one core; "
                       "ratio = txraft/etcd)" % (workload, unit))
-    variants = sorted({r["system"] for r in rows if r["system"].startswith("txraft+")})
-    if variants:
-        table = []
-        for w, n, c in keys:
-            base = index.get(("txraft", n, w, c))
-            e = index.get(("etcd", n, w, c))
-            for v in variants:
-                x = index.get((v, n, w, c))
-                if x is None:
-                    continue
-                table.append([w, n, c, v[len("txraft+"):], fmt(x["ops_per_s"], 0),
-                              fmt(x["p50_ms"], 2), fmt(x["p99_ms"], 1), str(x["error_count"]),
-                              fmt(x.get("leader_cpu_us_per_op"), 0),
-                              fmt(ratio(x["ops_per_s"], base and base["ops_per_s"]), 2),
-                              fmt(ratio(x["p50_ms"], base and base["p50_ms"]), 2),
-                              fmt(ratio(x["ops_per_s"], e and e["ops_per_s"]), 2),
-                              fmt(ratio(x["p50_ms"], e and e["p50_ms"]), 2)])
-                ratios.append({"workload": w, "nodes": n, "connections": c, "variant": v,
-                               "throughput_ratio": ratio(x["ops_per_s"], e and e["ops_per_s"]),
-                               "p50_ratio": ratio(x["p50_ms"], e and e["p50_ms"]),
-                               "vs_txraft": ratio(x["ops_per_s"], base and base["ops_per_s"])})
-        print_table(["workload", "nodes", "conns", "patches", "/s", "p50", "p99", "err",
-                     "ldr us/op", "x txraft", "p50 x txraft", "x etcd", "p50 x etcd"], table,
-                    title="txraft with proposed patches (bench/patched.py), interleaved")
     goals: Dict[str, Any] = {}
     t = index.get(("txraft", 3, "write", 64))
     e = index.get(("etcd", 3, "write", 64))
@@ -412,19 +476,21 @@ def main() -> None:
                         help="etcd --heartbeat-interval [100, its default]")
     parser.add_argument("--txraft-args", default="",
                         help="extra 'twistd raftnode' options, e.g. '--tick-ms 5'")
-    parser.add_argument("--txraft-patches", default="",
-                        help="proposed patches to measure (bench/patched.py: direct, quiet, "
-                             "parallel, normal), comma-separated")
     parser.add_argument("--reactor", choices=("default", "asyncio", "uvloop"),
                         default="default",
                         help="txraft nodes' reactor: twistd's default (epoll), or Twisted's "
                              "asyncio reactor, optionally on uvloop [default]")
-    parser.add_argument("--variants", default="",
-                        help="also run txraft with these patch sets, interleaved with the "
-                             "rest (A/B under the same noise): sets separated by ';', "
-                             "patches by ',', e.g. 'parallel,normal;direct,quiet'")
     parser.add_argument("--python", default=sys.executable,
                         help="interpreter for the txraft nodes (e.g. a PyPy with the deps)")
+    parser.add_argument("--against", action="append", default=[], metavar="DIR",
+                        help="also run the txraft of the checkout DIR (e.g. a clone of an "
+                             "older commit) as the system txraft@<its short commit>, "
+                             "interleaved with this tree's rows, and print after/before = "
+                             "this tree / DIR per row; repeatable or comma-separated. The "
+                             "same --txraft-args and --reactor apply to its nodes")
+    parser.add_argument("--python-against", default=None, metavar="PY",
+                        help="interpreter for the --against nodes, e.g. that tree's own "
+                             "venv [--python]")
     parser.add_argument("--profile", action="store_true",
                         help="after the 3-node 64-connection write row, run it once more "
                              "under py-spy (leader and one follower) and summarize")
@@ -433,26 +499,35 @@ def main() -> None:
                         help="wait up to this many seconds for load average <= --max-load")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: sizes 1,3; connections 1,64; 2 s rows; 1 s warm-up")
-    parser.add_argument("--name", default="cluster_http", help="results file name")
+    parser.add_argument("--name", default=None,
+                        help="results file name [cluster_http, or cluster_http-against with "
+                             "--against; -quick added with --quick]")
     args = parser.parse_args()
     common.exit_cleanly_on_sigterm()
+    against_dirs = [common.check_tree(d.strip()) for ds in args.against for d in ds.split(",")
+                    if d.strip()]
+    if args.name is None:
+        args.name = "cluster_http-against" if against_dirs else "cluster_http"
     if args.quick:
         args.sizes, args.connections, args.extra_sizes = "1,3", "1,64", "3"
         args.seconds, args.warmup = 2.0, 1.0
-        if args.name == "cluster_http":
-            args.name = "cluster_http-quick"
+        if args.name in ("cluster_http", "cluster_http-against"):
+            args.name += "-quick"
 
     require("wrk")
-    patches = [x for x in args.txraft_patches.split(",") if x]
-    txraft_app = "bench.patched:" + "_".join(["kv"] + patches) if patches else "kv"
+    txraft_app = "kv"
     node_python = common.node_python(args.reactor, args.python)
-    if args.name in ("cluster_http", "cluster_http-quick"):
-        args.name += "".join("-" + p for p in patches)
-        if args.reactor != "default":
-            args.name += "-" + args.reactor
+    if args.name in ("cluster_http", "cluster_http-quick") and args.reactor != "default":
+        args.name += "-" + args.reactor
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    variants = ["txraft+" + "+".join(x.strip() for x in v.split(",") if x.strip())
-                for v in args.variants.split(";") if v.strip()]
+    against: List[Dict[str, Any]] = []
+    for tree in against_dirs:
+        rev = common.tree_revision(tree)
+        name = "txraft@%s%s" % (rev["short"], "-dirty" if rev["dirty"] else "")
+        if name in [a["name"] for a in against]:
+            name += "(%s)" % tree
+        against.append(dict(rev, name=name, dir=tree,
+                            python=args.python_against or args.python))
     if "etcd" in systems and require("etcd", needed=False) is None:
         systems.remove("etcd")
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
@@ -465,11 +540,17 @@ def main() -> None:
     machine = common.machine()
     print(common.describe(machine))
     fsync = {s: FSYNC[s] for s in systems}
-    if "txraft" in fsync and "normal" in patches:
-        fsync["txraft"] = ("yes for the Raft log (one fsync per batch); the SQLite state "
-                           "machine runs with synchronous=NORMAL (patch 'normal')")
     for s in systems:
         print("fsync, %s: %s" % (s, fsync[s]))
+    for a in against:
+        print("against: %s = %s (commit %s%s), nodes on %s" % (
+            a["name"], a["dir"], a["commit"], ", txraft/ or shop/ modified" if a["dirty"] else "",
+            a["python"]))
+    trees = {a["name"]: a for a in against}
+    # The other trees' rows next to this tree's (or last), interleaved like the rest.
+    order = [x for s in systems for x in ([s] + list(trees) if s == "txraft" else [s])]
+    order += [a for a in trees if a not in order]
+    width = max(len(s) for s in order + ["txraft"])
     root = common.scratch_dir("txraft-bench-http-")
     rows: List[Dict[str, Any]] = []
     memory: Dict[str, Any] = {}
@@ -480,20 +561,19 @@ def main() -> None:
             running: Dict[str, System] = {}
             size_root = os.path.join(root, "n%d" % size)
             try:
-                for variant in variants:
-                    running[variant] = Txraft(
-                        size, size_root, args.txraft_args.split(), node_python,
-                        "bench.patched:kv_" + "_".join(variant.split("+")[1:]), name=variant)
-                for s in systems:
+                for s in order:
                     if s == "txraft":
                         running[s] = Txraft(size, size_root, args.txraft_args.split(),
                                             node_python, txraft_app)
+                    elif s in trees:
+                        running[s] = Txraft(size, size_root, args.txraft_args.split(),
+                                            trees[s]["python"], txraft_app, name=s,
+                                            tree=trees[s]["dir"], reactor=args.reactor)
                     else:
                         running[s] = Etcd(size, size_root, args.etcd_election_ms,
                                           args.etcd_heartbeat_ms)
                 time.sleep(2.0)
-                memory[str(size)] = {s: idle_memory(sys_) for s, sys_ in running.items()
-                                     if s in systems}
+                memory[str(size)] = {s: idle_memory(sys_) for s, sys_ in running.items()}
                 print("%d node(s) up; idle memory, MiB (rss/pss/uss): %s" % (size, "; ".join(
                     "%s %s" % (s, " ".join("%s=%s/%s/%s" % (n, m["rss"], m["pss"], m["uss"])
                                            for n, m in mem.items() if m))
@@ -512,18 +592,20 @@ def main() -> None:
                 n = 0
                 for rep in range(args.repeat):
                     for w, c in plan:
-                        order = list(running.values())
+                        turn = list(running.values())
                         if n % 2:
-                            order.reverse()
+                            turn.reverse()
                         n += 1
-                        for sys_ in order:
+                        done: Dict[str, Dict[str, Any]] = {}
+                        for sys_ in turn:
                             row = run_row(sys_, size, w, c, args)
                             row["repeat"] = rep
                             rows.append(row)
-                            print("  %-6s %dn %-14s c=%-3d %9s/s  p50 %7s ms  p99 %7s ms  "
+                            done[sys_.name] = row
+                            print("  %-*s %dn %-14s c=%-3d %9s/s  p50 %7s ms  p99 %7s ms  "
                                   "p99.9 %7s ms  err %d  cpu leader %s%% (%s us/op) wrk %s%%  "
                                   "load %s%s"
-                                  % (sys_.name, size, w, c, fmt(row["ops_per_s"], 0),
+                                  % (width, sys_.name, size, w, c, fmt(row["ops_per_s"], 0),
                                      fmt(row["p50_ms"], 2), fmt(row["p99_ms"], 1),
                                      fmt(row["p999_ms"], 1), row["error_count"],
                                      fmt(row["leader_cpu_pct"], 0),
@@ -547,8 +629,14 @@ def main() -> None:
                                             path, common.REPO_ROOT)
                                 print("  (profiled run: %s/s; profiles: %s)" % (
                                     fmt(prow["ops_per_s"], 0), sorted(profiles)), flush=True)
+                        for a in trees:
+                            if "txraft" in done and a in done:
+                                q = after_before(done["txraft"], done[a])
+                                print("  %-*s after/before %s /s, p50 %s (txraft / %s)" % (
+                                    width, "", fmt(q["ops_per_s"], 2), fmt(q["p50_ms"], 2), a),
+                                    flush=True)
                 memory[str(size)]["after_load"] = {
-                    s: idle_memory(sys_) for s, sys_ in running.items() if s in systems}
+                    s: idle_memory(sys_) for s, sys_ in running.items()}
             finally:
                 for sys_ in running.values():
                     sys_.stop()
@@ -557,6 +645,7 @@ def main() -> None:
     table_rows = median_rows(rows)
     print()
     verdict = report(table_rows, memory)
+    verdict["after_before"] = against_report(table_rows, rows, against)
     for role, prof in profiles.items():
         print("\npy-spy, %s during 3-node 64-connection writes: %d main-thread samples, "
               "waiting in epoll %.1f%%; where the busy time goes:"
@@ -573,6 +662,7 @@ def main() -> None:
         "fsync": fsync, "txraft_app": txraft_app,
         "idle_rss_mib": memory, "rows": table_rows, "all_runs": rows,
         "ratios": verdict["ratios"], "goals": verdict["goals"], "profiles": profiles,
+        "against": against, "after_before": verdict["after_before"],
         "command": shlex.join(["python"] + sys.argv),
     })
 

@@ -3,6 +3,11 @@
 The benchmark scripts in ``bench/`` install nothing: :func:`require` says what is missing
 and how to get it.  Results go to ``bench/results/<name>-<timestamp>.json`` (and
 ``<name>-latest.json``, which ``bench/plots.py`` and the docs read), plots to ``docs/img``.
+
+They run from any directory: every path is relative to this file, and txraft is the one of
+the checkout this file lives in (first on ``sys.path``, and so on the nodes' PYTHONPATH
+too, which ``LocalCluster`` derives from the txraft it was imported from), whatever else
+is installed or on PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -25,10 +30,28 @@ RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 IMG_DIR = os.path.join(REPO_ROOT, "docs", "img")
 WRK_SCRIPT = os.path.join(BENCH_DIR, "wrk.lua")
 
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+# First, even when REPO_ROOT is already further down the path (an editable install of this
+# checkout, with another txraft on PYTHONPATH or installed ahead of it).
+while REPO_ROOT in sys.path:
+    sys.path.remove(REPO_ROOT)
+sys.path.insert(0, REPO_ROOT)
 
-from txraft.tools.localcluster import free_port, http  # noqa: E402
+import txraft  # noqa: E402
+from txraft.tools.localcluster import LocalCluster, free_port, http  # noqa: E402
+
+if os.path.dirname(os.path.dirname(os.path.realpath(txraft.__file__))) != os.path.realpath(
+        REPO_ROOT):
+    sys.exit("bench: txraft was imported from %s, not from this checkout (%s)"
+             % (os.path.dirname(txraft.__file__), REPO_ROOT))
+
+
+def shown(path: str) -> str:
+    """``path`` as printed: relative to the repository root when run from there (as the
+    docs show it), else absolute, so that it is right whatever the current directory."""
+    path = os.path.abspath(path)
+    if os.path.abspath(os.getcwd()) == REPO_ROOT and path.startswith(REPO_ROOT + os.sep):
+        return os.path.relpath(path, REPO_ROOT)
+    return path
 
 #: How to get each tool a benchmark may need (Debian and PyPI names).
 HOW_TO_GET = {
@@ -277,7 +300,7 @@ def save_results(name: str, doc: Dict[str, Any]) -> str:
     for target in (path, os.path.join(RESULTS_DIR, "%s-latest.json" % name)):
         with open(target, "w") as f:
             f.write(text + "\n")
-    print("results: %s" % os.path.relpath(path, REPO_ROOT))
+    print("results: %s" % shown(path))
     return path
 
 
@@ -640,3 +663,132 @@ def txraft_leader_status(cluster, leader: str) -> Dict[str, Any]:
 def scratch_dir(prefix: str) -> str:
     """A fresh directory for cluster data (on the same disk as the system temp dir)."""
     return tempfile.mkdtemp(prefix=prefix)
+
+
+# ------------------------------------------------------------- another checkout of txraft
+
+#: What a node of another checkout runs as ``PYTHON -c CODE twistd-arguments...``: that
+#: tree alone provides txraft and its twistd plugin (other checkouts on the path, such as
+#: this one through an editable install, are dropped), then one ``TXRAFT-TREE`` line says
+#: where txraft and the raftnode service module came from, then twistd runs.
+_TREE_NODE_CODE = r'''
+import json, os, sys
+tree = %(tree)r
+def _other_checkout(p):
+    p = os.path.abspath(p or os.curdir)
+    return (p != tree
+            and os.path.isfile(os.path.join(p, "twisted", "plugins", "txraft_raftnode.py"))
+            and not os.path.isfile(os.path.join(p, "twisted", "__init__.py")))
+sys.path[:] = [tree] + [p for p in sys.path
+                        if os.path.abspath(p or os.curdir) != tree and not _other_checkout(p)]
+reactor = %(reactor)r
+if reactor != "default":
+    import asyncio
+    if reactor == "uvloop":
+        import uvloop
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    from twisted.internet import asyncioreactor
+    asyncioreactor.install(asyncio.new_event_loop())
+import importlib.util
+import twisted.plugins
+import txraft
+from twisted.application.service import IServiceMaker
+from twisted.plugin import getPlugins
+modules = sorted({p.module for p in getPlugins(IServiceMaker, twisted.plugins)
+                  if p.tapname == "raftnode"})
+print("TXRAFT-TREE " + json.dumps({
+    "txraft": os.path.dirname(os.path.abspath(txraft.__file__)),
+    "plugin_files": [os.path.join(d, "txraft_raftnode.py") for d in twisted.plugins.__path__
+                     if os.path.isfile(os.path.join(d, "txraft_raftnode.py"))],
+    "raftnode_modules": {m: importlib.util.find_spec(m).origin for m in modules},
+}), flush=True)
+from twisted.scripts.twistd import run
+run()
+'''
+
+
+def tree_revision(tree: str) -> Dict[str, Any]:
+    """The git commit of a checkout: short and full hash, and whether txraft/ or shop/
+    differ from it (``short`` is the directory's name when it is not a git checkout)."""
+    full = _run(["git", "-C", tree, "rev-parse", "HEAD"]).strip()
+    if not full:
+        return {"short": os.path.basename(os.path.normpath(tree)), "commit": None,
+                "dirty": None}
+    dirty = bool(_run(["git", "-C", tree, "status", "--porcelain", "--untracked-files=no",
+                       "txraft", "shop", "twisted"]).strip())
+    return {"short": _run(["git", "-C", tree, "rev-parse", "--short", "HEAD"]).strip(),
+            "commit": full, "dirty": dirty}
+
+
+def check_tree(tree: str) -> str:
+    """``tree`` as an absolute path if it is a txraft checkout a node can run from."""
+    tree = os.path.realpath(tree)
+    for part in ("txraft/__init__.py", "twisted/plugins/txraft_raftnode.py"):
+        if not os.path.isfile(os.path.join(tree, part)):
+            sys.exit("--against %s: not a txraft checkout (no %s)" % (tree, part))
+    return tree
+
+
+class TreeCluster(LocalCluster):
+    """A ``LocalCluster`` whose nodes run the txraft of another checkout ``tree``.
+
+    Same processes, options and HTTP as this tree's nodes (the command line is this
+    tree's ``LocalCluster.command``), but started with ``PYTHONPATH=tree``, in ``tree``,
+    through :data:`_TREE_NODE_CODE`; nothing of ``tree`` is imported into this process,
+    so ``tree`` may have any layout (e.g. the flat ``txraft.node`` one before 9dbb56e)
+    as long as its ``twistd raftnode`` takes these options and serves ``/raft/status``.
+    :meth:`check_nodes` reads back where each node's txraft came from.
+    """
+
+    def __init__(self, size: int, root: str, tree: str, reactor: str = "default",
+                 **kwargs: Any):
+        super().__init__(size, root, **kwargs)
+        self.tree = tree
+        self.code = _TREE_NODE_CODE % {"tree": tree, "reactor": reactor}
+
+    def command(self, node: Any, secret_file: Optional[str] = None) -> List[str]:
+        cmd = super().command(node, secret_file)
+        if cmd[1:2] != ["-c"] or "raftnode" not in cmd:
+            raise RuntimeError("LocalCluster.command is no longer 'PYTHON -c CODE ... "
+                               "raftnode ...': TreeCluster needs updating (%r)" % cmd[:6])
+        return [cmd[0], "-c", self.code] + cmd[3:]
+
+    def start(self, node_id: str, secret_file: Optional[str] = None) -> Any:
+        node = self.nodes[node_id]
+        if node.alive():
+            raise RuntimeError("%s is already running" % node_id)
+        os.makedirs(node.data_dir, exist_ok=True)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = self.tree + os.pathsep + env.get("PYTHONPATH", "")
+        env.pop("TXRAFT_SECRET", None)
+        log = open(node.log_path, "ab")
+        try:
+            node.process = subprocess.Popen(
+                self.command(node, secret_file), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, cwd=self.tree, env=env, start_new_session=True)
+        finally:
+            log.close()
+        node.paused = False
+        return node
+
+    def check_nodes(self) -> Dict[str, Any]:
+        """What every node reported about its txraft; raises unless all of it is ``tree``'s."""
+        reports = {}
+        inside = lambda path: path is not None and os.path.realpath(path).startswith(  # noqa: E731
+            self.tree + os.sep)
+        for node_id, node in self.nodes.items():
+            with open(node.log_path, encoding="utf-8", errors="replace") as f:
+                lines = [l for l in f if l.startswith("TXRAFT-TREE ")]
+            if not lines:
+                raise RuntimeError("%s of %s did not report its txraft:\n%s"
+                                   % (node_id, self.tree, self.logs(10)))
+            report = json.loads(lines[-1][len("TXRAFT-TREE "):])
+            if (os.path.realpath(report["txraft"]) != os.path.join(self.tree, "txraft")
+                    or os.path.join(self.tree, "twisted", "plugins", "txraft_raftnode.py")
+                    not in [os.path.realpath(p) for p in report["plugin_files"]]
+                    or not report["raftnode_modules"]
+                    or not all(inside(o) for o in report["raftnode_modules"].values())):
+                raise RuntimeError("%s was to run the txraft of %s but runs %r"
+                                   % (node_id, self.tree, report))
+            reports[node_id] = report
+        return reports

@@ -318,8 +318,6 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=0.5,
                         help="seconds of quiet after the restarted node caught up")
     parser.add_argument("--trial-timeout", type=float, default=10.0)
-    parser.add_argument("--txraft-patches", default="",
-                        help="proposed patches to measure (bench/patched.py), e.g. direct")
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--txraft-args", default="")
     parser.add_argument("--max-load", type=float, default=1.5)
@@ -331,10 +329,8 @@ def main() -> None:
     common.exit_cleanly_on_sigterm()
     if args.quick:
         args.trials = 10
-    patches = [x for x in args.txraft_patches.split(",") if x]
-    txraft_app = "bench.patched:" + "_".join(["kv"] + patches) if patches else "kv"
-    name = args.name or ("failover" + "".join("-" + p for p in patches)
-                         + ("-quick" if args.quick else ""))
+    txraft_app = "kv"
+    name = args.name or ("failover" + ("-quick" if args.quick else ""))
     random.seed(args.seed)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if "etcd" in systems and require("etcd", needed=False) is None:

@@ -223,14 +223,3 @@ def open_memory_state_machine(data_dir: str) -> MemoryStateMachine:
 application = Application("bench-kv", open_state_machine, make_resource)
 memory_application = Application("bench-memory", open_memory_state_machine, make_resource)
 
-
-def __getattr__(name: str):
-    """``kv_<patch>_...`` / ``memory_<patch>_...``: with proposed patches (bench/patched.py)."""
-    if name.startswith("__"):
-        raise AttributeError(name)
-    base, *patches = name.split("_")
-    if base not in ("kv", "memory"):
-        raise AttributeError(name)
-    from bench.patched import apply
-
-    return apply(application if base == "kv" else memory_application, patches)

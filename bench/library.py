@@ -203,11 +203,11 @@ class PySyncObjCluster:
 
 
 class TxraftCluster:
-    def __init__(self, root: str, state_machine: str, python: str, extra: List[str],
-                 patches: List[str]):
+    def __init__(self, root: str, state_machine: str, python: str, extra: List[str]):
         from txraft.tools.localcluster import LocalCluster
 
-        app = "bench.libapp:" + "_".join([state_machine] + patches)
+        app = "bench.libapp:" + ("application" if state_machine == "kv"
+                                 else "memory_application")
         self.cluster = LocalCluster(3, root, app=app, python=python, extra_args=extra)
         self.cluster.start_all()
         self.cluster.wait_for_leader(timeout=60)
@@ -261,8 +261,6 @@ def main() -> None:
     parser.add_argument("--state-machine", choices=("kv", "memory"), default="kv",
                         help="txraft's state machine: the SQLite key-value one (fsync on "
                              "apply) or an in-memory dict [kv]")
-    parser.add_argument("--txraft-patches", default="",
-                        help="proposed patches to measure (bench/patched.py), e.g. parallel,normal")
     parser.add_argument("--reactor", choices=("default", "asyncio", "uvloop"),
                         default="default",
                         help="txraft nodes' reactor: twistd's default (epoll), or Twisted's "
@@ -278,22 +276,17 @@ def main() -> None:
     if args.quick:
         args.seconds, args.warmup = 2.0, 1.0
     name = args.name or "library" + ("-memory" if args.state_machine == "memory" else "") + (
-        "-" + args.txraft_patches.replace(",", "-") if args.txraft_patches else "") + (
         "-" + args.reactor if args.reactor != "default" else "") + (
         "-quick" if args.quick else "")
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if "pysyncobj" in systems and require("pysyncobj", needed=False) is None:
         systems.remove("pysyncobj")
     ks = [int(k) for k in args.inflight.split(",")]
-    patches = [x for x in args.txraft_patches.split(",") if x]
     node_python = common.node_python(args.reactor, args.python)
     load_at_start = common.wait_until_quiet(args.max_load, args.wait_quiet)
     machine = common.machine()
     print(common.describe(machine))
     fsync = dict((s, FSYNC[s]) for s in systems)
-    if "txraft" in fsync and "normal" in args.txraft_patches:
-        fsync["txraft"] = ("yes for the Raft log; the SQLite state machine runs with "
-                           "synchronous=NORMAL (patch 'normal')")
     if "txraft" in fsync and args.state_machine == "memory":
         fsync["txraft"] = "yes for the Raft log; the in-memory state machine does not fsync"
     for s, text in fsync.items():
@@ -306,7 +299,7 @@ def main() -> None:
         for s in systems:
             if s == "txraft":
                 running[s] = TxraftCluster(os.path.join(root, "txraft"), args.state_machine,
-                                           node_python, args.txraft_args.split(), patches)
+                                           node_python, args.txraft_args.split())
             else:
                 running[s] = PySyncObjCluster(3)
         n = 0

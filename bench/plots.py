@@ -101,7 +101,7 @@ def http_plots(plt, doc, out_dir, later=None):
 
 
 def failover_plot(plt, doc, out_dir, extra=()):
-    """``extra``: (label, summary) of other runs to overlay, e.g. a proposed patch."""
+    """``extra``: (label, summary) of other runs to overlay, e.g. a later commit's."""
     summaries = [s for s in doc.get("summaries", []) if s.get("downtimes_ms")]
     extra_colors = ["#9467bd", "#2ca02c", "#ff7f0e", "#8c564b"]
     summaries += [dict(s, system=label, color=extra_colors[i % len(extra_colors)])
@@ -169,9 +169,10 @@ def main() -> None:
     parser.add_argument("--results-suffix", default="",
                         help="read <name><suffix>-latest.json, e.g. -quick")
     parser.add_argument("--out", default=common.IMG_DIR)
-    parser.add_argument("--failover-patches", default="direct;after",
-                        help="overlay failover-<patches> results of txraft, ';'-separated "
-                             "('after': a later commit's run, named failover-after)")
+    parser.add_argument("--failover-overlays", default="after",
+                        help="overlay txraft's summary from failover-<name> results, "
+                             "';'-separated ('after': a later commit's run, named "
+                             "failover-after) [after]")
     args = parser.parse_args()
     if not common.have_module("matplotlib"):
         sys.exit("missing: matplotlib is not installed: " + common.HOW_TO_GET["matplotlib"])
@@ -193,23 +194,23 @@ def main() -> None:
             written += fn(plt, doc, args.out, later if _newer(later, doc) else None)
             continue
         if name == "failover":
-            # Overlay txraft runs with proposed patches (bench/failover.py --txraft-patches).
+            # Overlay txraft from other runs (bench/failover.py --name failover-<name>).
             extra = []
-            for patches in args.failover_patches.split(";"):
-                other = common.load_results("failover-" + patches.replace(",", "-")
-                                            + args.results_suffix) if patches else None
+            for overlay in args.failover_overlays.split(";"):
+                other = common.load_results("failover-" + overlay
+                                            + args.results_suffix) if overlay else None
                 if not _newer(other, doc):
                     continue  # an overlay older than the run it is drawn on misleads
                 for s in other.get("summaries", []):
                     if s["system"] == "txraft":
                         label = ("txraft, %s" % other["machine"].get("txraft_commit", "later")
-                                 if patches == "after" else "txraft + %s (proposed)" % patches)
+                                 if overlay == "after" else "txraft (failover-%s)" % overlay)
                         extra.append((label, s))
             written += fn(plt, doc, args.out, extra)
         else:
             written += fn(plt, doc, args.out)
     for path in written:
-        print("wrote %s" % os.path.relpath(path, common.REPO_ROOT))
+        print("wrote %s" % common.shown(path))
 
 
 if __name__ == "__main__":

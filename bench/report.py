@@ -63,6 +63,7 @@ def http_tables(doc) -> str:
             ["nodes", "conns", "txraft /s", "txraft p50 / p99 / p99.9 ms", "errors",
              "txraft leader CPU µs/op", "etcd /s", "etcd p50 / p99 / p99.9 ms", "errors",
              "etcd leader CPU µs/op", "ratio /s", "ratio p50"], rows))
+    # txraft+<patches> rows: results of the --variants runs, before bench/patched.py went.
     variants = sorted({s for (s, n, w, c) in index if s.startswith("txraft+")})
     if variants:
         rows = []
@@ -83,10 +84,33 @@ def http_tables(doc) -> str:
                      + table(["workload", "nodes", "conns", "patches", "/s", "p50 / p99 ms",
                               "leader CPU µs/op", "/s vs txraft", "p50 vs txraft",
                               "/s vs etcd"], rows))
+    trees = [a["name"] for a in doc.get("against", [])]
+    if trees:
+        rows = []
+        for r in doc.get("after_before", []):
+            n, w, c, a = r["nodes"], r["workload"], r["connections"], r["against"]
+            x, b = index.get(("txraft", n, w, c)), index.get((a, n, w, c))
+            q = r["after_over_before"]
+            rows.append([w, n, c, a, "%s%s" % (fmt(b["ops_per_s"], 0),
+                                                " (leader moved)" if b.get("leader_changed")
+                                                else ""),
+                         "%s / %s" % (fmt(b["p50_ms"], 2), fmt(b["p99_ms"], 1)),
+                         fmt(b.get("leader_cpu_us_per_op"), 0),
+                         fmt(x and x["ops_per_s"], 0),
+                         "%s / %s" % (fmt(x and x["p50_ms"], 2), fmt(x and x["p99_ms"], 1)),
+                         fmt(x and x.get("leader_cpu_us_per_op"), 0),
+                         fmt(q["ops_per_s"], 2), fmt(q["p50_ms"], 2),
+                         ", ".join(fmt(v, 2) for v in r.get("per_repeat_ops_per_s", []))])
+        parts.append("**This tree (txraft, %s) after, other checkouts (`--against`) before, "
+                     "interleaved**\n\n" % doc.get("machine", {}).get("txraft_commit", "?")
+                     + table(["workload", "nodes", "conns", "before", "before /s",
+                              "before p50 / p99 ms", "before leader CPU µs/op", "after /s",
+                              "after p50 / p99 ms", "after leader CPU µs/op",
+                              "after/before /s", "after/before p50", "/s per repeat"], rows))
     mem = doc.get("idle_rss_mib", {})
     rows = []
     for size, systems in sorted(mem.items()):
-        for system in ("txraft", "etcd"):
+        for system in ["txraft"] + trees + ["etcd"]:
             nodes = systems.get(system) or {}
             vals = [v for v in nodes.values() if v]
             if vals:

@@ -93,8 +93,6 @@ def main() -> None:
                         help="orders without an Idempotency-Key")
     parser.add_argument("--target", choices=("leader", "follower"), default="leader")
     parser.add_argument("--wrk-threads", type=int, default=1)
-    parser.add_argument("--txraft-patches", default="",
-                        help="proposed patches to measure (bench/patched.py)")
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--txraft-args", default="")
     parser.add_argument("--max-load", type=float, default=1.5)
@@ -105,10 +103,8 @@ def main() -> None:
     common.exit_cleanly_on_sigterm()
     if args.quick:
         args.seconds, args.warmup = 2.0, 1.0
-    patches = [x for x in args.txraft_patches.split(",") if x]
-    app = "bench.patched:" + "_".join(["shop"] + patches) if patches else "shop"
-    name = args.name or ("shop" + "".join("-" + p for p in patches)
-                         + ("-quick" if args.quick else ""))
+    app = "shop"
+    name = args.name or ("shop" + ("-quick" if args.quick else ""))
     require("wrk")
     conns = [int(c) for c in args.connections.split(",")]
     load_at_start = common.wait_until_quiet(args.max_load, args.wait_quiet)
