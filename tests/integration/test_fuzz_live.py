@@ -35,10 +35,11 @@ from txraft.core.messages import (
     AppendEntries,
     AppendEntriesResponse,
     Entry,
-    InstallSnapshot,
     InstallSnapshotResponse,
     RequestVote,
     RequestVoteResponse,
+    SnapshotChunk,
+    SnapshotChunkAck,
 )
 from txraft.runtime.transport import INBOUND_DROPS, UDPTransport
 
@@ -70,11 +71,12 @@ def stale_messages(sender, receiver):
     return [
         RequestVote(0, sender, receiver, 0, 0, pre_vote=False),
         RequestVote(0, sender, receiver, 5, 0, pre_vote=True),
-        RequestVoteResponse(0, sender, receiver, True),
+        RequestVoteResponse(0, sender, receiver, vote_granted=True),
         AppendEntries(0, sender, receiver, 0, 0, (Entry(1, 0, b"x" * 40),), 0, 1),
-        AppendEntriesResponse(0, sender, receiver, True, 3, 0, 0, 0, 1),
-        InstallSnapshot(0, sender, receiver, 10, 0, 0, b"s" * 3000, True, 1),  # 3 fragments
-        InstallSnapshotResponse(0, sender, receiver, 10, True, 100, 1),
+        AppendEntriesResponse(0, sender, receiver, success=True, match_index=3, rejected_index=0, conflict_index=0, conflict_term=0, read_seq=1),
+        SnapshotChunk(0, sender, receiver, 10, 0, 0, b"s" * 3000, done=True, read_seq=1),  # 3 fragments
+        InstallSnapshotResponse(0, sender, receiver, 10, success=True, read_seq=1),
+        SnapshotChunkAck(0, receiver, sender, 10, 100, done=False),
     ]
 
 

@@ -21,7 +21,7 @@ from txraft.runtime.codec import (
 from txraft.core.messages import (
     ENTRY_KINDS,
     ENTRY_NOOP,
-    MESSAGE_TYPES,
+    WIRE_TYPES,
     AppendEntries,
     AppendEntriesResponse,
     Entry,
@@ -29,6 +29,9 @@ from txraft.core.messages import (
     InstallSnapshotResponse,
     RequestVote,
     RequestVoteResponse,
+    SnapshotChunk,
+    SnapshotChunkAck,
+    SnapshotStatus,
 )
 
 uints = st.one_of(
@@ -69,12 +72,13 @@ messages = st.one_of(
     st.builds(AppendEntriesResponse, term=uints, sender=ids, receiver=ids,
               success=st.booleans(), match_index=uints, rejected_index=uints,
               conflict_index=uints, conflict_term=uints, read_seq=uints),
-    st.builds(InstallSnapshot, term=uints, sender=ids, receiver=ids,
+    st.builds(InstallSnapshotResponse, term=uints, sender=ids, receiver=ids,
+              last_included_index=uints, success=st.booleans(), read_seq=uints),
+    st.builds(SnapshotChunk, term=uints, sender=ids, receiver=ids,
               last_included_index=uints, last_included_term=uints, offset=uints,
               data=datas, done=st.booleans(), read_seq=uints),
-    st.builds(InstallSnapshotResponse, term=uints, sender=ids, receiver=ids,
-              last_included_index=uints, success=st.booleans(), next_offset=uints,
-              read_seq=uints),
+    st.builds(SnapshotChunkAck, term=uints, sender=ids, receiver=ids,
+              last_included_index=uints, next_offset=uints, done=st.booleans()),
 )
 
 # Any msgpack-representable value, including the kinds our format never uses.
@@ -91,7 +95,7 @@ msgpack_values = st.recursive(
 )
 
 # Each message type's tag and arity (tag included), to build plausible-looking garbage.
-SHAPES = [(1, 7), (2, 6), (3, 9), (4, 10), (5, 10), (6, 8)]
+SHAPES = [(1, 7), (2, 6), (3, 9), (4, 10), (7, 7), (8, 10), (9, 7)]
 
 
 def _assert_decodes_or_refuses(data):
@@ -99,7 +103,7 @@ def _assert_decodes_or_refuses(data):
         message = decode_message(data)
     except CodecError:
         return None
-    assert type(message) in MESSAGE_TYPES, message
+    assert type(message) in WIRE_TYPES, message
     # Whatever decodes is canonical enough to survive another round trip.
     assert decode_message(encode_message(message)) == message
     return message
@@ -119,14 +123,15 @@ class RoundTripTests(SynchronousTestCase):
     def test_every_type_has_a_distinct_tag(self):
         """Each message class encodes with its own tag, first in the array."""
         samples = [
-            RequestVote(1, "a", "b", 2, 3, True),
-            RequestVoteResponse(1, "a", "b", True),
+            RequestVote(1, "a", "b", 2, 3, pre_vote=True),
+            RequestVoteResponse(1, "a", "b", vote_granted=True),
             AppendEntries(3, "a", "b", 2, 1, (Entry(3, 3, b"x"),), 2, 7),
-            AppendEntriesResponse(1, "a", "b", False, 0, 2, 1, 1, 7),
-            InstallSnapshot(1, "a", "b", 10, 1, 0, b"snap", False, 3),
-            InstallSnapshotResponse(1, "a", "b", 10, True, 4, 3),
+            AppendEntriesResponse(1, "a", "b", success=False, match_index=0, rejected_index=2, conflict_index=1, conflict_term=1, read_seq=7),
+            InstallSnapshotResponse(1, "a", "b", 10, success=True, read_seq=3),
+            SnapshotChunk(1, "a", "b", 10, 1, 0, b"snap", done=False, read_seq=3),
+            SnapshotChunkAck(1, "b", "a", 10, 4, done=False),
         ]
-        self.assertEqual([type(m) for m in samples], list(MESSAGE_TYPES))
+        self.assertEqual([type(m) for m in samples], list(WIRE_TYPES))
         tags = [msgpack.unpackb(encode_message(m))[0] for m in samples]
         self.assertEqual(sorted(set(tags)), tags)
         for m in samples:
@@ -142,7 +147,7 @@ class RoundTripTests(SynchronousTestCase):
 
     def test_unicode_ids(self):
         """Ids are text: non-ASCII ids of the maximum length round-trip."""
-        message = RequestVoteResponse(3, "\U0001f600" * MAX_ID_CHARS, "é", False)
+        message = RequestVoteResponse(3, "\U0001f600" * MAX_ID_CHARS, "é", vote_granted=False)
         self.assertEqual(decode_message(encode_message(message)), message)
 
 
@@ -150,9 +155,25 @@ class EncodeErrorTests(SynchronousTestCase):
     """Encoding refuses what it cannot represent with CodecError."""
 
     def test_not_a_message(self):
-        """An object that is not one of MESSAGE_TYPES is refused."""
+        """An object that is not one of WIRE_TYPES is refused."""
         self.assertRaises(CodecError, encode_message, Entry(1, 1))
         self.assertRaises(CodecError, encode_message, {"term": 1})
+
+    def test_core_only_messages_never_reach_the_wire(self):
+        """A whole InstallSnapshot travels as SnapshotChunks, and a SnapshotStatus is a
+        local report: the codec refuses both rather than put an image or a report in
+        one datagram."""
+        self.assertRaises(CodecError, encode_message,
+                          InstallSnapshot(1, "a", "b", 10, 1, data=b"image"))
+        self.assertRaises(CodecError, encode_message,
+                          SnapshotStatus(1, "b", "a", finished=True))
+
+    def test_retired_tags_are_refused(self):
+        """Tags 5 and 6 (snapshot chunks and their answers before chunks had types of
+        their own) are never decoded as anything: a tag is never reused."""
+        for tag, arity in ((5, 10), (6, 8)):
+            raw = msgpack.packb([tag] + [0] * (arity - 1))
+            self.assertRaises(CodecError, decode_message, raw)
 
     def test_unpackable_field(self):
         """A field msgpack cannot pack (an object, an int beyond 64 bits) is refused,
@@ -230,8 +251,8 @@ class DecodeErrorTests(SynchronousTestCase):
         self.assertEqual(len(decode_message(msgpack.packb(ok, use_bin_type=True)).entries), 2)
 
     def test_snapshot_data_must_be_bytes(self):
-        """InstallSnapshot data sent as str (msgpack raw string) is refused."""
-        self._refused([5, 1, "a", "b", 10, 1, 0, "text", True, 0])
+        """SnapshotChunk data sent as str (msgpack raw string) is refused."""
+        self._refused([8, 1, "a", "b", 10, 1, 0, "text", True, 0])
 
     def test_msgpack_level_garbage(self):
         """Trailing bytes, truncation, invalid UTF-8, maps, ext types, deep nesting and

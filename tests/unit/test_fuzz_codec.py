@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from txraft.runtime.codec import CodecError, decode_message, encode_message
-from txraft.core.messages import MESSAGE_TYPES, InstallSnapshot, RequestVote
+from txraft.core.messages import WIRE_TYPES, RequestVote, SnapshotChunk
 from txraft.runtime.transport import (
     FLAG_MAC,
     INBOUND_DROPS,
@@ -108,7 +108,7 @@ class CodecInputTypeTests(SynchronousTestCase):
             message = decode_message(data)
         except CodecError:
             return
-        self.assertIn(type(message), MESSAGE_TYPES)
+        self.assertIn(type(message), WIRE_TYPES)
 
 
 class EnvelopeRoundTripTests(SynchronousTestCase):
@@ -131,8 +131,8 @@ class EnvelopeRoundTripTests(SynchronousTestCase):
         self.assertTrue(accounted(b))
 
     def test_fragments_of_a_snapshot_chunk(self):
-        """A 200 kB InstallSnapshot needs ~150 datagrams and survives reordering."""
-        message = InstallSnapshot(3, "a", "b", 10, 2, 0, bytes(range(256)) * 800, True, 1)
+        """A 200 kB SnapshotChunk needs ~150 datagrams and survives reordering."""
+        message = SnapshotChunk(3, "a", "b", 10, 2, 0, bytes(range(256)) * 800, done=True, read_seq=1)
         a, _ = make("a")
         b, inbox = make("b")
         a.send(message)
@@ -154,7 +154,7 @@ class GarbageDatagramTests(SynchronousTestCase):
         self.assertEqual(receiver.stats["deliver_errors"], 0)
         self.assertTrue(accounted(receiver), receiver.stats)
         for message in inbox:
-            self.assertIn(type(message), MESSAGE_TYPES)
+            self.assertIn(type(message), WIRE_TYPES)
             self.assertEqual((message.sender, message.receiver), ("a", "b"))
         self.assertLessEqual(sum(len(p.partials) for p in receiver._peers.values()),
                              2 * receiver.max_partial_messages)

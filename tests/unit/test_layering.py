@@ -1,10 +1,11 @@
 """The import direction, enforced: the Raft core is sans-I/O and txraft never imports
 the application.
 
-STYLE.md principles 1 and 5: the core (every module of ``txraft/core/``)
-and the simulator (``txraft/testing/sim*.py``) import nothing that reaches a clock, a
-socket, a file, a thread or the global random module, so the same code runs
-deterministically under the simulator and in production; and no module under
+STYLE.md principles 1 and 5: the core (every module of ``txraft/core/``), the runtime
+pieces the simulator shares with the node (``txraft/runtime/executor.py`` and
+``transfer.py``) and the simulator (``txraft/testing/sim*.py``) import nothing that
+reaches a clock, a socket, a file, a thread or the global random module, so the same
+code runs deterministically under the simulator and in production; and no module under
 ``txraft/`` imports ``shop``.
 """
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import ast
 import os
+import subprocess
+import sys
 from typing import Iterator, List, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -26,6 +29,11 @@ FORBIDDEN = (
     "selectors", "subprocess", "multiprocessing", "datetime", "signal", "io", "pathlib",
     "sqlite3", "tempfile", "shutil", "urllib", "http",
 )
+
+#: Runtime modules the simulator runs as they are, so they must be pure too.
+PURE_RUNTIME = ("executor.py", "transfer.py")
+
+
 def pure_modules() -> List[str]:
     core = sorted(
         os.path.join(PACKAGE, "core", name) for name in os.listdir(os.path.join(PACKAGE, "core"))
@@ -36,7 +44,8 @@ def pure_modules() -> List[str]:
         os.path.join(testing, name) for name in os.listdir(testing)
         if name.startswith("sim") and name.endswith(".py")
     )
-    return core + sims
+    runtime = [os.path.join(PACKAGE, "runtime", name) for name in PURE_RUNTIME]
+    return core + runtime + sims
 
 
 def imports(path: str) -> Iterator[Tuple[int, str, Tuple[str, ...]]]:
@@ -74,7 +83,8 @@ class LayeringTests(SynchronousTestCase):
     def test_pure_modules_exist(self):
         """The list of checked modules is not silently empty (the test would pass)."""
         names = [os.path.relpath(p, PACKAGE) for p in pure_modules()]
-        for expected in ("core/raft.py", "core/log.py", "core/messages.py", "testing/sim.py"):
+        for expected in ("core/raft.py", "core/log.py", "core/messages.py", "core/progress.py",
+                         "runtime/executor.py", "runtime/transfer.py", "testing/sim.py"):
             self.assertIn(expected, names)
 
     def test_core_and_simulator_import_no_io(self):
@@ -86,6 +96,16 @@ class LayeringTests(SynchronousTestCase):
                 if top(module) in FORBIDDEN:
                     bad.append("%s:%d imports %s" % (os.path.relpath(path, PACKAGE), line, module))
         self.assertEqual(bad, [])
+
+    def test_simulator_loads_no_io_at_all(self):
+        """Transitively: importing the simulator (and with it the core, the executor and
+        the snapshot transfer it shares with the node) loads no Twisted module."""
+        code = ("import sys, txraft.testing.sim, txraft.testing.sim_faults; "
+                "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+                "('twisted', 'klein', 'treq', 'sqlite3')))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             cwd=os.path.dirname(PACKAGE), check=True)
+        self.assertEqual(out.stdout.strip(), "[]", out.stderr)
 
     def test_core_does_not_import_random(self):
         """STYLE.md principle 6: the core draws randomness only from the injected

@@ -1,4 +1,4 @@
-"""The node driver: persist -> send -> apply -> advance, proposals and reads as Deferreds.
+"""The node driver: the shared executor's order, proposals and reads as Deferreds.
 
 Driven by ``task.Clock`` and an in-memory network, with a storage and a state machine
 that journal what they were asked to do, so the order of work is asserted exactly.
@@ -22,9 +22,11 @@ from txraft.core.messages import (
     AppendEntries,
     AppendEntriesResponse,
     Entry,
-    InstallSnapshot,
     HardState,
+    InstallSnapshotResponse,
     RequestVoteResponse,
+    SnapshotChunk,
+    SnapshotChunkAck,
     SnapshotMeta,
 )
 from txraft.runtime.node import FatalNodeError, Member, RaftNode, Timing
@@ -465,9 +467,9 @@ class SnapshotTests(SynchronousTestCase):
         self.write(cluster, 60)
         for node_id, node in cluster.nodes.items():
             self.assertGreater(node.counters["snapshots_taken"], 0, node_id)
-            self.assertGreater(node.core.log.snapshot_index, 0)
+            self.assertGreater(node.core.snapshot_index, 0)
             _, meta, _ = cluster.storages[node_id].load()
-            self.assertEqual(meta.index, node.core.log.snapshot_index)
+            self.assertEqual(meta.index, node.core.snapshot_index)
             self.assertIsNotNone(SnapshotStore(
                 os.path.join(cluster.snapshot_root, node_id)).latest())
 
@@ -482,7 +484,7 @@ class SnapshotTests(SynchronousTestCase):
         victim = next(i for i in cluster.nodes if i != leader.node_id)
         cluster.nodes[victim].stopService()
         self.write(cluster, 80, b"w")
-        self.assertGreater(leader.core.log.snapshot_index, cluster.storages[victim].last_index())
+        self.assertGreater(leader.core.snapshot_index, cluster.storages[victim].last_index())
         cluster.network.lose_every = 7
         node = cluster.start(victim)
         cluster.run(3.0)
@@ -492,7 +494,7 @@ class SnapshotTests(SynchronousTestCase):
         self.assertEqual(cluster.machines[victim].applied,
                          cluster.machines[leader.node_id].applied)
         self.assertEqual(node.core.commit_index, cluster.leader().core.commit_index)
-        self.assertIn(("restore", victim, node.core.log.snapshot_index), cluster.journal)
+        self.assertIn(("restore", victim, node.core.snapshot_index), cluster.journal)
 
     def snapshot_pending(self):
         """One node whose first snapshot is waiting for its worker thread."""
@@ -513,13 +515,13 @@ class SnapshotTests(SynchronousTestCase):
         pinned = pins[0][2]
         self.assertEqual(len(threads.jobs), 1)
         self.assertEqual(node.counters["snapshots_taken"], 0)
-        self.assertEqual(node.core.log.snapshot_index, 0)
+        self.assertEqual(node.core.snapshot_index, 0)
         self.assertGreater(node.core.last_applied, pinned)
         store = SnapshotStore(os.path.join(cluster.snapshot_root, "n1"))
         self.assertIsNone(store.latest())
         threads.run_all()
         self.assertEqual(node.counters["snapshots_taken"], 1)
-        self.assertEqual(node.core.log.snapshot_index,
+        self.assertEqual(node.core.snapshot_index,
                          pinned - SNAPSHOT_TIMING.snapshot_trailing_entries)
         meta, data = SnapshotStore(os.path.join(cluster.snapshot_root, "n1")).latest()
         self.assertEqual(meta.index, pinned)
@@ -537,7 +539,7 @@ class SnapshotTests(SynchronousTestCase):
 
         node.snapshots.write = broken
         threads.run_all()
-        self.assertEqual(node.core.log.snapshot_index, 0)
+        self.assertEqual(node.core.snapshot_index, 0)
         self.assertEqual(len(cluster.fatal), 1)
         self.assertTrue(cluster.fatal[0].check(OSError))
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
@@ -567,7 +569,7 @@ class SnapshotTests(SynchronousTestCase):
         machine = cluster.machines["n1"]
         machine.restore(40, 7, msgpack.packb([(i, b"s") for i in range(1, 41)]))
         node = cluster.start("n1")
-        self.assertEqual(node.core.log.snapshot_index, 40)
+        self.assertEqual(node.core.snapshot_index, 40)
         self.assertEqual(node.core.commit_index, 40)
         cluster.clock.advance(0)
         out = result_of(node.propose(b"x"))
@@ -704,7 +706,7 @@ class StateMachineRollbackTests(SynchronousTestCase):
             cluster.nodes["n1"].propose(b"%d" % i)
             cluster.clock.advance(0)
         before = list(cluster.machines["n1"].applied)
-        self.assertGreater(cluster.nodes["n1"].core.log.snapshot_index, 2)
+        self.assertGreater(cluster.nodes["n1"].core.snapshot_index, 2)
         cluster.nodes["n1"].stopService()
         self.rolled_back(cluster, 0)
         node = cluster.start("n1")
@@ -712,25 +714,6 @@ class StateMachineRollbackTests(SynchronousTestCase):
         self.assertEqual(cluster.machines["n1"].applied[: len(before)], before)
         self.assertEqual([i for i, _ in cluster.machines["n1"].applied],
                          list(range(1, node.core.last_applied + 1)))
-
-
-class SnapshotChunkCoreTests(SynchronousTestCase):
-    def test_core_does_not_acknowledge_a_partial_snapshot(self):
-        """Figure 13: a follower's core acknowledges an InstallSnapshot only when it is
-        the whole snapshot (done); a chunk must not move the leader's match_index."""
-        from txraft.core import CoreConfig, RaftCore
-        from txraft.core.messages import InstallSnapshot
-
-        core = RaftCore("b", ["a", "b", "c"], CoreConfig(), random.Random(1))
-        core.step(InstallSnapshot(1, "a", "b", 50, 1, offset=0, data=b"x", done=False))
-        rd = core.ready()
-        self.assertEqual([m for m in rd.messages if type(m).__name__ == "InstallSnapshotResponse"], [])
-        self.assertEqual(core.commit_index, 0)
-        core.advance(rd)
-        core.step(InstallSnapshot(1, "a", "b", 50, 1, done=True))
-        rd = core.ready()
-        self.assertEqual(core.commit_index, 50)
-        self.assertEqual(rd.snapshot.index, 50)
 
 
 class RecordingTransport:
@@ -760,6 +743,32 @@ def lone_follower(test, snapshots=True):
 IMAGE = msgpack.packb([(i, b"e%d" % i) for i in range(1, 6)])
 
 
+class SnapshotReceiveTests(SynchronousTestCase):
+    def test_partial_image_draws_only_chunk_acknowledgements(self):
+        """Figure 13: until the last chunk is in, a follower answers with chunk
+        acknowledgements only; its core hears nothing, so nothing tells the leader the
+        snapshot is installed.  The last chunk installs it durably (the image file, the
+        state machine, the log compacted), and only then does the core's answer leave."""
+        node, storage, clock, fatal = lone_follower(self)
+        node.receive(AppendEntries(1, "n1", "n2", 0, 0, (), 0, 0))
+        clock.advance(0)
+        node.transport.sent = []
+        node.receive(SnapshotChunk(1, "n1", "n2", 5, 1, 0, IMAGE[:10], done=False))
+        clock.advance(0)
+        self.assertEqual([type(m) for m in node.transport.sent], [SnapshotChunkAck])
+        self.assertEqual(node.core.commit_index, 0)
+        node.receive(SnapshotChunk(1, "n1", "n2", 5, 1, 10, IMAGE[10:], done=True))
+        clock.advance(0)
+        self.assertEqual(fatal, [])
+        kinds = [type(m) for m in node.transport.sent]
+        self.assertEqual(kinds, [SnapshotChunkAck, SnapshotChunkAck, InstallSnapshotResponse])
+        self.assertEqual(node.transport.sent[-1].last_included_index, 5)
+        self.assertEqual(node.snapshots.latest(), (SnapshotMeta(5, 1), IMAGE))
+        self.assertEqual(node.state_machine.applied_index(), 5)
+        self.assertEqual(storage.load()[1], SnapshotMeta(5, 1))
+        self.assertEqual(node.counters["snapshots_installed"], 1)
+
+
 class SnapshotInstallOrderTests(SynchronousTestCase):
     def test_snapshot_inside_unsaved_entries(self):
         """Section 7: a follower whose unsaved log holds the snapshot's last entry keeps
@@ -769,7 +778,7 @@ class SnapshotInstallOrderTests(SynchronousTestCase):
         entries = tuple(Entry(i, 1, b"e%d" % i) for i in range(1, 11))
         # One reactor turn: a delayed pipelined AppendEntries, then the last chunk.
         node.receive(AppendEntries(1, "n1", "n2", 0, 0, entries, 0, 0))
-        node.receive(InstallSnapshot(1, "n1", "n2", 5, 1, offset=0, data=IMAGE, done=True))
+        node.receive(SnapshotChunk(1, "n1", "n2", 5, 1, 0, IMAGE, done=True))
         clock.advance(0)
         self.assertEqual(fatal, [])
         self.assertEqual(storage.last_index(), 10)
@@ -780,7 +789,7 @@ class SnapshotInstallOrderTests(SynchronousTestCase):
         node, storage, clock, fatal = lone_follower(self)
         node.receive(AppendEntries(1, "n1", "n2", 0, 0, (), 0, 0))
         clock.advance(0)
-        node.receive(InstallSnapshot(1, "n1", "n2", 5, 1, offset=0, data=IMAGE, done=True))
+        node.receive(SnapshotChunk(1, "n1", "n2", 5, 1, 0, IMAGE, done=True))
         node.receive(AppendEntries(1, "n1", "n2", 5, 1, (Entry(6, 1, b"e6"),), 5, 0))
         clock.advance(0)
         self.assertEqual(fatal, [])
@@ -800,7 +809,8 @@ class ReceiveFailureTests(SynchronousTestCase):
         node.snapshots.write = broken
         node.receive(AppendEntries(1, "n1", "n2", 0, 0, (), 0, 0))
         clock.advance(0)
-        node.receive(InstallSnapshot(1, "n1", "n2", 5, 1, offset=0, data=IMAGE, done=True))
+        node.receive(SnapshotChunk(1, "n1", "n2", 5, 1, 0, IMAGE, done=True))
+        clock.advance(0)
         self.assertEqual(len(fatal), 1)
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 

@@ -27,14 +27,18 @@ REGRESSIONS = {
     "LostSnapshot": {
         "doc": "Section 7 / Figure 13 over a lossy network: in seed %(seed)d snapshots or "
                "their answers are lost, yet after healing every follower catches up.",
-        # Fail with the fix reverted, current generator.
-        "current": (1, 19, 20, 38, 47, 53, 56, 75, 84, 90, 125, 153, 162, 188, 192, 194,
-                    199),
+        # Fail with the fix reverted, current generator: none in seeds 0-599 since the
+        # snapshot transfer reports to the core (a delivered image moves the follower to
+        # probing at once, so a lost InstallSnapshotResponse no longer waits for the
+        # re-offer); the scenario test still fails without the fix.
+        "current": (),
         # Failed with earlier generators (found first: 17, 42, 53, 56, 79, 92, 129, 166,
-        # 196, 203, 215, 223, 244, 245).
-        "historic": (2, 17, 23, 29, 42, 52, 54, 73, 79, 92, 112, 119, 129, 133, 145, 147,
-                     151, 155, 160, 161, 163, 166, 178, 189, 196, 203, 215, 223, 244, 245,
-                     273, 282, 290),
+        # 196, 203, 215, 223, 244, 245; then 1, 19, 20, 38, ... with the generator before
+        # the shared executor).
+        "historic": (1, 2, 17, 19, 20, 23, 29, 38, 42, 47, 52, 53, 54, 56, 73, 75, 79, 84,
+                     90, 92, 112, 119, 125, 129, 133, 145, 147, 151, 153, 155, 160, 161,
+                     162, 163, 166, 178, 188, 189, 192, 194, 196, 199, 203, 215, 223, 244,
+                     245, 273, 282, 290),
     },
     # "core: a stale-term AppendEntries answer must not acknowledge a ReadIndex round"
     # (dissertation section 6.4); scenario test StaleMessageTests.test_stale_term_
@@ -49,13 +53,16 @@ REGRESSIONS = {
     },
     # "core: leave PROBE on a success at match_index (no endless empty probes)", narrowed
     # by "a heartbeat answer moves a probed follower to REPLICATE only when it is caught
-    # up"; scenario tests SnapshotTests.* and BatchingAndDurabilityTests.test_follower_
-    # losing_big_batches_is_probed_not_flooded.
+    # up"; scenario tests SnapshotTests.test_follower_caught_up_by_a_snapshot_leaves_
+    # probing (fails with the first fix reverted) and BatchingAndDurabilityTests.test_
+    # follower_losing_big_batches_is_probed_not_flooded.
     "ProbePingPong": {
         "doc": "Sections 5.3 and 7: in seed %(seed)d a follower probed right after a "
                "snapshot does not draw empty probes forever (the idle cluster is quiet).",
-        "current": (86,),
-        "historic": (),
+        # None in seeds 0-599 with the current generator (86 failed with the one before
+        # the shared executor); the scenario tests still fail without the fix.
+        "current": (),
+        "historic": (86,),
     },
     # "core: probe a stalled follower once per heartbeat instead of refilling the
     # pipeline"; scenario test BatchingAndDurabilityTests.test_silent_follower_gets_one_
@@ -80,7 +87,7 @@ REGRESSIONS = {
 
 # Digest of the scenario drawn for seeds 0 and 1 over 20 simulated seconds (settings,
 # fault mix, every traced event, counters).  See the module docstring before changing.
-GENERATOR_FINGERPRINT = {0: "1b40f9c8129e", 1: "02d4be21b07b"}
+GENERATOR_FINGERPRINT = {0: "0929abea5b4f", 1: "c655f40dc72b"}
 
 
 def fingerprint(seed: int) -> str:

@@ -30,10 +30,11 @@ from txraft.core.messages import (
     AppendEntries,
     AppendEntriesResponse,
     Entry,
-    InstallSnapshot,
     InstallSnapshotResponse,
     RequestVote,
     RequestVoteResponse,
+    SnapshotChunk,
+    SnapshotChunkAck,
 )
 from txraft.runtime.transport import (
     INBOUND_DROPS,
@@ -92,11 +93,12 @@ class FakeReactor(Clock):
 def sample_messages():
     return [
         RequestVote(3, "a", "b", 10, 2, pre_vote=True),
-        RequestVoteResponse(3, "a", "b", True),
+        RequestVoteResponse(3, "a", "b", vote_granted=True),
         AppendEntries(3, "a", "b", 9, 2, (Entry(10, 3, b"x" * 64), Entry(11, 3, b"")), 9, 4),
-        AppendEntriesResponse(3, "a", "b", False, 0, 9, 5, 1, 4),
-        InstallSnapshot(3, "a", "b", 100, 2, 0, b"snapshot", False, 1),
-        InstallSnapshotResponse(3, "a", "b", 100, True, 8, 1),
+        AppendEntriesResponse(3, "a", "b", success=False, match_index=0, rejected_index=9, conflict_index=5, conflict_term=1, read_seq=4),
+        SnapshotChunk(3, "a", "b", 100, 2, 0, b"snapshot", done=False, read_seq=1),
+        InstallSnapshotResponse(3, "a", "b", 100, success=True, read_seq=1),
+        SnapshotChunkAck(3, "a", "b", 100, 8, done=False),
     ]
 
 
@@ -210,12 +212,13 @@ class RoundTripTests(TransportTestMixin, SynchronousTestCase):
         a, b = self.make("a"), self.make("b")
         for message in sample_messages():
             a.send(message)
-        self.assertEqual(self.carry(a, b), 6)
+        count = len(sample_messages())
+        self.assertEqual(self.carry(a, b), count)
         self.assertEqual(self.inbox["b"], sample_messages())
-        self.assertEqual(a.stats["sent"], 6)
-        self.assertEqual(a.stats["messages_sent"], 6)
-        self.assertEqual(b.stats["received"], 6)
-        self.assertEqual(b.stats["delivered"], 6)
+        self.assertEqual(a.stats["sent"], count)
+        self.assertEqual(a.stats["messages_sent"], count)
+        self.assertEqual(b.stats["received"], count)
+        self.assertEqual(b.stats["delivered"], count)
         self.assertEqual(self.nonzero(b, INBOUND_DROPS), {})
         self.assertAccounted(b)
 
@@ -224,9 +227,9 @@ class RoundTripTests(TransportTestMixin, SynchronousTestCase):
         a, b = self.make("a"), self.make("b")
         a.send(RequestVote(1, "a", "b", 0, 0))
         self.carry(a, b)
-        b.send(RequestVoteResponse(1, "b", "a", True))
+        b.send(RequestVoteResponse(1, "b", "a", vote_granted=True))
         self.carry(b, a)
-        self.assertEqual(self.inbox["a"], [RequestVoteResponse(1, "b", "a", True)])
+        self.assertEqual(self.inbox["a"], [RequestVoteResponse(1, "b", "a", vote_granted=True)])
 
     def test_datagram_goes_to_resolved_address(self):
         """Host names are resolved at start; datagrams go to the IP address."""
@@ -273,7 +276,7 @@ class RoundTripTests(TransportTestMixin, SynchronousTestCase):
         a, b = self.make("a"), self.make("b")
 
         def snapshot(size):
-            return InstallSnapshot(1, "a", "b", 5, 1, 0, b"s" * size)
+            return SnapshotChunk(1, "a", "b", 5, 1, 0, b"s" * size, done=True)
 
         size = max(n for n in range(a.max_payload) if
                    len(encode_message(snapshot(n))) <= a.max_payload)
@@ -452,7 +455,7 @@ class ReplayTests(TransportTestMixin, SynchronousTestCase):
 
 class FragmentationTests(TransportTestMixin, SynchronousTestCase):
     def big(self, size=100_000, term=1):
-        return InstallSnapshot(term, "a", "b", 50, 1, 0, bytes(range(256)) * (size // 256))
+        return SnapshotChunk(term, "a", "b", 50, 1, 0, bytes(range(256)) * (size // 256), done=True)
 
     def test_large_message_round_trip(self):
         """A message larger than a datagram is split into datagrams of at most
@@ -600,7 +603,7 @@ class AddressTests(TransportTestMixin, SynchronousTestCase):
         b.datagramReceived(second, ("10.6.6.6", 9000))  # replayed
         b.datagramReceived(first, ("10.0.0.1", 9000))  # older, arriving late
         self.assertEqual(b.peer_addresses()["a"], ("10.0.0.9", 9001))
-        b.send(RequestVoteResponse(2, "b", "a", True))
+        b.send(RequestVoteResponse(2, "b", "a", vote_granted=True))
         self.assertEqual([addr for _, addr in self.datagrams("b")], [("10.0.0.9", 9001)])
         forged = bytearray(self.one_datagram(a, RequestVote(3, "a", "b", 0, 0)))
         forged[-1] ^= 1
@@ -748,8 +751,8 @@ class EnvelopePropertyTests(TransportTestMixin, SynchronousTestCase):
         self.setUp()
         key = SECRET if secret else None
         a, b = self.make("a", secret=key), self.make("b", secret=key)
-        message = sample_messages()[which] if which < 3 else InstallSnapshot(
-            1, "a", "b", 1, 1, 0, b"q" * 3000)
+        message = sample_messages()[which] if which < 3 else SnapshotChunk(
+            1, "a", "b", 1, 1, 0, b"q" * 3000, done=True)
         a.send(message)
         datagrams = [d for d, _ in self.datagrams("a")]
         i = data.draw(st.integers(0, len(datagrams) - 1))
@@ -800,7 +803,7 @@ class RealUDPTests(TestCase):
         transports = {}
 
         def deliver_b(message):
-            transports["b"].send(RequestVoteResponse(message.term, "b", "a", True))
+            transports["b"].send(RequestVoteResponse(message.term, "b", "a", vote_granted=True))
 
         def make(node_id, peers, deliver):
             return UDPTransport(node_id=node_id, cluster_id="shop", peers=peers,
@@ -818,7 +821,7 @@ class RealUDPTests(TestCase):
         transports["a"].send(RequestVote(7, "a", "b", 0, 0))
 
         def check(message):
-            self.assertEqual(message, RequestVoteResponse(7, "b", "a", True))
+            self.assertEqual(message, RequestVoteResponse(7, "b", "a", vote_granted=True))
             self.assertEqual(transports["b"].stats["delivered"], 1)
 
         return replied.addCallback(check)

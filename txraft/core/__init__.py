@@ -4,7 +4,7 @@ state machine that turns inputs into ``Ready`` batches.
 Nothing in this package imports Twisted, a socket, a clock, a file or the global random
 module (``tests/unit/test_layering.py`` checks it).  ``txraft.core`` re-exports the
 names a runtime needs; the modules are ``messages`` (the values), ``log`` (the in-memory
-log), ``raft`` (``RaftCore``).
+log), ``progress`` (a leader's view of one follower) and ``raft`` (``RaftCore``).
 """
 
 from txraft.core.raft import (  # noqa: F401
@@ -17,11 +17,14 @@ from txraft.core.raft import (  # noqa: F401
     SNAPSHOT,
     Accepted,
     CoreConfig,
+    CoreStatus,
     CoreError,
     NotLeaderOutcome,
+    PeerStatus,
     Progress,
     RaftCore,
     Ready,
     SafetyViolation,
+    SnapshotImage,
     SoftState,
 )

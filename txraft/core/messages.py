@@ -3,12 +3,22 @@
 Every value is a frozen ``attrs`` class so it can be shared between the core, the
 simulator and the wire codec without defensive copies.  Raft is run as message passing
 (UDP), so each request and each response is its own message carrying its ``term``, its
-``sender`` and its ``receiver``; nothing waits for a reply.
+``sender`` and its ``receiver``; nothing waits for a reply.  Boolean fields are
+keyword-only: ``RequestVoteResponse(..., vote_granted=True)``, never a bare ``True``.
+
+Three families:
+
+- ``Message``: what the Raft core takes in ``RaftCore.step`` and puts in ``Ready``;
+- ``SnapshotChunk`` and ``SnapshotChunkAck``: how the runtime's snapshot transfer
+  (``txraft.runtime.transfer``) carries an ``InstallSnapshot`` and its image over
+  datagrams; the core never sees them;
+- ``WIRE_TYPES``: what crosses the network (``txraft.runtime.codec``).  An
+  ``InstallSnapshot`` never does as such: the transfer chunks it.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple, Union
 
 import attrs
 
@@ -57,7 +67,7 @@ class RequestVote:
     receiver: str
     last_log_index: int
     last_log_term: int
-    pre_vote: bool = False
+    pre_vote: bool = attrs.field(default=False, kw_only=True)
 
 
 @attrs.frozen(slots=True)
@@ -65,8 +75,8 @@ class RequestVoteResponse:
     term: int
     sender: str
     receiver: str
-    vote_granted: bool
-    pre_vote: bool = False
+    vote_granted: bool = attrs.field(kw_only=True)
+    pre_vote: bool = attrs.field(default=False, kw_only=True)
 
 
 @attrs.frozen(slots=True)
@@ -102,7 +112,7 @@ class AppendEntriesResponse:
     term: int
     sender: str
     receiver: str
-    success: bool
+    success: bool = attrs.field(kw_only=True)
     match_index: int = 0
     rejected_index: int = 0
     conflict_index: int = 0
@@ -112,10 +122,15 @@ class AppendEntriesResponse:
 
 @attrs.frozen(slots=True)
 class InstallSnapshot:
-    """InstallSnapshot RPC (Figure 13): one chunk of the leader's snapshot.
+    """InstallSnapshot RPC (Figure 13), whole: install the leader's snapshot at
+    ``last_included_index``/``last_included_term``.
 
-    The core sends it with empty ``data`` and ``offset`` 0; the node runtime fills in and
-    chunks the state machine's snapshot bytes.
+    The leader's core sends it without the image (``data`` is None): the runtime's
+    snapshot transfer reads the image from its snapshot store, carries it in
+    ``SnapshotChunk`` datagrams and, once every byte has arrived, delivers this message to
+    the follower's core with ``data`` set to the image.  The core only ever takes a
+    whole snapshot: a chunk given to ``RaftCore.step`` is refused.  ``data`` is opaque to
+    the core and takes no part in equality.
     """
 
     term: int
@@ -123,22 +138,83 @@ class InstallSnapshot:
     receiver: str
     last_included_index: int
     last_included_term: int
-    offset: int = 0
-    data: bytes = b""
-    done: bool = True
     read_seq: int = 0
+    data: Any = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(slots=True)
 class InstallSnapshotResponse:
+    """The follower's core installed (or already held) the snapshot at
+    ``last_included_index``; ``success`` false answers a leader of an older term."""
+
     term: int
     sender: str
     receiver: str
     last_included_index: int
-    success: bool = True
-    next_offset: int = 0
+    success: bool = attrs.field(default=True, kw_only=True)
     read_seq: int = 0
 
+
+@attrs.frozen(slots=True)
+class SnapshotChunk:
+    """One datagram's worth of a snapshot image, from ``offset``; ``done`` on the last.
+
+    The transfer's own message (``txraft.runtime.transfer``), never the core's.
+    ``read_seq`` is the ``InstallSnapshot``'s, handed back to the follower's core with it.
+    """
+
+    term: int
+    sender: str
+    receiver: str
+    last_included_index: int
+    last_included_term: int
+    offset: int
+    data: bytes
+    done: bool = attrs.field(kw_only=True)
+    read_seq: int = 0
+
+
+@attrs.frozen(slots=True)
+class SnapshotChunkAck:
+    """The follower holds the first ``next_offset`` bytes of the image at
+    ``last_included_index`` (0: none of it, so the leader starts again from the first
+    byte); ``done``: it holds all of it (or already held everything it covers)."""
+
+    term: int
+    sender: str
+    receiver: str
+    last_included_index: int
+    next_offset: int
+    done: bool = attrs.field(default=False, kw_only=True)
+
+
+@attrs.frozen(slots=True)
+class SnapshotStatus:
+    """A local input (never on the wire): how the runtime's transfer of a snapshot to
+    ``sender`` went, reported to the leader's core (etcd's ``ReportSnapshot``).
+
+    ``receiver`` is the leader itself.  ``finished`` with ``ok``: every byte was
+    delivered; ``finished`` without ``ok``: the transfer failed; not ``finished``: it is
+    still moving (a chunk was acknowledged), so the core does not give up on it.
+    """
+
+    term: int
+    sender: str
+    receiver: str
+    finished: bool = attrs.field(kw_only=True)
+    ok: bool = attrs.field(default=True, kw_only=True)
+
+
+#: What ``RaftCore.step`` takes and ``Ready`` carries.
+Message = Union[
+    RequestVote,
+    RequestVoteResponse,
+    AppendEntries,
+    AppendEntriesResponse,
+    InstallSnapshot,
+    InstallSnapshotResponse,
+    SnapshotStatus,
+]
 
 MESSAGE_TYPES = (
     RequestVote,
@@ -147,4 +223,26 @@ MESSAGE_TYPES = (
     AppendEntriesResponse,
     InstallSnapshot,
     InstallSnapshotResponse,
+    SnapshotStatus,
+)
+
+#: What crosses the network (an InstallSnapshot goes as SnapshotChunks).
+WireMessage = Union[
+    RequestVote,
+    RequestVoteResponse,
+    AppendEntries,
+    AppendEntriesResponse,
+    InstallSnapshotResponse,
+    SnapshotChunk,
+    SnapshotChunkAck,
+]
+
+WIRE_TYPES = (
+    RequestVote,
+    RequestVoteResponse,
+    AppendEntries,
+    AppendEntriesResponse,
+    InstallSnapshotResponse,
+    SnapshotChunk,
+    SnapshotChunkAck,
 )

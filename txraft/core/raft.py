@@ -1,13 +1,19 @@
 """The Raft algorithm as a pure, deterministic state machine (sans-I/O).
 
-Inputs: ``step(message)``, ``tick()``, ``propose(data)``, ``read_index(ctx)`` and
-``campaign()``.  Output: a ``Ready`` batch from ``ready()`` that the caller must execute in
-order -- persist ``hard_state`` and ``entries`` (fsync), then send ``messages``, then apply
-``committed_entries``, then serve ``reads`` -- and acknowledge with ``advance(ready)``.
+Inputs: ``step(message)`` (a peer's message, or the runtime's ``SnapshotStatus`` through
+``report_snapshot``), ``tick()``, ``propose(data)``, ``read_index(ctx)`` and
+``campaign()``.  Output: a ``Ready`` batch from ``ready()``, which says what must be made
+durable and, for every message, when it may leave: before the batch is durable, only
+after, or once the batch is applied.  One executor (``txraft.runtime.executor``) carries
+every batch out in that order, in the node and in the simulator alike, and acknowledges
+it with ``advance(ready)``.
 
 Nothing here touches a clock, a socket, a file or the global random module: time is
 ``tick()``, randomness is the injected ``rng``.  The same object runs in the deterministic
 simulator (``txraft.testing``) and in the Twisted node (``txraft.runtime.node``).
+Drivers and metrics read it through ``status()`` and the read-only attributes ``id``,
+``role``, ``term``, ``leader_id``, ``commit_index``, ``last_applied`` and
+``snapshot_index``; the log and the followers' progress are the core's own.
 
 Section numbers refer to the Raft paper (Ongaro & Ousterhout 2014) and, where marked,
 Ongaro's dissertation (2014).
@@ -29,20 +35,20 @@ from txraft.core.messages import (
     HardState,
     InstallSnapshot,
     InstallSnapshotResponse,
+    Message,
     RequestVote,
     RequestVoteResponse,
+    SnapshotChunk,
+    SnapshotChunkAck,
     SnapshotMeta,
+    SnapshotStatus,
 )
+from txraft.core.progress import PROBE, REPLICATE, SNAPSHOT, Progress
 
 FOLLOWER = "follower"
 PRE_CANDIDATE = "pre_candidate"
 CANDIDATE = "candidate"
 LEADER = "leader"
-
-# How the leader replicates to one follower (after etcd's Progress).
-PROBE = "probe"  # next_index is a guess: one message at a time until a success
-REPLICATE = "replicate"  # next_index is known good: pipeline optimistically
-SNAPSHOT = "snapshot"  # the follower needs a snapshot; the runtime is sending it
 
 
 class CoreError(Exception):
@@ -101,53 +107,122 @@ class SoftState:
 
 
 @attrs.frozen
-class Ready:
-    """One batch of work; execute in field order, then call ``RaftCore.advance``.
+class SnapshotImage:
+    """A leader's snapshot for this node to install: where it ends, and the image
+    (opaque to the core: whatever the runtime's snapshot transfer delivered)."""
 
-    ``entries`` replace any stored entries at the same or a higher index.  ``reads`` are
-    ReadIndex contexts that may be served once ``committed_entries`` are applied;
-    ``failed_reads`` lost their leader and must be retried elsewhere.
+    meta: SnapshotMeta
+    data: Any = attrs.field(eq=False, repr=False)
+
+
+@attrs.frozen
+class Ready:
+    """One batch of work, in the order it must be carried out (``txraft.runtime.executor``):
+
+    1. send ``messages_before_persist``: they depend on nothing this batch makes durable
+       (a leader's AppendEntries, which may leave before the leader's own copy is on disk,
+       dissertation section 10.2.1; heartbeats; answers that acknowledge only what was
+       durable before this batch; PreVote traffic, which promises nothing);
+    2. persist: install ``snapshot`` (durably, the state machine restored to it), then
+       make ``hard_state`` and ``entries`` durable with one fsync (``entries`` replace any
+       stored entries at the same or a higher index);
+    3. send ``messages``: they promise what step 2 made durable (a vote, a new term, an
+       acknowledgement of new entries, an installed snapshot);
+    4. apply ``committed_entries`` in order, serve ``reads`` (ReadIndex contexts, safe once
+       those entries are applied), fail ``failed_reads`` (they lost their leader), take
+       note of ``soft_state``;
+    5. ``RaftCore.advance(ready)``;
+    6. hand out the answers to proposals and reads, then send ``messages_after_apply``:
+       commit notices, which nobody waits for, so they leave after the answers to the
+       writes they commit.
     """
 
     hard_state: Optional[HardState] = None
     entries: Tuple[Entry, ...] = ()
-    messages: Tuple[Any, ...] = ()
+    snapshot: Optional[SnapshotImage] = None
+    messages_before_persist: Tuple[Message, ...] = ()
+    messages: Tuple[Message, ...] = ()
     committed_entries: Tuple[Entry, ...] = ()
     reads: Tuple[Hashable, ...] = ()
     failed_reads: Tuple[Hashable, ...] = ()
     soft_state: Optional[SoftState] = None
-    snapshot: Optional[SnapshotMeta] = None
+    messages_after_apply: Tuple[Message, ...] = ()
+
+    def must_persist(self) -> bool:
+        """Whether step 2 has anything to do."""
+        return self.snapshot is not None or self.hard_state is not None or bool(self.entries)
+
+    def all_messages(self) -> Tuple[Message, ...]:
+        """Every message of the batch, in the order they leave."""
+        return self.messages_before_persist + self.messages + self.messages_after_apply
 
     def is_empty(self) -> bool:
         return not (
-            self.hard_state
-            or self.entries
+            self.must_persist()
+            or self.messages_before_persist
             or self.messages
             or self.committed_entries
             or self.reads
             or self.failed_reads
             or self.soft_state
-            or self.snapshot
+            or self.messages_after_apply
         )
 
 
-@attrs.define
-class Progress:
-    """What the leader knows about one follower (Figure 2's nextIndex/matchIndex and more)."""
+@attrs.frozen
+class PeerStatus:
+    """A leader's view of one follower."""
 
+    match_index: int
     next_index: int
-    match_index: int = 0
-    state: str = PROBE
-    probe_sent: bool = False
-    inflight: Deque[int] = attrs.Factory(deque)
-    recent_active: bool = False
-    read_ack: int = 0
-    commit_sent: int = 0
-    match_at_heartbeat: int = 0
-    snapshot_index: int = 0
-    snapshot_elapsed: int = 0
-    # prev_log_index of pipelined messages rejected as "log too short" (REPLICATE).
-    gaps: List[int] = attrs.Factory(list)
+    state: str
+    recent_active: bool
+    inflight: int
+
+
+@attrs.frozen
+class CoreStatus:
+    """A read-only view of a core, for drivers, operators and metrics."""
+
+    id: str
+    role: str
+    term: int
+    voted_for: Optional[str]
+    leader_id: Optional[str]
+    commit_index: int
+    last_applied: int
+    last_log_index: int
+    last_log_term: int
+    snapshot_index: int
+    voters: Tuple[str, ...]
+    #: On a leader, each follower's progress, sorted by id; empty otherwise.
+    progress: Tuple[Tuple[str, PeerStatus], ...] = ()
+
+    def peer(self, peer_id: str) -> Optional[PeerStatus]:
+        """The leader's view of ``peer_id``, or None (not a leader, not a peer)."""
+        for pid, status in self.progress:
+            if pid == peer_id:
+                return status
+        return None
+
+    def to_json(self) -> Dict[str, Any]:
+        """The core's part of ``/raft/status``."""
+        out: Dict[str, Any] = {
+            "id": self.id,
+            "role": self.role,
+            "term": self.term,
+            "voted_for": self.voted_for,
+            "leader_id": self.leader_id,
+            "commit_index": self.commit_index,
+            "last_applied": self.last_applied,
+            "last_log_index": self.last_log_index,
+            "last_log_term": self.last_log_term,
+            "snapshot_index": self.snapshot_index,
+            "voters": list(self.voters),
+        }
+        if self.role == LEADER:
+            out["progress"] = {pid: attrs.asdict(pr) for pid, pr in self.progress}
+        return out
 
 
 class RaftCore:
@@ -196,17 +271,21 @@ class RaftCore:
         self._votes: Dict[str, bool] = {}
         self.progress: Dict[str, Progress] = {}
 
-        # Durability bookkeeping.
+        # Durability bookkeeping: what is on disk, as far as this core knows.
         self._persisted_hard_state = HardState(self.term, self.voted_for)
+        # The highest index durable and still in the in-memory log (a follower's
+        # truncation lowers it at once, before the new suffix is saved).
         self._persisted_index = self.log.last_index
         self._unstable_from = self.log.last_index + 1
         self._ready_outstanding = False
         self._last_soft_state = SoftState(self.role, self.term, self.leader_id)
 
-        # Outputs accumulated until the next ready().
-        self._messages: List[Any] = []
+        # Outputs accumulated until the next ready(), by when they may leave.
+        self._messages_early: List[Message] = []
+        self._messages: List[Message] = []
+        self._notices: List[Message] = []
         self._failed_reads: List[Hashable] = []
-        self._pending_snapshot: Optional[SnapshotMeta] = None
+        self._pending_snapshot: Optional[SnapshotImage] = None
         self._append_pending = False
 
         # ReadIndex (dissertation section 6.4).
@@ -215,6 +294,11 @@ class RaftCore:
         self._reads_unconfirmed: Deque[Tuple[Hashable, int, int]] = deque()
         self._reads_confirmed: Deque[Tuple[Hashable, int]] = deque()
         self._read_broadcast_pending = False
+
+    @property
+    def snapshot_index(self) -> int:
+        """The last index the log no longer holds (covered by a snapshot)."""
+        return self.log.snapshot_index
 
     # ------------------------------------------------------------------ inputs
 
@@ -257,10 +341,24 @@ class RaftCore:
             self._register_reads([ctx])
         return Accepted(self.commit_index, self.term)
 
-    def step(self, m: Any) -> None:
-        """Process one message from a peer.  Stale, duplicated and reordered ones are fine."""
+    def report_snapshot(self, peer: str, *, finished: bool, ok: bool = True) -> None:
+        """The runtime's transfer of a snapshot to ``peer`` moved (``finished`` false),
+        delivered every byte (``ok``) or failed (etcd's ReportSnapshot)."""
+        self.step(SnapshotStatus(self.term, peer, self.id, finished=finished, ok=ok))
+
+    def step(self, m: Message) -> None:
+        """Process one message.  Stale, duplicated and reordered ones are fine."""
         if m.receiver != self.id or m.sender not in self.peers:
             return
+        if type(m) is SnapshotStatus:
+            # A local report, of this node's own term: never a reason to change terms.
+            if m.term == self.term:
+                self._handle_snapshot_status(m)
+            return
+        if type(m) in (SnapshotChunk, SnapshotChunkAck):
+            # A chunk is the transfer's business; the core takes only whole snapshots
+            # (an acknowledgement here would promise a snapshot the node does not hold).
+            raise CoreError("the core takes whole snapshots, not %s" % type(m).__name__)
         if m.term > self.term:
             if isinstance(m, RequestVote):
                 if self._in_lease():
@@ -285,7 +383,7 @@ class RaftCore:
                 # ReadIndex round, because the sender may itself already lead our term
                 # (it restarted, so its read_seq counts from 0 again) and must not take
                 # an echo of its old term's read_seq as a quorum for new reads.
-                self._send(AppendEntriesResponse(self.term, self.id, m.sender, False))
+                self._send(AppendEntriesResponse(self.term, self.id, m.sender, success=False))
             elif isinstance(m, InstallSnapshot):
                 self._send(
                     InstallSnapshotResponse(
@@ -293,7 +391,8 @@ class RaftCore:
                     )
                 )
             elif isinstance(m, RequestVote) and m.pre_vote:
-                self._send(RequestVoteResponse(self.term, self.id, m.sender, False, True))
+                self._send(RequestVoteResponse(
+                    self.term, self.id, m.sender, vote_granted=False, pre_vote=True))
             return
 
         if isinstance(m, AppendEntries):
@@ -315,7 +414,9 @@ class RaftCore:
         if self._ready_outstanding:
             return False
         return bool(
-            self._messages
+            self._messages_early
+            or self._messages
+            or self._notices
             or self._append_pending
             or self._read_broadcast_pending
             or self._failed_reads
@@ -331,10 +432,10 @@ class RaftCore:
         """Collect the pending batch of work.  Call ``advance`` when it is done.
 
         Between ``ready()`` and ``advance()`` the caller must not feed the core (no
-        ``step``, ``tick``, ``propose``, ``read_index`` or ``campaign``): ``advance``
-        accounts for the batch against the state it was taken from.  Inputs that arrive
-        meanwhile wait for ``advance`` (the runtime runs a batch within one reactor
-        turn, so they queue in the reactor).
+        ``step``, ``tick``, ``propose``, ``read_index``, ``campaign`` or
+        ``report_snapshot``): ``advance`` accounts for the batch against the state it was
+        taken from.  Inputs that arrive meanwhile wait for ``advance`` (the runtime runs
+        a batch within one reactor turn, so they queue in the reactor).
         """
         if self._ready_outstanding:
             raise CoreError("ready() called again before advance()")
@@ -361,14 +462,18 @@ class RaftCore:
         rd = Ready(
             hard_state=hard_state,
             entries=entries,
+            snapshot=self._pending_snapshot,
+            messages_before_persist=tuple(self._messages_early),
             messages=tuple(self._messages),
             committed_entries=committed,
             reads=tuple(reads),
             failed_reads=tuple(self._failed_reads),
             soft_state=soft,
-            snapshot=self._pending_snapshot,
+            messages_after_apply=tuple(self._notices),
         )
+        self._messages_early = []
         self._messages = []
+        self._notices = []
         self._failed_reads = []
         self._pending_snapshot = None
         self._ready_outstanding = True
@@ -381,6 +486,9 @@ class RaftCore:
         self._ready_outstanding = False
         if rd.hard_state is not None:
             self._persisted_hard_state = rd.hard_state
+        if rd.snapshot is not None:
+            # The durable log now starts after the snapshot.
+            self._persisted_index = max(self._persisted_index, rd.snapshot.meta.index)
         if rd.entries:
             last = rd.entries[-1]
             if self.log.term_at(last.index) == last.term:
@@ -393,33 +501,37 @@ class RaftCore:
 
     # ------------------------------------------------------------ observation
 
-    def status(self) -> Dict[str, Any]:
-        """A JSON-ready summary for operators."""
-        out: Dict[str, Any] = {
-            "id": self.id,
-            "role": self.role,
-            "term": self.term,
-            "voted_for": self.voted_for,
-            "leader_id": self.leader_id,
-            "commit_index": self.commit_index,
-            "last_applied": self.last_applied,
-            "last_log_index": self.log.last_index,
-            "last_log_term": self.log.last_term,
-            "snapshot_index": self.log.snapshot_index,
-            "voters": list(self.voters),
-        }
+    def status(self) -> CoreStatus:
+        """A read-only view for drivers, operators and metrics."""
+        progress: Tuple[Tuple[str, PeerStatus], ...] = ()
         if self.role == LEADER:
-            out["progress"] = {
-                peer: {
-                    "match_index": pr.match_index,
-                    "next_index": pr.next_index,
-                    "state": pr.state,
-                    "recent_active": pr.recent_active,
-                    "inflight": len(pr.inflight),
-                }
+            progress = tuple(
+                (peer, PeerStatus(pr.match_index, pr.next_index, pr.state, pr.recent_active,
+                                  len(pr.inflight)))
                 for peer, pr in sorted(self.progress.items())
-            }
-        return out
+            )
+        return CoreStatus(
+            id=self.id,
+            role=self.role,
+            term=self.term,
+            voted_for=self.voted_for,
+            leader_id=self.leader_id,
+            commit_index=self.commit_index,
+            last_applied=self.last_applied,
+            last_log_index=self.log.last_index,
+            last_log_term=self.log.last_term,
+            snapshot_index=self.log.snapshot_index,
+            voters=self.voters,
+            progress=progress,
+        )
+
+    def peer_state(self, peer: str) -> Optional[str]:
+        """A leader's replication state for ``peer`` (PROBE, REPLICATE, SNAPSHOT), or None
+        when this node does not lead or ``peer`` is not a follower."""
+        if self.role != LEADER:
+            return None
+        pr = self.progress.get(peer)
+        return pr.state if pr is not None else None
 
     # --------------------------------------------------------------- roles
 
@@ -460,7 +572,8 @@ class RaftCore:
         for peer in self.peers:
             self._send(
                 RequestVote(
-                    self.term + 1, self.id, peer, self.log.last_index, self.log.last_term, True
+                    self.term + 1, self.id, peer, self.log.last_index, self.log.last_term,
+                    pre_vote=True,
                 )
             )
 
@@ -508,13 +621,15 @@ class RaftCore:
             or (m.pre_vote and m.term > self.term)
         )
         if can_vote and self.log.is_up_to_date(m.last_log_index, m.last_log_term):
-            # A grant carries the requested term: for a pre-vote it is not ours yet.
-            self._send(RequestVoteResponse(m.term, self.id, m.sender, True, m.pre_vote))
             if not m.pre_vote:
                 self.voted_for = m.sender
                 self.election_elapsed = 0
+            # A grant carries the requested term: for a pre-vote it is not ours yet.
+            self._send(RequestVoteResponse(
+                m.term, self.id, m.sender, vote_granted=True, pre_vote=m.pre_vote))
         else:
-            self._send(RequestVoteResponse(self.term, self.id, m.sender, False, m.pre_vote))
+            self._send(RequestVoteResponse(
+                self.term, self.id, m.sender, vote_granted=False, pre_vote=m.pre_vote))
 
     def _handle_vote_response(self, m: RequestVoteResponse) -> None:
         if m.pre_vote:
@@ -562,8 +677,7 @@ class RaftCore:
                     # Over UDP the snapshot or its answer can be lost, and nothing else
                     # ever leaves this state: probe again, which re-offers the snapshot
                     # while the follower still needs one (Figure 13; section 7).
-                    pr.state = PROBE
-                    pr.probe_sent = False
+                    pr.become_probe()
                     self._send_append(peer)
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks:
             self.heartbeat_elapsed = 0
@@ -576,7 +690,7 @@ class RaftCore:
         # and again, and the follower must not take that for a dead leader.
         self._send_heartbeat(peer, pr)
         if pr.state == PROBE:
-            pr.probe_sent = False
+            pr.probe_sent = False  # one probe per heartbeat interval
             self._send_append(peer)
             return
         if pr.state == REPLICATE:
@@ -588,13 +702,10 @@ class RaftCore:
                 # cut off.  Probe from what it acknowledged: one message per heartbeat
                 # until it answers, not a refilled pipeline (max_inflight batches)
                 # every interval into a node that may not be there.
-                pr.state = PROBE
-                pr.next_index = pr.match_index + 1
-                pr.inflight.clear()
-                pr.probe_sent = False
+                pr.become_probe()
                 self._send_append(peer)
 
-    def _send_heartbeat(self, peer: str, pr: Progress) -> None:
+    def _send_heartbeat(self, peer: str, pr: Progress, notice: bool = False) -> None:
         # prev = match_index: a heartbeat must never look like a gap to the follower.
         prev = pr.match_index
         prev_term = self.log.term_at(prev)
@@ -602,27 +713,22 @@ class RaftCore:
             prev, prev_term = 0, 0
         commit = min(self.commit_index, pr.match_index)
         pr.commit_sent = max(pr.commit_sent, commit)
-        self._send(
-            AppendEntries(self.term, self.id, peer, prev, prev_term, (), commit, self.read_seq)
-        )
+        m = AppendEntries(self.term, self.id, peer, prev, prev_term, (), commit, self.read_seq)
+        if notice:
+            self._notices.append(m)
+        else:
+            self._send(m)
 
     def _send_append(self, peer: str) -> bool:
         """Send entries from next_index (or an empty probe); False if nothing was sent."""
         pr = self.progress[peer]
-        if pr.state == SNAPSHOT:
-            return False
-        if pr.state == PROBE and pr.probe_sent:
-            return False
-        if pr.state == REPLICATE and len(pr.inflight) >= self.config.max_inflight:
+        if pr.is_paused(self.config.max_inflight):
             return False
         prev = pr.next_index - 1
         prev_term = self.log.term_at(prev)
         if prev_term is None:
             # The entries it needs were compacted: the runtime must send a snapshot.
-            pr.state = SNAPSHOT
-            pr.snapshot_index = self.log.snapshot_index
-            pr.snapshot_elapsed = 0
-            pr.inflight.clear()
+            pr.become_snapshot(self.log.snapshot_index)
             self._send(
                 InstallSnapshot(
                     self.term, self.id, peer, self.log.snapshot_index, self.log.snapshot_term,
@@ -641,11 +747,7 @@ class RaftCore:
             )
         )
         pr.commit_sent = max(pr.commit_sent, min(self.commit_index, prev + len(entries)))
-        if pr.state == PROBE:
-            pr.probe_sent = True
-        elif entries:
-            pr.next_index = entries[-1].index + 1
-            pr.inflight.append(entries[-1].index)
+        pr.sent(prev + len(entries))
         return True
 
     def _resend_after_gap(self, peer: str, pr: Progress) -> None:
@@ -679,7 +781,7 @@ class RaftCore:
         for peer, pr in self.progress.items():
             # Tell followers about a commit they cannot know yet, so they apply promptly.
             if pr.state == REPLICATE and pr.commit_sent < min(self.commit_index, pr.match_index):
-                self._send_heartbeat(peer, pr)
+                self._send_heartbeat(peer, pr, notice=True)
         if self._read_broadcast_pending:
             self._read_broadcast_pending = False
             for peer, pr in self.progress.items():
@@ -723,7 +825,8 @@ class RaftCore:
             self.commit_index = min(m.leader_commit, max(last_new, self.commit_index))
         self._send(
             AppendEntriesResponse(
-                self.term, self.id, m.sender, True, match_index=match, read_seq=m.read_seq
+                self.term, self.id, m.sender, success=True, match_index=match,
+                read_seq=m.read_seq,
             )
         )
 
@@ -738,7 +841,7 @@ class RaftCore:
             )
         self._send(
             AppendEntriesResponse(
-                self.term, self.id, m.sender, False,
+                self.term, self.id, m.sender, success=False,
                 rejected_index=prev, conflict_index=conflict_index,
                 conflict_term=conflict_term, read_seq=m.read_seq,
             )
@@ -760,19 +863,14 @@ class RaftCore:
         if m.success:
             if m.match_index > self.log.last_index:
                 return  # cannot be a response to this leader's messages
-            advanced = m.match_index > pr.match_index
-            if advanced:
-                pr.match_index = m.match_index
-                pr.next_index = max(pr.next_index, m.match_index + 1)
-                while pr.inflight and pr.inflight[0] <= m.match_index:
-                    pr.inflight.popleft()
-                if pr.gaps and pr.state == REPLICATE:
-                    # The follower now ends at match_index: a rejected message that
-                    # starts exactly there is needed now; one that starts before it
-                    # arrived by another copy.
-                    if m.match_index in pr.gaps:
-                        self._resend_after_gap(m.sender, pr)
-                    pr.gaps = [r for r in pr.gaps if r > m.match_index]
+            advanced = pr.acknowledge(m.match_index)
+            if advanced and pr.gaps and pr.state == REPLICATE:
+                # The follower now ends at match_index: a rejected message that starts
+                # exactly there is needed now; one that starts before it arrived by
+                # another copy.
+                if m.match_index in pr.gaps:
+                    self._resend_after_gap(m.sender, pr)
+                pr.gaps = [r for r in pr.gaps if r > m.match_index]
             # A success proves the logs agree up to match_index.  When it is no news but
             # the follower has everything (a probe right after a snapshot with nothing
             # after it), leave PROBE too, or each answer would draw another empty probe,
@@ -781,11 +879,7 @@ class RaftCore:
             caught_up = m.match_index == pr.match_index == self.log.last_index
             if advanced or (pr.state == PROBE and caught_up):
                 if pr.state != REPLICATE:
-                    pr.state = REPLICATE
-                    pr.probe_sent = False
-                    pr.inflight.clear()
-                    pr.gaps = []
-                    pr.next_index = pr.match_index + 1
+                    pr.become_replicate()
                 if advanced:
                     self._maybe_commit()
                 self._append_pending = True
@@ -808,10 +902,7 @@ class RaftCore:
             hint = last_of_term + 1 if last_of_term else m.conflict_index
         else:
             hint = m.conflict_index
-        pr.next_index = max(pr.match_index + 1, min(hint, m.rejected_index))
-        pr.state = PROBE
-        pr.probe_sent = False
-        pr.inflight.clear()
+        pr.become_probe(min(hint, m.rejected_index))
         self._send_append(m.sender)
 
     def _maybe_commit(self) -> None:
@@ -830,27 +921,33 @@ class RaftCore:
     # ------------------------------------------------------------- snapshots
 
     def _handle_install_snapshot(self, m: InstallSnapshot) -> None:
-        """The runtime delivers this once a whole snapshot was received and restored."""
+        """A whole snapshot from the leader (Figure 13), delivered by the runtime's
+        transfer once every byte arrived; it is installed in the next Ready's persist
+        step, and the answer leaves only after that."""
         if self.role != FOLLOWER or self.leader_id != m.sender:
             self._become_follower(self.term, m.sender)
         self.election_elapsed = 0
-        if not m.done:
-            # A chunk is the runtime's business; acknowledging it here would tell the
-            # leader the follower holds a snapshot it does not have yet.
-            return
-        if m.last_included_index > self.commit_index:
-            if self.log.term_at(m.last_included_index) == m.last_included_term:
-                self.log.compact(SnapshotMeta(m.last_included_index, m.last_included_term))
+        index = m.last_included_index
+        if index > self.commit_index:
+            if m.data is None:
+                raise CoreError(
+                    "snapshot %d arrived without its image, and this node holds only up "
+                    "to %d" % (index, self.commit_index)
+                )
+            meta = SnapshotMeta(index, m.last_included_term)
+            if self.log.term_at(index) == meta.term:
+                # Section 7: the log holds the snapshot's last entry: keep what follows.
+                self.log.compact(meta)
             else:
-                self.log = RaftLog(SnapshotMeta(m.last_included_index, m.last_included_term))
-                self._unstable_from = self.log.last_index + 1
-                self._persisted_index = self.log.last_index
-            self.commit_index = m.last_included_index
-            self.last_applied = m.last_included_index
-            self._pending_snapshot = SnapshotMeta(m.last_included_index, m.last_included_term)
+                self.log = RaftLog(meta)
+                self._unstable_from = index + 1
+                self._persisted_index = min(self._persisted_index, index)
+            self.commit_index = index
+            self.last_applied = index
+            self._pending_snapshot = SnapshotImage(meta, m.data)
         self._send(
             InstallSnapshotResponse(
-                self.term, self.id, m.sender, m.last_included_index, True, read_seq=m.read_seq
+                self.term, self.id, m.sender, index, success=True, read_seq=m.read_seq
             )
         )
 
@@ -859,33 +956,49 @@ class RaftCore:
             return
         pr = self.progress[m.sender]
         self._heard_from(pr, m.read_seq)
-        if pr.state == SNAPSHOT and m.success and m.last_included_index >= pr.snapshot_index:
-            pr.match_index = max(pr.match_index, m.last_included_index)
-            pr.next_index = pr.match_index + 1
-            pr.state = PROBE
-            pr.probe_sent = False
+        if not m.success:
+            if pr.state == SNAPSHOT:
+                pr.become_probe()
+            return
+        if m.last_included_index > self.log.last_index:
+            return  # cannot be an answer to this leader's snapshot
+        advanced = pr.acknowledge(m.last_included_index)
+        if (pr.state == SNAPSHOT and pr.match_index >= pr.snapshot_index) or (
+            pr.state == PROBE and advanced
+        ):
+            pr.become_probe()
             self._send_append(m.sender)
-        elif pr.state == SNAPSHOT and not m.success:
-            pr.state = PROBE
-            pr.probe_sent = False
 
-    def snapshot_progressing(self, peer: str) -> None:
-        """The runtime's snapshot transfer to ``peer`` advanced: do not re-offer it yet.
-
-        The core's snapshot-state timer exists for transfers that went silent; a large
-        image over UDP takes longer than an election timeout, and chunk acknowledgements
-        go to the runtime, not here.
-        """
-        pr = self.progress.get(peer) if self.role == LEADER else None
-        if pr is not None and pr.state == SNAPSHOT:
+    def _handle_snapshot_status(self, m: SnapshotStatus) -> None:
+        if self.role != LEADER:
+            return
+        pr = self.progress[m.sender]
+        if pr.state != SNAPSHOT:
+            return
+        if not m.finished:
+            # The transfer is moving (a large image over UDP takes longer than an
+            # election timeout): do not re-offer it yet, and the follower is alive.
             pr.snapshot_elapsed = 0
             pr.recent_active = True
+            return
+        # etcd's ReportSnapshot: either way, probe.  After a delivery, from just past
+        # the snapshot: the follower's answer to that probe ends the matter even if its
+        # InstallSnapshotResponse was lost.
+        pr.become_probe(pr.snapshot_index + 1 if m.ok else 0)
+        self._send_append(m.sender)
 
-    def compact(self, snapshot: SnapshotMeta) -> None:
-        """The state machine holds a durable snapshot at ``snapshot``: drop older entries."""
-        if snapshot.index > self.last_applied:
+    def compact(self, index: int) -> SnapshotMeta:
+        """The state machine holds a durable snapshot covering ``index``: drop the log's
+        entries up to it.  Returns the new starting point (for the storage)."""
+        if index > self.last_applied:
             raise CoreError("cannot compact beyond the applied index")
-        self.log.compact(snapshot)
+        term = self.log.term_at(index)
+        if term is None:
+            raise CoreError("index %d is not in the log (it starts after %d)"
+                            % (index, self.log.snapshot_index))
+        meta = SnapshotMeta(index, term)
+        self.log.compact(meta)
+        return meta
 
     # ----------------------------------------------------------------- reads
 
@@ -922,5 +1035,29 @@ class RaftCore:
 
     # ---------------------------------------------------------------- output
 
-    def _send(self, message: Any) -> None:
-        self._messages.append(message)
+    def _send(self, m: Message) -> None:
+        """Queue ``m``; it leaves before this batch is durable unless it depends on it."""
+        if self._depends_on_unsaved(m):
+            self._messages.append(m)
+        else:
+            self._messages_early.append(m)
+
+    def _depends_on_unsaved(self, m: Message) -> bool:
+        """Whether ``m`` promises state that is not durable yet (Figure 2: "before
+        responding to RPCs", updated on stable storage).  Judged against what was durable
+        before this batch, which is what is on disk while early messages leave."""
+        t = type(m)
+        if (t is RequestVote or t is RequestVoteResponse) and m.pre_vote:
+            return False  # PreVote changes no state and promises nothing (section 9.6)
+        durable = self._persisted_hard_state
+        if self.term != durable.term or self.voted_for != durable.voted_for:
+            return True  # a new term or a new vote, not yet on disk
+        if self._pending_snapshot is not None:
+            return True  # a snapshot to install: nothing may vouch for the log before it
+        if t is AppendEntriesResponse:
+            return m.success and m.match_index > self._persisted_index
+        if t is InstallSnapshotResponse or t is RequestVote:
+            return True
+        if t is RequestVoteResponse:
+            return m.vote_granted
+        return False

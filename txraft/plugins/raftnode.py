@@ -315,7 +315,7 @@ class RaftNodeService(service.MultiService):
         from twisted.internet.threads import deferToThreadPool
 
         from txraft.runtime.codec import append_entries_overhead, encode_message
-        from txraft.core.messages import InstallSnapshot
+        from txraft.core.messages import SnapshotChunk
         from txraft.runtime.snapshot import SnapshotStore
         from txraft.core import CoreConfig
         from txraft.runtime.node import RaftNode
@@ -351,7 +351,8 @@ class RaftNodeService(service.MultiService):
         budget = transport.max_payload - append_entries_overhead(longest, longest)
         big = 2**63 - 1
         chunk_overhead = len(
-            encode_message(InstallSnapshot(big, longest, longest, big, big, big, b"", True, big))
+            encode_message(SnapshotChunk(big, longest, longest, big, big, big, b"", done=True,
+                                         read_seq=big))
         ) + 5  # the largest bin header
         chunk_bytes = transport.max_payload - chunk_overhead
         node = RaftNode(

@@ -1,7 +1,7 @@
 """The wire format of Raft messages: msgpack arrays with a small integer type tag.
 
 Pure functions, no I/O.  ``encode_message`` turns any message of
-``txraft.core.messages.MESSAGE_TYPES`` into bytes; ``decode_message`` turns bytes back into a
+``txraft.core.messages.WIRE_TYPES`` into bytes; ``decode_message`` turns bytes back into a
 message or raises ``CodecError`` -- and nothing else -- for any input at all, because it
 reads datagrams from the network.
 
@@ -28,10 +28,11 @@ from txraft.core.messages import (
     AppendEntries,
     AppendEntriesResponse,
     Entry,
-    InstallSnapshot,
     InstallSnapshotResponse,
     RequestVote,
     RequestVoteResponse,
+    SnapshotChunk,
+    SnapshotChunkAck,
 )
 
 MAX_UINT = 2**63 - 1
@@ -43,8 +44,11 @@ TAG_REQUEST_VOTE = 1
 TAG_REQUEST_VOTE_RESPONSE = 2
 TAG_APPEND_ENTRIES = 3
 TAG_APPEND_ENTRIES_RESPONSE = 4
-TAG_INSTALL_SNAPSHOT = 5
-TAG_INSTALL_SNAPSHOT_RESPONSE = 6
+# 5 and 6 were InstallSnapshot chunks and their answers (with a next_offset field)
+# before chunks got message types of their own; they are never reused.
+TAG_INSTALL_SNAPSHOT_RESPONSE = 7
+TAG_SNAPSHOT_CHUNK = 8
+TAG_SNAPSHOT_CHUNK_ACK = 9
 
 _ENTRY_KINDS = frozenset(ENTRY_KINDS)
 
@@ -60,7 +64,7 @@ _unpackb = msgpack.unpackb
 
 
 def encode_message(msg) -> bytes:
-    """Return the wire bytes of ``msg`` (one of ``MESSAGE_TYPES``).
+    """Return the wire bytes of ``msg`` (one of ``WIRE_TYPES``).
 
     Raises ``CodecError`` for an unknown type or a value msgpack cannot pack.
     """
@@ -109,9 +113,9 @@ def encode_message(msg) -> bytes:
             msg.vote_granted,
             msg.pre_vote,
         ]
-    elif cls is InstallSnapshot:
+    elif cls is SnapshotChunk:
         fields = [
-            TAG_INSTALL_SNAPSHOT,
+            TAG_SNAPSHOT_CHUNK,
             msg.term,
             msg.sender,
             msg.receiver,
@@ -122,6 +126,16 @@ def encode_message(msg) -> bytes:
             msg.done,
             msg.read_seq,
         ]
+    elif cls is SnapshotChunkAck:
+        fields = [
+            TAG_SNAPSHOT_CHUNK_ACK,
+            msg.term,
+            msg.sender,
+            msg.receiver,
+            msg.last_included_index,
+            msg.next_offset,
+            msg.done,
+        ]
     elif cls is InstallSnapshotResponse:
         fields = [
             TAG_INSTALL_SNAPSHOT_RESPONSE,
@@ -130,11 +144,10 @@ def encode_message(msg) -> bytes:
             msg.receiver,
             msg.last_included_index,
             msg.success,
-            msg.next_offset,
             msg.read_seq,
         ]
     else:
-        raise CodecError("cannot encode %s: not a Raft message" % (cls.__name__,))
+        raise CodecError("cannot encode %s: not a wire message" % (cls.__name__,))
     try:
         return _pack(fields)
     except (TypeError, ValueError, OverflowError) as e:
@@ -254,7 +267,7 @@ def _decode_request_vote(obj):
         _id(receiver),
         _uint(last_log_index),
         _uint(last_log_term),
-        _bool(pre_vote),
+        pre_vote=_bool(pre_vote),
     )
 
 
@@ -262,7 +275,8 @@ def _decode_request_vote_response(obj):
     _arity(obj, 6, "RequestVoteResponse")
     _, term, sender, receiver, vote_granted, pre_vote = obj
     return RequestVoteResponse(
-        _uint(term), _id(sender), _id(receiver), _bool(vote_granted), _bool(pre_vote)
+        _uint(term), _id(sender), _id(receiver), vote_granted=_bool(vote_granted),
+        pre_vote=_bool(pre_vote),
     )
 
 
@@ -290,20 +304,20 @@ def _decode_append_entries_response(obj):
         _uint(term),
         _id(sender),
         _id(receiver),
-        _bool(success),
-        _uint(match_index),
-        _uint(rejected_index),
-        _uint(conflict_index),
-        _uint(conflict_term),
-        _uint(read_seq),
+        success=_bool(success),
+        match_index=_uint(match_index),
+        rejected_index=_uint(rejected_index),
+        conflict_index=_uint(conflict_index),
+        conflict_term=_uint(conflict_term),
+        read_seq=_uint(read_seq),
     )
 
 
-def _decode_install_snapshot(obj):
-    _arity(obj, 10, "InstallSnapshot")
+def _decode_snapshot_chunk(obj):
+    _arity(obj, 10, "SnapshotChunk")
     (_, term, sender, receiver, last_included_index, last_included_term, offset, data,
      done, read_seq) = obj
-    return InstallSnapshot(
+    return SnapshotChunk(
         _uint(term),
         _id(sender),
         _id(receiver),
@@ -311,22 +325,34 @@ def _decode_install_snapshot(obj):
         _uint(last_included_term),
         _uint(offset),
         _bytes(data),
-        _bool(done),
-        _uint(read_seq),
+        done=_bool(done),
+        read_seq=_uint(read_seq),
+    )
+
+
+def _decode_snapshot_chunk_ack(obj):
+    _arity(obj, 7, "SnapshotChunkAck")
+    _, term, sender, receiver, last_included_index, next_offset, done = obj
+    return SnapshotChunkAck(
+        _uint(term),
+        _id(sender),
+        _id(receiver),
+        _uint(last_included_index),
+        _uint(next_offset),
+        done=_bool(done),
     )
 
 
 def _decode_install_snapshot_response(obj):
-    _arity(obj, 8, "InstallSnapshotResponse")
-    _, term, sender, receiver, last_included_index, success, next_offset, read_seq = obj
+    _arity(obj, 7, "InstallSnapshotResponse")
+    _, term, sender, receiver, last_included_index, success, read_seq = obj
     return InstallSnapshotResponse(
         _uint(term),
         _id(sender),
         _id(receiver),
         _uint(last_included_index),
-        _bool(success),
-        _uint(next_offset),
-        _uint(read_seq),
+        success=_bool(success),
+        read_seq=_uint(read_seq),
     )
 
 
@@ -335,8 +361,9 @@ _DECODERS = {
     TAG_REQUEST_VOTE_RESPONSE: _decode_request_vote_response,
     TAG_APPEND_ENTRIES: _decode_append_entries,
     TAG_APPEND_ENTRIES_RESPONSE: _decode_append_entries_response,
-    TAG_INSTALL_SNAPSHOT: _decode_install_snapshot,
     TAG_INSTALL_SNAPSHOT_RESPONSE: _decode_install_snapshot_response,
+    TAG_SNAPSHOT_CHUNK: _decode_snapshot_chunk,
+    TAG_SNAPSHOT_CHUNK_ACK: _decode_snapshot_chunk_ack,
 }
 
 

@@ -1,12 +1,16 @@
 """The node runtime: drives a ``RaftCore`` with a reactor, a storage, a transport and an app.
 
 Every input (a datagram, a timer tick, a proposal, a read) is fed to the core at once;
-the resulting work is executed once per reactor turn in the only safe order:
+the resulting batches are carried out once per reactor turn by the shared executor
+(``txraft.runtime.executor``), in the order the core decided for each message:
 
-    persist (one fsync for the whole batch) -> send -> apply -> serve reads -> advance
+    send what depends on nothing unsaved -> persist (one fsync for the whole batch)
+    -> send what promises it -> apply, serve reads -> advance -> answer -> commit notices
 
-so a vote or an acknowledgement never leaves before the state it promises is durable, and
+so a vote or an acknowledgement never leaves before the state it promises is durable, a
+leader's AppendEntries leave while its own fsync runs (dissertation section 10.2.1), and
 all the datagrams and proposals that arrived in one turn share one fsync (group commit).
+The simulator runs the same executor and the same snapshot transfer.
 
 Nothing here reads a global reactor: the composition root (``txraft.plugins.raftnode``)
 injects it, and tests drive this class with ``twisted.internet.task.Clock``.
@@ -25,17 +29,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txraft.core import LEADER, PROBE, SNAPSHOT, Accepted, CoreConfig, RaftCore
+from txraft.core import LEADER, Accepted, CoreConfig, RaftCore, SnapshotImage
+from txraft.core.messages import ENTRY_NOOP, InstallSnapshot, SnapshotMeta
 from txraft.errors import CommitTimeout, NotLeader, Overloaded, ProposalDropped, ReadTimeout
 from txraft.interfaces import ILogStorage, IRaftNode, IStateMachine
-from txraft.core.messages import (
-    ENTRY_NOOP,
-    AppendEntries,
-    InstallSnapshot,
-    InstallSnapshotResponse,
-    SnapshotMeta,
-)
-from txraft.runtime.snapshot import SnapshotStore, SnapshotTransfers
+from txraft.runtime.executor import Executor
+from txraft.runtime.snapshot import SnapshotStore
+from txraft.runtime.transfer import SnapshotTransfers
 
 
 @attrs.frozen
@@ -154,6 +154,15 @@ class RaftNode(Service):
         self._read_ids = itertools.count(1)
         self._process_call: Any = None
         self._ticker: Optional[LoopingCall] = None
+        self.executor = Executor(
+            self.core,
+            send=self._send_messages,
+            save=self._save,
+            install_snapshot=self._install_snapshot,
+            apply=self._apply,
+            release=self._release,
+            send_after_apply=self._send_later,
+        )
         self.transfers = SnapshotTransfers(
             node_id,
             self._send_direct,
@@ -248,20 +257,7 @@ class RaftNode(Service):
         self._schedule()
 
     def _receive(self, message: Any) -> None:
-        if isinstance(message, InstallSnapshot):
-            self._snapshot_chunk(message)
-        elif isinstance(message, InstallSnapshotResponse) and (
-            message.next_offset > 0 or not message.success
-        ):
-            # A chunk acknowledgement (or a refusal) is the transfer's business; the
-            # core only hears that the transfer is alive.  A refusal goes to the core
-            # only when it brings a newer term: a same-term one would send the peer
-            # back to probing and draw yet another window of chunks.
-            if self.transfers.acknowledged(message):
-                self.core.snapshot_progressing(message.sender)
-            if not message.success and message.term > self.core.term:
-                self.core.step(message)
-        else:
+        if not self.transfers.deliver(message, self.core):
             self.core.step(message)
 
     def _tick(self) -> None:
@@ -269,8 +265,7 @@ class RaftNode(Service):
             return
         try:
             self.core.tick()
-            if self.transfers.outgoing:
-                self.transfers.tick(self._transfer_wanted)
+            self.transfers.tick_for(self.core)
         except Exception:
             # An exception would silently stop the LoopingCall: no more heartbeats or
             # elections from a node that looks alive.
@@ -340,7 +335,7 @@ class RaftNode(Service):
         )
 
     def status(self) -> Dict[str, Any]:
-        out = self.core.status()
+        out = self.core.status().to_json()
         leader_id, leader_url = self.leader()
         out["leader_http_url"] = (
             self.members[leader_id].public_url if leader_id in self.members else None
@@ -366,57 +361,44 @@ class RaftNode(Service):
     def _process(self) -> None:
         self._process_call = None
         try:
-            while self.core.has_ready():
-                self._execute(self.core.ready())
+            self.executor.drain()
         except Exception:
             self._fatal(Failure())
 
-    def _execute(self, rd: Any) -> None:
+    # The executor's callables, in the order it calls them.
+
+    def _send_messages(self, messages: Any) -> None:
+        send = self.transport.send
+        for message in messages:
+            if type(message) is InstallSnapshot:
+                self._start_snapshot_transfer(message)
+            else:
+                send(message)
+        self.counters["messages_sent"] += len(messages)
+
+    def _install_snapshot(self, image: SnapshotImage) -> None:
+        """A leader's snapshot, durably: the image file, the state machine restored to it
+        (a crash after this is reconciled by ``_recover``), the log compacted behind it."""
+        meta = image.meta
+        if self.snapshots is not None:
+            self.snapshots.save(meta, image.data)
+        self.state_machine.restore(meta.index, meta.term, image.data)
+        self.storage.compact(meta)
+        self.counters["snapshots_installed"] += 1
+        self.log.info(
+            "{node}: installed snapshot at index {index} from {leader}",
+            node=self.node_id, index=meta.index, leader=self.core.leader_id,
+        )
+
+    def _save(self, hard_state: Any, entries: Any) -> None:
+        self.storage.save(hard_state, entries)
+        self.counters["fsync_batches"] += 1
+        self.counters["entries_persisted"] += len(entries)
+
+    def _apply(self, rd: Any) -> list:
+        """Apply the batch in one state-machine transaction; collect the answers it
+        settles (they are handed out after ``advance``, in ``_release``)."""
         self.counters["readies"] += 1
-        if (
-            rd.entries
-            and rd.messages
-            and rd.hard_state is None
-            and rd.snapshot is None
-            and self.core.role == LEADER
-        ):
-            # Thesis section 10.2.1: a leader may write its log in parallel with its
-            # followers.  Its messages promise nothing about its own disk (its term and
-            # vote are already durable: hard_state is None), and the core counts its own
-            # copy only in advance(), after the save below.  The followers' fsyncs then
-            # overlap the leader's instead of following it.
-            self._send_messages(rd.messages)
-            messages = ()
-        elif (
-            rd.committed_entries
-            and rd.messages
-            and rd.hard_state is None
-            and not rd.entries
-            and self.core.role == LEADER
-            and all(type(m) is AppendEntries and not m.entries for m in rd.messages)
-        ):
-            # Commit notices (empty AppendEntries telling followers the new commit
-            # index) promise nothing and nobody waits for them, unlike the answers to
-            # the writes this batch commits: send them on the next reactor turn, after
-            # the reactor has written those answers to their sockets (one-connection
-            # write p50 down 4-15% in bench/cluster_http.py, docs/benchmarks.md).
-            self.reactor.callLater(0, self._send_later, rd.messages)
-            messages = ()
-        else:
-            messages = rd.messages
-        # 1. Persist: nothing below may depend on state that is not yet durable.
-        if rd.snapshot is not None:
-            # The state machine already holds this snapshot (see _snapshot_chunk).
-            self.storage.compact(rd.snapshot)
-        if rd.hard_state is not None or rd.entries:
-            self.storage.save(rd.hard_state, rd.entries)
-            self.counters["fsync_batches"] += 1
-            self.counters["entries_persisted"] += len(rd.entries)
-        # 2. Send.
-        if messages:
-            self._send_messages(messages)
-        # 3. Apply, in one state-machine transaction for the whole batch.  Deferreds
-        # fire after advance(), below.
         outcomes: list = []
         if rd.committed_entries:
             results = self.state_machine.apply_batch(rd.committed_entries)
@@ -436,10 +418,8 @@ class RaftNode(Service):
                             "was not applied" % (entry.term, entry.index)
                         )
                     )))
-        # 4. Serve reads the batch made safe; fail the ones whose leader was lost.
-        applied = self.core.last_applied
-        if rd.committed_entries:
-            applied = rd.committed_entries[-1].index
+        # Serve reads the batch made safe; fail the ones whose leader was lost.
+        applied = rd.committed_entries[-1].index if rd.committed_entries else self.core.last_applied
         for ctx in rd.reads:
             pending = self._reads.pop(ctx, None)
             if pending is not None:
@@ -452,7 +432,9 @@ class RaftNode(Service):
                 outcomes.append((pending[0], Failure(self._not_leader(self.core.leader_id))))
         if rd.soft_state is not None:
             self._role_changed(rd.soft_state, outcomes)
-        self.core.advance(rd)
+        return outcomes
+
+    def _release(self, outcomes: list) -> None:
         # Only now: a callback may propose or read, which the core takes only after
         # advance() (see RaftCore.ready).
         for d, outcome in outcomes:
@@ -460,26 +442,25 @@ class RaftNode(Service):
                 d.errback(outcome)
             else:
                 d.callback(outcome)
+        core = self.core
         if (
             self.snapshots is not None
             and not self._snapshot_running
-            and self.core.last_applied - self.core.log.snapshot_index
+            and core.last_applied - core.snapshot_index
             >= self.timing.snapshot_entries + self.timing.snapshot_trailing_entries
         ):
             self._snapshot()
 
     def _send_later(self, messages: Any) -> None:
+        # Commit notices promise nothing and nobody waits for them, unlike the answers
+        # to the writes this batch committed: send them on the next reactor turn, after
+        # the reactor has written those answers to their sockets (one-connection write
+        # p50 down 4-15% in bench/cluster_http.py, docs/benchmarks.md).
+        self.reactor.callLater(0, self._send_notices, messages)
+
+    def _send_notices(self, messages: Any) -> None:
         if self._dead is None and self.running:
             self._send_messages(messages)
-
-    def _send_messages(self, messages: Any) -> None:
-        send = self.transport.send
-        for message in messages:
-            if isinstance(message, InstallSnapshot):
-                self._start_snapshot_transfer(message)
-            else:
-                send(message)
-        self.counters["messages_sent"] += len(messages)
 
     def _role_changed(self, soft: Any, outcomes: list) -> None:
         self.log.info(
@@ -553,63 +534,27 @@ class RaftNode(Service):
     def _snapshot_stored(self, meta: SnapshotMeta, data: bytes) -> None:
         self.counters["snapshots_taken"] += 1
         upto = min(meta.index, self.core.last_applied) - self.timing.snapshot_trailing_entries
-        if upto > self.core.log.snapshot_index:
-            compact = SnapshotMeta(upto, self.core.log.term_at(upto))
-            self.storage.compact(compact)
-            self.core.compact(compact)
+        if upto > self.core.snapshot_index:
+            self.storage.compact(self.core.compact(upto))
         self.log.info(
             "{node}: snapshot at index {index} ({size} bytes); log starts after {first}",
             node=self.node_id, index=meta.index, size=len(data),
-            first=self.core.log.snapshot_index,
+            first=self.core.snapshot_index,
         )
 
     def _start_snapshot_transfer(self, message: InstallSnapshot) -> None:
-        if not self.transfers.start(message.receiver, message.term, message.last_included_index):
+        started = self.transfers.stats["sent"]
+        meta = self.transfers.start(message)
+        if meta is None:
             raise FatalNodeError(
                 "a follower needs a snapshot at index %d or later but none is stored"
                 % message.last_included_index
             )
-
-    def _transfer_wanted(self, peer: str, term: int) -> bool:
-        core = self.core
-        if core.role != LEADER or core.term != term:
-            return False
-        progress = core.progress.get(peer)
-        # A probe is how the core re-checks a silent transfer; it usually ends with the
-        # snapshot offered again, and the transfer should go on where it was.
-        return progress is not None and progress.state in (SNAPSHOT, PROBE)
-
-    def _snapshot_chunk(self, message: InstallSnapshot) -> None:
-        core = self.core
-        if (
-            message.last_included_index <= core.commit_index
-            and message.term == core.term
-            and message.sender == core.leader_id
-            and not self.transfers.receiving_from(message.sender, message.term)
-        ):
-            # We already hold everything it covers (perhaps our last answer was lost):
-            # let the core say so, which ends the leader's transfer.
-            meta, data = SnapshotMeta(message.last_included_index, message.last_included_term), None
-        else:
-            complete = self.transfers.received(message, core.term, core.leader_id)
-            if complete is None:
-                return
-            meta, data = complete
-        if meta.index > self.core.commit_index:
-            if self.snapshots is not None:
-                self.snapshots.save(meta, data)
-            # Durable state machine first: a crash after this is reconciled by _recover.
-            self.state_machine.restore(meta.index, meta.term, data)
-            self.counters["snapshots_installed"] += 1
+        if self.transfers.stats["sent"] > started:
             self.log.info(
-                "{node}: installed snapshot at index {index} from {leader}",
-                node=self.node_id, index=meta.index, leader=message.sender,
+                "{node}: sending snapshot at index {index} to {peer}",
+                node=self.node_id, index=meta.index, peer=message.receiver,
             )
-        self.core.step(
-            InstallSnapshot(
-                message.term, message.sender, self.node_id, meta.index, meta.term, done=True
-            )
-        )
 
     def _send_direct(self, message: Any) -> None:
         self.transport.send(message)

@@ -5,10 +5,16 @@ random -- election timeouts, message loss, duplication and delay, fault choices,
 behaviour -- comes from ONE ``random.Random(seed)``, so a seed replays exactly, event for
 event (``Simulation.trace`` records them).
 
-Each simulated node executes every ``Ready`` in the order the core's contract demands:
-persist (to a ``MemoryStorage``), send, apply (to a pluggable state machine), advance.
-A crash keeps only what was persisted and may strike between those steps
-(``crash(node_id, at="persist")`` crashes right after persisting, before sending).
+Each simulated node runs its core's batches through the node's own executor
+(``txraft.runtime.executor``): messages that depend on nothing unsaved, then persist (to
+a ``MemoryStorage``), then the rest of the messages, apply (to a pluggable state
+machine), advance, answers, commit notices.  Snapshots travel as the node sends them,
+through the node's own ``SnapshotTransfers``, in chunks, under the same faults.  A crash
+keeps only what was persisted, and may strike inside a batch
+(``crash(node_id, at=...)``, one of ``CRASH_POINTS``): after the early messages left
+but before anything was saved (``"before_persist"``), in the middle of the save, leaving
+a prefix of its records as a torn write can (``"torn"``), right after persisting
+(``"persist"``), after sending (``"send"``) or after applying (``"apply"``).
 
 Closed-loop ``SimClient``s propose writes and issue ReadIndex reads to whichever node they
 think leads, with timeouts and retries; outcomes may be unknown, as in production.
@@ -49,14 +55,21 @@ from txraft.core.messages import (
     AppendEntriesResponse,
     HardState,
     InstallSnapshot,
+    SnapshotChunk,
     SnapshotMeta,
 )
+from txraft.runtime.executor import Executor
+from txraft.runtime.transfer import SnapshotTransfers
 from txraft.testing.sim_invariants import InvariantViolation, LivenessViolation, SafetyChecker
 from txraft.testing.sim_network import SimNetwork
 
 DEFAULT_REPLAY = "TXRAFT_SEED=%(seed)d python -m twisted.trial tests.unit.test_sim_random"
 
-CRASH_POINTS = ("persist", "send", "apply")
+CRASH_POINTS = ("before_persist", "torn", "persist", "send", "apply")
+
+
+class SimCrash(Exception):
+    """A crash point struck inside a batch: the executor stops where it is."""
 
 
 @attrs.frozen
@@ -75,6 +88,10 @@ class SimConfig:
     check_quorum: bool = True
     #: Compact the log once this many entries are applied past the snapshot (0: never).
     snapshot_every: int = 0
+    #: Bytes per snapshot chunk and chunks per window of the snapshot transfer (small,
+    #: so that even a small image crosses the network in several datagrams).
+    snapshot_chunk_bytes: int = 16
+    snapshot_window: int = 4
     #: The state machine survives crashes with its applied index (like the runtime's
     #: SQLite one) instead of being rebuilt from the snapshot and the log.
     durable_state_machine: bool = False
@@ -158,6 +175,12 @@ class MemoryStorage:
 
     def load(self) -> Tuple[HardState, SnapshotMeta, Optional[bytes], List[Any]]:
         return self.hard_state, self.snapshot, self.snapshot_data, list(self.entries)
+
+    def latest_snapshot(self) -> Optional[Tuple[SnapshotMeta, bytes]]:
+        """The stored snapshot as the transfer reads it, or None."""
+        if self.snapshot_data is None:
+            return None
+        return self.snapshot, self.snapshot_data
 
 
 # ------------------------------------------------------------- state machine
@@ -312,13 +335,16 @@ class ClientResponse:
 
 
 class SimNode:
-    """One server: a core, its durable storage and its (volatile) state machine."""
+    """One server: a core, its durable storage and its state machine, run by the
+    node's executor and snapshot transfer."""
 
     def __init__(self, sim: "Simulation", node_id: str):
         self.sim = sim
         self.id = node_id
         self.storage = MemoryStorage()
         self.core: Optional[RaftCore] = None
+        self.executor: Optional[Executor] = None
+        self.transfers: Optional[SnapshotTransfers] = None
         self.machine: Any = None
         #: The index the state machine has applied (what a durable one would store).
         self.machine_applied = 0
@@ -327,6 +353,7 @@ class SimNode:
         self.backlog: List[Tuple[Callable[[Any], None], Any]] = []
         self.dirty = False
         self.crash_point: Optional[str] = None
+        self._persisted_in_batch = False
         self.tick_rate = 1.0
         self._tick_credit = 0.0
         self.incarnation = 0
@@ -334,7 +361,6 @@ class SimNode:
         self._writes_term = 0
         self.pending_reads: Dict[Any, ClientRequest] = {}
         self._reads_accepted = 0
-        self._incoming_snapshots: Dict[Tuple[int, int], bytes] = {}
 
     @property
     def up(self) -> bool:
@@ -352,17 +378,28 @@ class SimNode:
             # received snapshot and restoring it: catch up from the stored image.
             self.machine.restore(data, snapshot)
             self.machine_applied = snapshot.index
-        self.core = RaftCore(
+        self.core = sim.core_factory(
             self.id, sim.node_ids, sim.core_config, sim.rng,
             hard_state=hard_state, snapshot=snapshot, entries=entries,
             applied_index=self.machine_applied,
+        )
+        self.executor = Executor(
+            self.core, send=self._send, save=self._save,
+            install_snapshot=self._install_snapshot, apply=self._apply,
+            release=self._release,
+        )
+        config = sim.config
+        self.transfers = SnapshotTransfers(
+            self.id, self._send_wire, lambda: sim.now / 1000.0,
+            latest=self.storage.latest_snapshot,
+            chunk_bytes=config.snapshot_chunk_bytes, window=config.snapshot_window,
+            resend_after_seconds=4 * config.tick_ms / 1000.0,
         )
         self.incarnation += 1
         self.paused_until = min(self.paused_until, sim.now)  # a new process is not paused
         self.crash_point = None
         self.pending_writes = {}
         self.pending_reads = {}
-        self._incoming_snapshots = {}
         sim.checker.on_start(self)
         sim.record("start", self.id, self.core.term, self.core.log.last_index)
 
@@ -373,11 +410,14 @@ class SimNode:
         for ctx in self.pending_reads:
             sim.checker.on_read_dropped(ctx)
         self.core = None
+        self.executor = None
+        self.transfers = None
         if not sim.config.durable_state_machine:
             self.machine = None
         self.pending_writes = {}
         self.pending_reads = {}
         self.crash_point = None
+        self._persisted_in_batch = False
         self.backlog = []
         sim.record("crash", self.id)
 
@@ -393,6 +433,7 @@ class SimNode:
             if was_leader and core.role != LEADER:
                 self.sim.stats["check_quorum_stepdowns"] += 1
                 self.sim.record("stepdown", self.id, core.term)
+            self.transfers.tick_for(core)
             self.drain()
             core = self.core
             if core is None:
@@ -406,15 +447,14 @@ class SimNode:
             self.backlog.append((self.receive, message))
             return
         sim = self.sim
-        sim.record("recv", self.id, message.sender, type(message).__name__, message.term)
-        if isinstance(message, InstallSnapshot):
-            self._incoming_snapshots[(message.last_included_index,
-                                      message.last_included_term)] = message.data
-        elif isinstance(message, AppendEntriesResponse):
-            sim.observe_append_response(core, message)
-        elif isinstance(message, AppendEntries):
-            sim.observe_append(core, message)
-        core.step(message)
+        kind = type(message)
+        sim.record("recv", self.id, message.sender, kind.__name__, message.term)
+        if not self.transfers.deliver(message, core):
+            if kind is AppendEntriesResponse:
+                sim.observe_append_response(core, message)
+            elif kind is AppendEntries:
+                sim.observe_append(core, message)
+            core.step(message)
         self.drain()
 
     def client_request(self, req: ClientRequest) -> None:
@@ -469,105 +509,145 @@ class SimNode:
                 self.reply(req, "unknown")
             self.pending_writes = {}
 
-    # ---------------------------------------------------------- the Ready loop
+    # ------------------------------------------------ the executor's callables
 
     def drain(self) -> None:
-        """Execute Ready batches until there are none: persist, send, apply, advance."""
-        core = self.core
+        """Run the core's batches through the executor until there are none."""
+        if not self.dirty:
+            self.sim.checker.touch(self)
+        try:
+            self.executor.drain()
+        except SimCrash:
+            self.crash()
+
+    def _strike(self, point: str) -> None:
+        if self.crash_point == point:
+            self.sim.stats["crashes_at_" + point] += 1
+            raise SimCrash(point)
+
+    def _send(self, messages: Any) -> None:
+        if self._persisted_in_batch:
+            self._strike("persist")
         sim = self.sim
         checker = sim.checker
-        if not self.dirty:
-            checker.touch(self)
-        storage = self.storage
-        while core.has_ready():
-            rd = core.ready()
-            crash_point = self.crash_point
-            # 1. persist (one fsync)
-            if rd.snapshot is not None:
-                data = self._incoming_snapshots.pop((rd.snapshot.index, rd.snapshot.term))
-                storage.save_snapshot(rd.snapshot, data)
-                sim.stats["snapshots_installed"] += 1
-            if rd.hard_state is not None or rd.entries:
-                storage.save(rd.hard_state, rd.entries)
-                checker.on_persist(self, rd.hard_state, rd.entries)
-            if crash_point == "persist":
-                sim.stats["crashes_after_persist"] += 1
-                self.crash()
-                return
-            # 2. send
-            for m in rd.messages:
-                checker.on_send(self, m)
-                if isinstance(m, InstallSnapshot):
-                    if storage.snapshot.index != m.last_included_index:
-                        raise AssertionError(
-                            "core asked to send snapshot %d, storage holds %d"
-                            % (m.last_included_index, storage.snapshot.index)
-                        )
-                    m = attrs.evolve(m, data=storage.snapshot_data or b"")
+        for m in messages:
+            checker.on_send(self, m)
+            if type(m) is InstallSnapshot:
+                started = self.transfers.stats["sent"]
+                meta = self.transfers.start(m)
+                if meta is None:
+                    raise AssertionError(
+                        "core asked to send snapshot %d, storage holds %d"
+                        % (m.last_included_index, self.storage.snapshot.index)
+                    )
+                if self.transfers.stats["sent"] > started:
                     sim.stats["snapshots_sent"] += 1
-                receiver = sim.nodes.get(m.receiver)
-                if receiver is not None:
-                    sim.network.send(self.id, m.receiver, m, receiver.receive)
-            if crash_point == "send":
-                sim.stats["crashes_after_send"] += 1
-                self.crash()
-                return
-            # 3. apply, then serve reads
-            if rd.snapshot is not None:
-                self.machine.restore(storage.snapshot_data, rd.snapshot)
-                self.machine_applied = rd.snapshot.index
-                checker.on_restore(self, rd.snapshot.index)
-                for index in [i for i in self.pending_writes if i <= rd.snapshot.index]:
-                    self.reply(self.pending_writes.pop(index)[1], "unknown")
-            machine = self.machine
-            noops = getattr(machine, "wants_noops", False)
-            pending = self.pending_writes
-            for entry in rd.committed_entries:
-                checker.on_apply(self, entry)
-                result = None
-                if noops or entry.kind != ENTRY_NOOP:
-                    result = machine.apply(entry)
-                self.machine_applied = entry.index
-                if pending:
-                    waiting = pending.pop(entry.index, None)
-                    if waiting is not None:
-                        term, req = waiting
-                        if term == entry.term:
-                            self.reply(req, "ok", result=result, index=entry.index)
-                        else:
-                            self.reply(req, "failed")
-            for ctx in rd.reads:
-                req = self.pending_reads.pop(ctx)
-                checker.on_read_released(self, ctx)
-                sim.stats["reads_served"] += 1
-                self.reply(req, "ok", result=machine.query(req.op.payload))
-            for ctx in rd.failed_reads:
-                req = self.pending_reads.pop(ctx, None)
-                checker.on_read_dropped(ctx)
-                sim.stats["reads_failed"] += 1
-                if req is not None:
-                    self.reply(req, "failed")
-            if rd.soft_state is not None:
-                sim.record("role", self.id, rd.soft_state.role, rd.soft_state.term,
-                           rd.soft_state.leader_id)
-            if crash_point == "apply":
-                sim.stats["crashes_after_apply"] += 1
-                self.crash()
-                return
-            # 4. advance
-            core.advance(rd)
-            if pending and (core.role != LEADER or core.term != self._writes_term):
-                self._fail_pending_writes()
-            every = sim.config.snapshot_every
-            if every and core.last_applied - core.log.snapshot_index >= every:
-                self._compact()
+                continue
+            receiver = sim.nodes.get(m.receiver)
+            if receiver is not None:
+                sim.network.send(self.id, m.receiver, m, receiver.receive)
+
+    def _send_wire(self, m: Any) -> None:
+        """The snapshot transfer's chunks and acknowledgements (they promise nothing
+        durable: bytes held in memory, so the checker's send rule does not apply)."""
+        sim = self.sim
+        if type(m) is SnapshotChunk:
+            sim.stats["snapshot_chunks_sent"] += 1
+        receiver = sim.nodes.get(m.receiver)
+        if receiver is not None:
+            sim.network.send(self.id, m.receiver, m, receiver.receive)
+
+    def _install_snapshot(self, image: Any) -> None:
+        self._strike("before_persist")
+        sim = self.sim
+        meta = image.meta
+        self.storage.save_snapshot(meta, image.data)
+        self.machine.restore(image.data, meta)
+        self.machine_applied = meta.index
+        sim.checker.on_restore(self, meta.index)
+        sim.stats["snapshots_installed"] += 1
+        self._persisted_in_batch = True
+        for index in [i for i in self.pending_writes if i <= meta.index]:
+            self.reply(self.pending_writes.pop(index)[1], "unknown")
+
+    def _save(self, hard_state: Any, entries: Any) -> None:
+        if not self._persisted_in_batch:
+            self._strike("before_persist")
+        checker = self.sim.checker
+        if self.crash_point == "torn":
+            # A crash in the middle of the write: the storage writes the hard state
+            # record first, then one record per entry; a prefix of them survives.
+            records = (1 if hard_state is not None else 0) + len(entries)
+            keep = self.sim.rng.randrange(records)
+            if hard_state is not None:
+                if keep == 0:
+                    hard_state = None
+                else:
+                    keep -= 1
+            entries = entries[:keep]
+            self.storage.save(hard_state, entries)
+            checker.on_persist(self, hard_state, entries)
+            self._strike("torn")
+        self.storage.save(hard_state, entries)
+        checker.on_persist(self, hard_state, entries)
+        self._persisted_in_batch = True
+
+    def _apply(self, rd: Any) -> List[Tuple[ClientRequest, str, Dict[str, Any]]]:
+        if self._persisted_in_batch:
+            self._strike("persist")
+        self._strike("send")
+        sim = self.sim
+        checker = sim.checker
+        machine = self.machine
+        noops = getattr(machine, "wants_noops", False)
+        pending = self.pending_writes
+        answers: List[Tuple[ClientRequest, str, Dict[str, Any]]] = []
+        for entry in rd.committed_entries:
+            checker.on_apply(self, entry)
+            result = None
+            if noops or entry.kind != ENTRY_NOOP:
+                result = machine.apply(entry)
+            self.machine_applied = entry.index
+            if pending:
+                waiting = pending.pop(entry.index, None)
+                if waiting is not None:
+                    term, req = waiting
+                    if term == entry.term:
+                        answers.append((req, "ok", {"result": result, "index": entry.index}))
+                    else:
+                        answers.append((req, "failed", {}))
+        for ctx in rd.reads:
+            req = self.pending_reads.pop(ctx)
+            checker.on_read_released(self, ctx)
+            sim.stats["reads_served"] += 1
+            answers.append((req, "ok", {"result": machine.query(req.op.payload)}))
+        for ctx in rd.failed_reads:
+            req = self.pending_reads.pop(ctx, None)
+            checker.on_read_dropped(ctx)
+            sim.stats["reads_failed"] += 1
+            if req is not None:
+                answers.append((req, "failed", {}))
+        if rd.soft_state is not None:
+            sim.record("role", self.id, rd.soft_state.role, rd.soft_state.term,
+                       rd.soft_state.leader_id)
+        self._persisted_in_batch = False
+        self._strike("apply")
+        return answers
+
+    def _release(self, answers: List[Tuple[ClientRequest, str, Dict[str, Any]]]) -> None:
+        for req, status, kw in answers:
+            self.reply(req, status, **kw)
+        core = self.core
+        if self.pending_writes and (core.role != LEADER or core.term != self._writes_term):
+            self._fail_pending_writes()
+        every = self.sim.config.snapshot_every
+        if every and core.last_applied - core.snapshot_index >= every:
+            self._compact()
 
     def _compact(self) -> None:
         core = self.core
-        index = core.last_applied
-        meta = SnapshotMeta(index, core.log.term_at(index))
+        meta = core.compact(core.last_applied)
         self.storage.save_snapshot(meta, self.machine.snapshot())
-        core.compact(meta)
         self.sim.stats["compactions"] += 1
 
 
@@ -719,6 +799,8 @@ class Simulation:
         replay: str = DEFAULT_REPLAY,
         record_trace: bool = True,
         rng: Optional[random.Random] = None,
+        core_factory: Callable[..., RaftCore] = RaftCore,
+        checker_factory: Callable[[Any], SafetyChecker] = SafetyChecker,
     ):
         self.seed = seed
         self.config = config
@@ -737,7 +819,9 @@ class Simulation:
         self.workload = workload if workload is not None else KVWorkload()
         self.workload.bind(self)
         self.network = SimNetwork(self)
-        self.checker = SafetyChecker(self)
+        #: Builds each node's core (a test may pass a deliberately broken one).
+        self.core_factory = core_factory
+        self.checker = checker_factory(self)
         self.node_ids = ["n%d" % i for i in range(1, config.nodes + 1)]
         self.nodes: Dict[str, SimNode] = {nid: SimNode(self, nid) for nid in self.node_ids}
         self.node_list = list(self.nodes.values())

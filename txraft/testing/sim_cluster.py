@@ -2,9 +2,11 @@
 
 Where ``Simulation`` runs a clock and a random network, ``Cluster`` lets a test decide
 everything: which node ticks, which message is delivered, dropped, duplicated or held
-back, when a node crashes.  Every node still executes each ``Ready`` in the contract's
-order (persist to a ``MemoryStorage``, send into ``inflight``, apply, advance) and the
-same ``SafetyChecker`` runs after every delivery and tick.
+back, when a node crashes.  Every node still runs each ``Ready`` through the node's own
+executor (``txraft.runtime.executor``: early messages, persist to a ``MemoryStorage``,
+the other messages into ``inflight``, apply, advance, commit notices), snapshots travel
+as ``SnapshotChunk`` messages of the node's own ``SnapshotTransfers``, and the same
+``SafetyChecker`` runs after every delivery and tick.
 
 Typical use::
 
@@ -21,9 +23,14 @@ import random
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from txraft.core import LEADER, CoreConfig, Ready, RaftCore
-from txraft.core.messages import ENTRY_NOOP, Entry, HardState
+from txraft.core.messages import ENTRY_NOOP, Entry, HardState, InstallSnapshot
+from txraft.runtime.executor import Executor
+from txraft.runtime.transfer import SnapshotTransfers
 from txraft.testing.sim import MemoryStorage
 from txraft.testing.sim_invariants import InvariantViolation, SafetyChecker
+
+#: Seconds of the snapshot transfers' clock per ``Cluster.tick`` round.
+TICK_SECONDS = 0.01
 
 #: Scenario tests' timing: elections after 10-19 ticks, a heartbeat every tick.
 SCENARIO_CONFIG = CoreConfig(election_ticks=10, heartbeat_ticks=1)
@@ -40,6 +47,8 @@ class ClusterNode:
         self.id = node_id
         self.storage = MemoryStorage()
         self.core: Optional[RaftCore] = None
+        self.executor: Optional[Executor] = None
+        self.transfers: Optional[SnapshotTransfers] = None
         #: Every Ready this node executed (since the cluster was built).
         self.dirty = False
         self.readies: List[Ready] = []
@@ -68,6 +77,8 @@ class Cluster:
         self.node_list = list(self.nodes.values())
         self.inflight: List[Any] = []
         self.dropped: List[Any] = []
+        #: Tick rounds so far: the snapshot transfers' clock.
+        self.ticks = 0
         self._cut: Set[Tuple[str, str]] = set()
         self.checker = SafetyChecker(self)
         for nid, node in self.nodes.items():
@@ -110,17 +121,30 @@ class Cluster:
     def start(self, node_id: str) -> None:
         node = self.nodes[node_id]
         hard_state, snapshot, _, entries = node.storage.load()
-        node.core = RaftCore(
+        core = node.core = RaftCore(
             node_id, self.node_ids, self.config, self.rng,
             hard_state=hard_state, snapshot=snapshot, entries=entries,
             applied_index=snapshot.index,
+        )
+        node.executor = Executor(
+            core,
+            send=lambda messages: self._send(node, messages),
+            save=lambda hard_state, entries: self._save(node, hard_state, entries),
+            install_snapshot=lambda image: self._install(node, image),
+            apply=lambda rd: self._apply(node, rd),
+        )
+        node.transfers = SnapshotTransfers(
+            node_id, self._send_wire, lambda: self.ticks * TICK_SECONDS,
+            latest=node.storage.latest_snapshot, chunk_bytes=4, window=2,
+            resend_after_seconds=4 * TICK_SECONDS,
         )
         node.applied = []
         self.checker.on_start(node)
 
     def crash(self, node_id: str) -> None:
         """Lose everything the node has not persisted."""
-        self.nodes[node_id].core = None
+        node = self.nodes[node_id]
+        node.core = node.executor = node.transfers = None
 
     def restart(self, node_id: str) -> None:
         self.start(node_id)
@@ -165,7 +189,8 @@ class Cluster:
         if (message.sender, message.receiver) in self._cut:
             self.dropped.append(message)
             return
-        node.core.step(message)
+        if not node.transfers.deliver(message, node.core):
+            node.core.step(message)
         self.process(node.id)
         self.checker.after_event()
 
@@ -194,10 +219,12 @@ class Cluster:
         """Tick one node (or every live node) ``times`` times, executing its Readys."""
         ids = [node_id] if node_id is not None else self.node_ids
         for _ in range(times):
+            self.ticks += 1
             for nid in ids:
-                core = self.nodes[nid].core
-                if core is not None:
-                    core.tick()
+                node = self.nodes[nid]
+                if node.core is not None:
+                    node.core.tick()
+                    node.transfers.tick_for(node.core)
                     self.process(nid)
             self.checker.after_event()
 
@@ -237,36 +264,50 @@ class Cluster:
     # --------------------------------------------------------- Ready driver
 
     def process(self, node_id: Optional[str] = None) -> None:
-        """Execute Readys (persist, send, apply, advance) until the node has none."""
+        """Run the node's batches through its executor until it has none."""
         ids = [node_id] if node_id is not None else self.node_ids
         for nid in ids:
             node = self.nodes[nid]
-            core = node.core
-            if core is None:
+            if node.core is None:
                 continue
             self.checker.touch(node)
-            while core.has_ready():
-                rd = core.ready()
-                node.readies.append(rd)
-                if rd.hard_state is not None or rd.entries:
-                    node.storage.save(rd.hard_state, rd.entries)
-                    self.checker.on_persist(node, rd.hard_state, rd.entries)
-                for m in rd.messages:
-                    self.checker.on_send(node, m)
-                    if (m.sender, m.receiver) in self._cut:
-                        self.dropped.append(m)
-                    else:
-                        self.inflight.append(m)
-                if rd.snapshot is not None:
-                    node.storage.save_snapshot(rd.snapshot, b"")
-                    self.checker.on_restore(node, rd.snapshot.index)
-                for entry in rd.committed_entries:
-                    self.checker.on_apply(node, entry)
-                    node.applied.append(entry)
-                for ctx in rd.reads:
-                    self.checker.on_read_released(node, ctx)
-                    node.reads.append(ctx)
-                for ctx in rd.failed_reads:
-                    self.checker.on_read_dropped(ctx)
-                    node.failed_reads.append(ctx)
-                core.advance(rd)
+            node.executor.drain()
+
+    def _send(self, node: ClusterNode, messages: Any) -> None:
+        for m in messages:
+            self.checker.on_send(node, m)
+            if type(m) is InstallSnapshot:
+                if node.transfers.start(m) is None:
+                    raise AssertionError("no stored snapshot covers index %d"
+                                         % m.last_included_index)
+            else:
+                self._put(m)
+
+    def _send_wire(self, m: Any) -> None:
+        self._put(m)
+
+    def _put(self, m: Any) -> None:
+        if (m.sender, m.receiver) in self._cut:
+            self.dropped.append(m)
+        else:
+            self.inflight.append(m)
+
+    def _save(self, node: ClusterNode, hard_state: Any, entries: Any) -> None:
+        node.storage.save(hard_state, entries)
+        self.checker.on_persist(node, hard_state, entries)
+
+    def _install(self, node: ClusterNode, image: Any) -> None:
+        node.storage.save_snapshot(image.meta, image.data)
+        self.checker.on_restore(node, image.meta.index)
+
+    def _apply(self, node: ClusterNode, rd: Ready) -> None:
+        node.readies.append(rd)
+        for entry in rd.committed_entries:
+            self.checker.on_apply(node, entry)
+            node.applied.append(entry)
+        for ctx in rd.reads:
+            self.checker.on_read_released(node, ctx)
+            node.reads.append(ctx)
+        for ctx in rd.failed_reads:
+            self.checker.on_read_dropped(ctx)
+            node.failed_reads.append(ctx)

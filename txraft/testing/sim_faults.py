@@ -248,6 +248,12 @@ class SeedResult:
     trace: Optional[List[Any]] = None
 
 
+#: Crashes every few hundred milliseconds, most of them inside a batch (after the early
+#: sends, mid-write, between steps), with partitions: what makes a wrong order of
+#: persist and send observable as a broken property of the paper (the mutation tests).
+CRASH_STORM = FaultMix(crashes=True, crash_points=True, partitions=True, mean_gap_ms=300,
+                       target_leader=0.5)
+
 #: Liveness bounds after healing, for 10 ms ticks and a 15-tick election timeout
 #: (150-300 ms): a stable leader within ten maximal election timeouts, and every client
 #: done and every node caught up within ten seconds.
@@ -261,14 +267,23 @@ def run_seed(
     nodes: Optional[int] = None,
     replay: str = DEFAULT_REPLAY,
     record_trace: bool = False,
+    mix: Optional[FaultMix] = None,
+    **simulation: Any,
 ) -> SeedResult:
-    """Run one randomized scenario; raises ``InvariantViolation`` or ``LivenessViolation``."""
+    """Run one randomized scenario; raises ``InvariantViolation`` or ``LivenessViolation``.
+
+    ``mix`` replaces the seed's drawn fault mix (the draw still happens, so the rest of
+    the seed stays as it was); ``simulation`` goes to ``Simulation`` (``core_factory``,
+    ``checker_factory``: the mutation tests run deliberately broken cores through
+    here)."""
     rng = random.Random(seed)
     if nodes is None:
         nodes = 3 if seed % 2 == 0 else 5
     config = random_config(rng, nodes)
-    mix = random_mix(rng)
-    sim = Simulation(seed, config, rng=rng, replay=replay, record_trace=record_trace)
+    drawn = random_mix(rng)
+    mix = drawn if mix is None else mix
+    sim = Simulation(seed, config, rng=rng, replay=replay, record_trace=record_trace,
+                     **simulation)
     Nemesis(sim, mix)
     try:
         sim.run_for(duration_ms)
