@@ -16,8 +16,9 @@ from typing import Any, Callable, List, Optional
 
 from klein import Klein
 
-from txraft.apps.idempotency import recorded_answer, render_result, request_key
-from txraft.http.web import HTTPError, RaftHTTP, json_response, query_arg, dumps
+from txraft.apps.idempotency import recorded_answer
+from txraft.http.web import (HTTPError, RaftHTTP, dumps, json_response, query_arg, render_result,
+                             request_key)
 
 from shop import schema
 from shop.openapi import spec

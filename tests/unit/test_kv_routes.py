@@ -1,4 +1,4 @@
-"""The key-value store's hot routes answered without Klein (``kv.KVResource``).
+"""The key-value store's hot routes answered without Klein (``kv_http.KVResource``).
 
 Every answer is compared with the one the Klein routes alone give for the same request on
 an identical node: the fast path must be invisible to clients, errors included.
@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from txraft.apps import kv
+from txraft.apps import kv, kv_http
 
 from txraft.http import web
 from txraft.errors import NotLeader, Overloaded
@@ -49,9 +49,9 @@ class Pair:
             testcase.addCleanup(sm.close)
             node = FakeRaftNode(sm, "n2", "http://n2.test:5002")
             setup(node)
-            api = kv.KVAPI(web.RaftHTTP(node, Clock(), client))
+            api = kv_http.KVAPI(web.RaftHTTP(node, Clock(), client))
             # Behind the guard, as the node serves them (it answers undecodable paths).
-            resource = web.RequestGuard(kv.KVResource(api) if fast else api.app.resource())
+            resource = web.RequestGuard(kv_http.KVResource(api) if fast else api.app.resource())
             self.nodes.append(node)
             self.stubs.append(StubTreq(resource))
 
@@ -142,8 +142,8 @@ class FastPathTests(SynchronousTestCase):
         sm = kv.open_state_machine(self.mktemp(), durable=False)
         self.addCleanup(sm.close)
         self.node = FakeRaftNode(sm)
-        self.api = kv.KVAPI(web.RaftHTTP(self.node, Clock(), None))
-        self.resource = kv.KVResource(self.api)
+        self.api = kv_http.KVAPI(web.RaftHTTP(self.node, Clock(), None))
+        self.resource = kv_http.KVResource(self.api)
         self.http = StubTreq(self.resource)
 
     def test_hot_routes_do_not_build_klein(self):

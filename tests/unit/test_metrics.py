@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from shop import state as shop_state
 from shop.app import application as shop_application
 from tests import REPO_ROOT
-from txraft.apps import kv
+from txraft.apps import kv, kv_http
 from txraft.http import web
 from txraft.tools.localcluster import LocalCluster, http
 from txraft.runtime.transport import INBOUND_DROPS, OUTBOUND_DROPS, STATS_NAMES
@@ -370,7 +370,7 @@ class HTTPTests(SynchronousTestCase):
 
     def test_kv(self):
         """The key-value app (its plain twisted.web root)."""
-        cluster = FakeCluster(self, kv.open_state_machine, kv.make_resource)
+        cluster = FakeCluster(self, kv.open_state_machine, kv_http.make_resource)
         cluster("PUT", "/kv/a", data=b"v")
         self.check_route(cluster)
 
@@ -378,7 +378,7 @@ class HTTPTests(SynchronousTestCase):
         """The key-value app's Klein routes alone answer the same."""
 
         def klein_only(node, clock, client):
-            return kv.KVAPI(web.RaftHTTP(node, clock, client)).app.resource()
+            return kv_http.KVAPI(web.RaftHTTP(node, clock, client)).app.resource()
 
         cluster = FakeCluster(self, kv.open_state_machine, klein_only)
         self.check_route(cluster)
@@ -395,7 +395,7 @@ class HTTPTests(SynchronousTestCase):
         cluster = Cluster(self, 3)
         cluster.run(1.0)
         leader = cluster.leader()
-        stub = StubTreq(kv.make_resource(leader, Clock(), None))
+        stub = StubTreq(kv_http.make_resource(leader, Clock(), None))
         counters = dict(leader.counters)
         answer = request(self, stub, "GET", "http://n1/metrics")
         self.assertEqual(answer.code, 200)

@@ -16,7 +16,7 @@ from twisted.web.client import ResponseNeverReceived
 from zope.interface.verify import verifyObject
 
 import txraft
-from txraft.apps import kv
+from txraft.apps import kv, kv_http
 from txraft.http import web
 from txraft.errors import Overloaded
 from txraft.interfaces import IRaftNode, IStateMachine
@@ -37,22 +37,22 @@ class Cluster:
         self.leader = FakeRaftNode(self.leader_sm, "n1", "http://n1.test:5001")
         self.follower = FakeRaftNode(self.follower_sm, "n2", "http://n2.test:5002")
         self.follower.follow("n1", "http://n1.test:5001")
-        self.leader_http = StubTreq(kv.make_resource(self.leader, self.clock, None))
+        self.leader_http = StubTreq(kv_http.make_resource(self.leader, self.clock, None))
         self.to_leader = RecordingClient(self.leader_http)
-        self.follower_http = StubTreq(kv.make_resource(self.follower, self.clock, self.to_leader))
+        self.follower_http = StubTreq(kv_http.make_resource(self.follower, self.clock, self.to_leader))
 
 
 class ApplicationTests(SynchronousTestCase):
     def test_application_shape(self):
-        """kv.application is a frozen Application named kv whose parts build the app."""
-        self.assertEqual(kv.application.name, "kv")
-        self.assertIsInstance(kv.application, web.Application)
+        """kv_http.application is a frozen Application named kv whose parts build the app."""
+        self.assertEqual(kv_http.application.name, "kv")
+        self.assertIsInstance(kv_http.application, web.Application)
         with self.assertRaises(Exception):
-            kv.application.name = "other"
-        sm = kv.application.make_state_machine(self.mktemp())
+            kv_http.application.name = "other"
+        sm = kv_http.application.make_state_machine(self.mktemp())
         self.addCleanup(sm.close)
         self.assertTrue(verifyObject(IStateMachine, sm))
-        resource = kv.application.make_resource(FakeRaftNode(sm), Clock(), None)
+        resource = kv_http.application.make_resource(FakeRaftNode(sm), Clock(), None)
         self.assertEqual(request(self, StubTreq(resource), "GET", "http://x/health").code, 200)
 
     def test_fake_node_provides_interface(self):
@@ -359,8 +359,8 @@ class LeaderRoutingTests(SynchronousTestCase):
         clock = Clock()
         to_a = RecordingClient()
         to_b = RecordingClient()
-        http_a = StubTreq(kv.make_resource(node_a, clock, to_b))
-        http_b = StubTreq(kv.make_resource(node_b, clock, to_a))
+        http_a = StubTreq(kv_http.make_resource(node_a, clock, to_b))
+        http_b = StubTreq(kv_http.make_resource(node_b, clock, to_a))
         to_a.inner, to_b.inner = http_a, http_b
         answer = request(self, http_a, "PUT", "http://a.test/kv/x", data=b"v")
         self.assertEqual((answer.code, answer.error_code), (503, "no_leader"))

@@ -38,6 +38,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 from urllib.parse import unquote_to_bytes
 from zope.interface import implementer
 
+from txraft.apps import idempotency
+from txraft.apps.results import Refusal, Result, error_document
 from txraft.errors import (CommitTimeout, NotLeader, Overloaded, ProposalDropped, RaftError,
                            ReadTimeout)
 
@@ -91,8 +93,9 @@ class Application:
     make_resource: Callable[[Any, Any, Any], Any]
 
 
-class HTTPError(Exception):
-    """An answer that is an error: raised anywhere in a handler, rendered as JSON."""
+class HTTPError(Refusal):
+    """An answer that is an error: raised anywhere in a handler, rendered as JSON (as is
+    any ``Refusal``); it may carry response headers."""
 
     def __init__(
         self,
@@ -102,20 +105,8 @@ class HTTPError(Exception):
         field: Optional[str] = None,
         headers: Iterable[Tuple[bytes, bytes]] = (),
     ):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
+        super().__init__(status, code, message, field)
         self.headers = tuple(headers)
-
-
-def error_document(code: str, message: str, field: Optional[str] = None) -> dict:
-    """The JSON error shape every txraft application answers with."""
-    error = {"code": code, "message": message}
-    if field is not None:
-        error["field"] = field
-    return {"error": error}
 
 
 def json_response(request, status: int, value: Any, headers: Iterable[Tuple[bytes, bytes]] = ()) -> bytes:
@@ -127,10 +118,22 @@ def json_response(request, status: int, value: Any, headers: Iterable[Tuple[byte
     return dumps(value)
 
 
-def render_error(request, error: HTTPError) -> bytes:
-    return json_response(
-        request, error.status, error_document(error.code, error.message, error.field), error.headers
-    )
+def render_error(request, error: Refusal) -> bytes:
+    headers = error.headers if isinstance(error, HTTPError) else ()
+    return json_response(request, error.status, error.document(), headers)
+
+
+def render_result(request, result: Result,
+                  headers: Iterable[Tuple[bytes, bytes]] = ()) -> bytes:
+    """Answer with ``result``: its status and JSON body, ``X-Raft-Index`` (the entry that
+    produced it first) and ``Idempotent-Replayed: true`` on a replay."""
+    request.setHeader(b"X-Raft-Index", b"%d" % (result.index,))
+    if result.replayed:
+        request.setHeader(b"Idempotent-Replayed", b"true")
+    if result.body is None:
+        request.setResponseCode(result.status)
+        return b""
+    return json_response(request, result.status, result.body, headers)
 
 
 def no_leader(message: str = "no leader is known; retry shortly") -> HTTPError:
@@ -169,6 +172,19 @@ def query_arg(request, name: bytes) -> Optional[str]:
         raise HTTPError(
             400, "malformed_query", "query parameter is not UTF-8", field=name.decode("ascii")
         )
+
+
+def request_key(request) -> Optional[str]:
+    """The request's ``Idempotency-Key``, None without one; 422 ``invalid_value`` when
+    it is not a valid key."""
+    value = request.getHeader(idempotency.HEADER)
+    if value is None:
+        return None
+    key = value.decode("latin-1")
+    problem = idempotency.key_problem(key)
+    if problem is not None:
+        raise HTTPError(422, "invalid_value", problem, field=idempotency.FIELD)
+    return key
 
 
 def is_json_type(content_type: Optional[bytes]) -> bool:
@@ -229,7 +245,7 @@ class RaftHTTP:
         ``routing=False`` leaves out werkzeug's routing errors, which only Klein's
         router raises (and so werkzeug is imported only where Klein is used).
         """
-        handlers = [((HTTPError,), self._handle_http_error)]
+        handlers = [((Refusal,), self._handle_refusal)]
         if routing:
             from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
@@ -328,7 +344,7 @@ class RaftHTTP:
 
     # -- error handlers -----------------------------------------------------------------
 
-    def _handle_http_error(self, request, failure):
+    def _handle_refusal(self, request, failure):
         return render_error(request, failure.value)
 
     def _handle_method_not_allowed(self, request, failure):

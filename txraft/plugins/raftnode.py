@@ -29,7 +29,7 @@ log = Logger()
 
 #: Applications known by a short name; anything else is taken as ``module:attribute``.
 #: Names, not imports: the library never imports the shop.
-APPLICATIONS = {"kv": "txraft.apps.kv:application", "shop": "shop.app:application"}
+APPLICATIONS = {"kv": "txraft.apps.kv_http:application", "shop": "shop.app:application"}
 
 SECRET_ENV = "TXRAFT_SECRET"
 
