@@ -1,4 +1,4 @@
-"""The shop's HTTP API (Klein), built on ``txraft.http.web``: the contract of issue 4.
+"""The shop's HTTP API (Klein), built on ``txraft.http``: the contract of issue 4.
 
 Every write is validated here first (422 with ``field``) so that bad requests cost no log
 entry, then proposed as one command that the state machine validates again.  The answer
@@ -17,8 +17,10 @@ from typing import Any, Callable, List, Optional
 from klein import Klein
 
 from txraft.apps.idempotency import recorded_answer
-from txraft.http.web import (HTTPError, RaftHTTP, dumps, json_response, query_arg, render_result,
-                             request_key)
+from txraft.http.errors import HTTPError
+from txraft.http.node import RaftHTTP
+from txraft.http.requests import idempotency_key, query_arg
+from txraft.http.responses import dumps, json_response, render_result
 
 from shop import schema
 from shop.openapi import spec
@@ -193,7 +195,7 @@ class ShopAPI:
         return self._submit(request, KIND_NAMES[prefix] + ".delete", id, None)
 
     def _submit(self, request, op: str, ident: Optional[str], data: Any):
-        key = request_key(request)
+        key = idempotency_key(request)
         fp = None
         if key is not None:
             fp = schema.fingerprint(request.method.decode("ascii"),

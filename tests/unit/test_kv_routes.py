@@ -19,7 +19,8 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from txraft.apps import kv, kv_http
 
-from txraft.http import web
+from txraft.http.node import RaftHTTP
+from txraft.http.requests import RequestGuard
 from txraft.errors import NotLeader, Overloaded
 from tests.fakes import FakeRaftNode, RecordingClient, start_request
 
@@ -49,9 +50,9 @@ class Pair:
             testcase.addCleanup(sm.close)
             node = FakeRaftNode(sm, "n2", "http://n2.test:5002")
             setup(node)
-            api = kv_http.KVAPI(web.RaftHTTP(node, Clock(), client))
+            api = kv_http.KVAPI(RaftHTTP(node, Clock(), client))
             # Behind the guard, as the node serves them (it answers undecodable paths).
-            resource = web.RequestGuard(kv_http.KVResource(api) if fast else api.app.resource())
+            resource = RequestGuard(kv_http.KVResource(api) if fast else api.app.resource())
             self.nodes.append(node)
             self.stubs.append(StubTreq(resource))
 
@@ -142,7 +143,7 @@ class FastPathTests(SynchronousTestCase):
         sm = kv.open_state_machine(self.mktemp(), durable=False)
         self.addCleanup(sm.close)
         self.node = FakeRaftNode(sm)
-        self.api = kv_http.KVAPI(web.RaftHTTP(self.node, Clock(), None))
+        self.api = kv_http.KVAPI(RaftHTTP(self.node, Clock(), None))
         self.resource = kv_http.KVResource(self.api)
         self.http = StubTreq(self.resource)
 
@@ -211,7 +212,7 @@ class FastPathTests(SynchronousTestCase):
                 return d
 
         follower = FakeRaftNode(self.node.state_machine, "n2", "http://n2.test:5002")
-        http = web.RaftHTTP(follower, Clock(), Client())
+        http = RaftHTTP(follower, Clock(), Client())
 
         def handler(request):
             raise NotLeader("n1", "http://n1.test:5001")

@@ -1,4 +1,5 @@
-"""The shared HTTP plumbing (txraft.http.web), driven through the kv application and StubTreq."""
+"""The shared HTTP plumbing (``txraft.http``: errors, requests, leader routing, status),
+driven through the kv application and StubTreq."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from zope.interface.verify import verifyObject
 
 import txraft
 from txraft.apps import kv, kv_http
-from txraft.http import web
+from txraft.apps.application import Application
+from txraft.apps.results import error_document
+from txraft.http import errors, forwarding, requests, responses
+from txraft.http.node import RaftHTTP
 from txraft.errors import Overloaded
 from txraft.interfaces import IRaftNode, IStateMachine
 
@@ -46,7 +50,7 @@ class ApplicationTests(SynchronousTestCase):
     def test_application_shape(self):
         """kv_http.application is a frozen Application named kv whose parts build the app."""
         self.assertEqual(kv_http.application.name, "kv")
-        self.assertIsInstance(kv_http.application, web.Application)
+        self.assertIsInstance(kv_http.application, Application)
         with self.assertRaises(Exception):
             kv_http.application.name = "other"
         sm = kv_http.application.make_state_machine(self.mktemp())
@@ -134,12 +138,12 @@ class JSONBodyTests(SynchronousTestCase):
     def setUp(self):
         sm = kv.open_state_machine(self.mktemp())
         self.addCleanup(sm.close)
-        http = web.RaftHTTP(FakeRaftNode(sm), Clock(), None, body_limit=100)
+        http = RaftHTTP(FakeRaftNode(sm), Clock(), None, body_limit=100)
         app = Klein()
 
         @app.route("/echo", methods=["POST"])
         def echo(request):
-            return web.json_response(request, 200, {"got": http.json_body(request)})
+            return responses.json_response(request, 200, {"got": http.json_body(request)})
 
         @app.route("/boom", methods=["GET"])
         def boom(request):
@@ -397,7 +401,7 @@ class LeaderRoutingTests(SynchronousTestCase):
         read = start_request(c.follower_http, "GET", "http://n2/kv/a")
         c.follower_http.flush()
         self.assertNoResult(write)
-        c.clock.advance(web.DEFAULT_FORWARD_TIMEOUT_SECONDS)
+        c.clock.advance(forwarding.DEFAULT_FORWARD_TIMEOUT_SECONDS)
         c.follower_http.flush()
         answer = self.successResultOf(write)
         self.assertEqual((answer.code, answer.error_code), (504, "commit_timeout"))
@@ -409,7 +413,7 @@ class LeaderRoutingTests(SynchronousTestCase):
         ignores) instead of becoming an error answer nobody reads (and Klein logs)."""
         c = self.cluster
         c.leader.hold = True
-        http = web.RaftHTTP(c.follower, c.clock, RecordingClient(c.leader_http))
+        http = RaftHTTP(c.follower, c.clock, RecordingClient(c.leader_http))
         fake_request = type("R", (), {})()
         fake_request.uri = b"/kv/a"
         fake_request.args = {}
@@ -417,7 +421,7 @@ class LeaderRoutingTests(SynchronousTestCase):
         fake_request.content = None
         fake_request.requestHeaders = Headers()
         fake_request.getHeader = lambda name: None
-        d = http.forward(fake_request, "n1", "http://n1.test:5001")
+        d = http.forwarder.forward(fake_request, "n1", "http://n1.test:5001")
         d.cancel()
         self.failureResultOf(d, defer.CancelledError)
 
@@ -433,22 +437,22 @@ class LeaderRoutingTests(SynchronousTestCase):
 class HelperTests(SynchronousTestCase):
     def test_dumps_is_compact_utf8(self):
         """dumps() gives compact UTF-8 JSON."""
-        self.assertEqual(web.dumps({"a": "é", "b": [1]}), '{"a":"é","b":[1]}'.encode("utf-8"))
+        self.assertEqual(responses.dumps({"a": "é", "b": [1]}), '{"a":"é","b":[1]}'.encode("utf-8"))
 
     def test_error_document(self):
         """error_document() has the documented shape, field only when given."""
-        self.assertEqual(web.error_document("c", "m"), {"error": {"code": "c", "message": "m"}})
-        self.assertEqual(web.error_document("c", "m", "f")["error"]["field"], "f")
+        self.assertEqual(error_document("c", "m"), {"error": {"code": "c", "message": "m"}})
+        self.assertEqual(error_document("c", "m", "f")["error"]["field"], "f")
 
     def test_is_json_type(self):
         """JSON media types are recognised with parameters and +json suffixes."""
-        self.assertTrue(web.is_json_type(b"Application/JSON; charset=utf-8"))
-        self.assertTrue(web.is_json_type(b"application/merge-patch+json"))
-        self.assertFalse(web.is_json_type(b"text/json"))
-        self.assertFalse(web.is_json_type(None))
+        self.assertTrue(requests.is_json_type(b"Application/JSON; charset=utf-8"))
+        self.assertTrue(requests.is_json_type(b"application/merge-patch+json"))
+        self.assertFalse(requests.is_json_type(b"text/json"))
+        self.assertFalse(requests.is_json_type(None))
 
     def test_method_not_allowed(self):
         """method_not_allowed() is a 405 with a sorted Allow header."""
-        error = web.method_not_allowed(["PUT", "GET", "GET"])
+        error = errors.method_not_allowed(["PUT", "GET", "GET"])
         self.assertEqual(error.status, 405)
         self.assertEqual(dict(error.headers)[b"Allow"], b"GET, PUT")

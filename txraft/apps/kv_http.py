@@ -2,7 +2,7 @@
 
 ``PUT /kv/<key>`` (raw body) → 204, ``GET /kv/<key>`` → the raw value, ``DELETE /kv/<key>``
 → 204; writes answer with ``X-Raft-Index``.  Reads are linearizable unless
-``?consistency=stale``; followers forward or redirect through ``txraft.http.web``.  A
+``?consistency=stale``; followers forward or redirect (``txraft.http.forwarding``).  A
 write with an ``Idempotency-Key`` that this node holds a record of is answered at once,
 from the record, without a log entry.
 """
@@ -18,9 +18,12 @@ from zope.interface import implementer
 from txraft.apps import idempotency
 from txraft.apps.kv import (encode_delete, encode_keyed, encode_put, fingerprint,
                             open_state_machine)
+from txraft.apps.application import Application
 from txraft.apps.results import Result
-from txraft.http.web import (Application, HTTPError, RaftHTTP, json_response, render_result,
-                             request_key)
+from txraft.http.errors import HTTPError
+from txraft.http.node import RaftHTTP
+from txraft.http.requests import idempotency_key
+from txraft.http.responses import json_response, render_result
 
 MAX_KEY_BYTES = 1024
 
@@ -86,7 +89,7 @@ class KVAPI:
     def _write_keyed(self, request, command: bytes):
         """A write with an ``Idempotency-Key``: answered from this node's record when it
         holds one, else proposed with the key and the leader's time."""
-        key = request_key(request)
+        key = idempotency_key(request)
         recorded = idempotency.recorded_answer(self.state_machine.idempotency_record(key),
                                                fingerprint(command))
         if recorded is not None:

@@ -373,7 +373,7 @@ class RaftNodeService(service.MultiService):
         self.node = node
         self.udp_port = transport.listen(opts["port"], opts["bind"])
         http_client = _ForwardingClient(reactor, _QuietPool)
-        from txraft.http.web import JSONRequest, RequestGuard
+        from txraft.http.requests import JSONRequest, RequestGuard
 
         resource = RequestGuard(application.make_resource(node, reactor, http_client))
         if opts["admin-token"]:
