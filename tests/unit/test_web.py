@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import os
 
-from klein import Klein
 from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError
@@ -19,9 +18,10 @@ from zope.interface.verify import verifyObject
 import txraft
 from txraft.apps import kv, kv_http
 from txraft.apps.application import Application
-from txraft.apps.results import error_document
 from txraft.http import errors, forwarding, requests, responses
 from txraft.http.node import RaftHTTP
+from txraft.http.routing import Route, RouteTable
+from txraft.apps.results import error_document
 from txraft.errors import Overloaded
 from txraft.interfaces import IRaftNode, IStateMachine
 
@@ -139,18 +139,16 @@ class JSONBodyTests(SynchronousTestCase):
         sm = kv.open_state_machine(self.mktemp())
         self.addCleanup(sm.close)
         http = RaftHTTP(FakeRaftNode(sm), Clock(), None, body_limit=100)
-        app = Klein()
 
-        @app.route("/echo", methods=["POST"])
         def echo(request):
             return responses.json_response(request, 200, {"got": http.json_body(request)})
 
-        @app.route("/boom", methods=["GET"])
         def boom(request):
             raise ZeroDivisionError("bug")
 
-        http.install(app)
-        self.stub = StubTreq(app.resource())
+        routes = RouteTable([Route("POST", "/echo", echo, "echo"),
+                             Route("GET", "/boom", boom, "boom")], http.answer_error)
+        self.stub = StubTreq(routes.klein_resource())
 
     def post(self, data, content_type="application/json"):
         headers = {"Content-Type": [content_type]} if content_type else {}

@@ -4,9 +4,8 @@
 specific: request bodies under the node's limit; ``?consistency=stale`` local reads (with
 ``X-Raft-Applied-Index``) and linearizable reads through ``IRaftNode.read_barrier()`` by
 default; writes through ``IRaftNode.propose()``; ``txraft.errors`` turned into answers,
-``NotLeader`` by forwarding to the leader (``txraft.http.forwarding``); the status,
-health, readiness and metrics routes; and the JSON error handlers, for Klein and for
-routes served without it.
+``NotLeader`` by forwarding to the leader (``txraft.http.forwarding``); and
+``answer_error``, the one error handler that Klein and the fast path both use.
 """
 
 from __future__ import annotations
@@ -16,22 +15,18 @@ from typing import Any, Callable, Optional
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.server import NOT_DONE_YET
 
-from txraft.apps.results import Refusal, error_document
+from txraft.apps.results import Refusal
 from txraft.errors import NotLeader, RaftError
-from txraft.http.errors import (RETRY_SHORTLY, HTTPError, internal_error, method_not_allowed,
-                                not_found, raft_error, render_error)
+from txraft.http.errors import internal_error, raft_error, render_error
 from txraft.http.forwarding import DEFAULT_FORWARD_TIMEOUT_SECONDS, Forwarder
-from txraft.http.metrics import PROMETHEUS_TYPE, prometheus_text
 from txraft.http.requests import DEFAULT_BODY_LIMIT, is_stale, read_body, read_json
-from txraft.http.responses import json_response
 
 log = Logger()
 
 
 class RaftHTTP:
-    """The per-node HTTP plumbing an application's Klein routes are built on.
+    """The per-node HTTP plumbing an application's routes are built on.
 
     ``node`` provides ``IRaftNode``; ``clock`` provides ``IReactorTime`` (forwarding
     timeouts, the leader's time in commands); ``http_client`` is treq-like, for
@@ -51,150 +46,8 @@ class RaftHTTP:
         self.body_limit = body_limit
         self.forwarder = Forwarder(node.node_id, clock, http_client, body_limit,
                                    forward_timeout_seconds)
-        self._handlers = None
 
-    # -- installation -------------------------------------------------------------------
-
-    def install(self, app) -> None:
-        """Add the common routes and the JSON error handlers to the Klein ``app``.
-
-        Call it after the application's own ``handle_errors`` registrations, if any: the
-        catch-all 500 handler registered here must come last.
-        """
-        app.route("/raft/status", methods=["GET"], endpoint="raft_status")(self.raft_status)
-        app.route("/health", methods=["GET"], endpoint="raft_health")(self.health)
-        app.route("/ready", methods=["GET"], endpoint="raft_ready")(self.ready)
-        app.route("/metrics", methods=["GET"], endpoint="raft_metrics")(self.metrics)
-        for exception_types, handler in self.error_handlers():
-            app.handle_errors(*exception_types)(handler)
-
-    def error_handlers(self, routing: bool = True):
-        """``(exception types, handler)`` in the order they are tried: what ``install``
-        registers with Klein and what ``serve`` runs, so both answer errors alike.
-
-        ``routing=False`` leaves out werkzeug's routing errors, which only Klein's
-        router raises (and so werkzeug is imported only where Klein is used).
-        """
-        handlers = [((Refusal,), self._handle_refusal)]
-        if routing:
-            from werkzeug.exceptions import HTTPException, MethodNotAllowed
-
-            handlers.append(((MethodNotAllowed,), self._handle_method_not_allowed))
-            handlers.append(((HTTPException,), self._handle_routing_error))
-        handlers.append(((RaftError,), self._handle_raft_error))
-        handlers.append(((Exception,), self._handle_unexpected))
-        return tuple(handlers)
-
-    # -- routes served without Klein -----------------------------------------------------
-
-    def serve(self, request, handler: Callable[..., Any], *args: Any):
-        """Answer ``request`` with ``handler(request, *args)`` as a Klein route would.
-
-        For an application's hot routes, matched by the application itself: Klein's
-        routing (werkzeug's matcher, its Deferred chain and two ``notifyFinish`` per
-        request) costs about as much CPU as the rest of a write on the leader.  The
-        handler returns bytes, ``None`` or a Deferred of them, or raises; errors go
-        through ``error_handlers()`` in order, each handler's own failure to the next
-        one, as Klein does; a client that disconnects cancels a pending answer.
-        Returns ``NOT_DONE_YET`` (the answer is written here, now or later).
-        """
-        if self._handlers is None:
-            # Handlers served here never raise werkzeug's routing errors.
-            self._handlers = self.error_handlers(routing=False)
-        gone = [False]
-        try:
-            result = handler(request, *args)
-            recovered = False
-        except Exception:
-            # A Deferred from an error handler (a forward) already carries the rest of
-            # the error handlers, as in Klein.
-            result = self._recover(Failure(), request, 0, gone)
-            recovered = True
-        if isinstance(result, defer.Deferred):
-
-            def finished(reason):
-                gone[0] = True
-                if isinstance(reason, Failure):
-                    result.cancel()
-
-            request.notifyFinish().addBoth(finished)
-            if not recovered:
-                result.addErrback(self._recover, request, 0, gone)
-            result.addCallback(_answer, request, gone)
-            result.addErrback(_log_unanswered, request)
-        else:
-            _answer(result, request, gone)
-        return NOT_DONE_YET
-
-    def _recover(self, failure, request, first: int, gone):
-        """Klein's error processing: the first matching handler from ``first`` on."""
-        if gone[0]:
-            if not failure.check(defer.CancelledError):
-                log.failure("error after the client left: {method} {uri}", failure,
-                            method=request.method, uri=request.uri)
-            return _NO_ANSWER
-        handlers = self._handlers
-        for position in range(first, len(handlers)):
-            exception_types, handler = handlers[position]
-            if not failure.check(*exception_types):
-                continue
-            try:
-                result = handler(request, failure)
-            except Exception:
-                failure = Failure()
-                continue
-            if isinstance(result, defer.Deferred):
-                return result.addErrback(self._recover, request, position + 1, gone)
-            return result
-        request.processingFailed(failure)
-        return _NO_ANSWER
-
-    def raft_status(self, request):
-        return json_response(request, 200, self.node.status())
-
-    def health(self, request):
-        return json_response(request, 200, {"status": "ok"})
-
-    def ready(self, request):
-        if self.node.is_ready():
-            return json_response(request, 200, {"ready": True})
-        return render_error(request, HTTPError(
-            503, "not_ready", "no leader known or this node is still catching up",
-            headers=RETRY_SHORTLY))
-
-    def metrics(self, request):
-        """This node's own status for Prometheus: never forwarded, as each node reports
-        itself."""
-        request.setResponseCode(200)
-        request.setHeader(b"Content-Type", PROMETHEUS_TYPE)
-        return prometheus_text(self.node.status())
-
-    # -- error handlers -----------------------------------------------------------------
-
-    def _handle_refusal(self, request, failure):
-        return render_error(request, failure.value)
-
-    def _handle_method_not_allowed(self, request, failure):
-        return render_error(request, method_not_allowed(failure.value.valid_methods or ()))
-
-    def _handle_routing_error(self, request, failure):
-        error = failure.value
-        code = error.code or 500
-        if code == 404:
-            return render_error(request, not_found(request.path))
-        return json_response(
-            request, code, error_document("http_error", error.description or error.name)
-        )
-
-    def _handle_raft_error(self, request, failure):
-        return self.raft_failure(failure, request)
-
-    def _handle_unexpected(self, request, failure):
-        log.failure("unhandled error answering {method} {uri}", failure,
-                    method=request.method, uri=request.uri)
-        return render_error(request, internal_error())
-
-    # -- request bodies and parameters ---------------------------------------------------
+    # -- request bodies -------------------------------------------------------------------
 
     def body(self, request) -> bytes:
         """The raw request body, or 413 when it is over the limit."""
@@ -250,26 +103,36 @@ class RaftHTTP:
             raise raft_error(error)
         return failure
 
+    # -- errors ---------------------------------------------------------------------------
 
-_NO_ANSWER = object()
+    def answer_error(self, request, failure):
+        """The answer to a handler's failure: Klein's error handler (after its router's
+        own errors) and the fast path's, so that both answer every error alike.
 
+        A ``Refusal`` (``HTTPError`` included) is rendered; a ``RaftError`` becomes its
+        answer, ``NotLeader`` a forward whose own errors are answered here too; anything
+        else is a bug: logged, and a JSON 500.
+        """
+        if failure.check(RaftError):
+            try:
+                forwarded = self.raft_failure(failure, request)
+            except Exception:
+                failure = Failure()
+            else:
+                if isinstance(forwarded, defer.Deferred):
+                    return forwarded.addErrback(self._forward_failed, request)
+                return forwarded
+        if failure.check(Refusal):
+            return render_error(request, failure.value)
+        log.failure("unhandled error answering {method} {uri}", failure,
+                    method=request.method, uri=request.uri)
+        return render_error(request, internal_error())
 
-def _answer(result, request, gone) -> None:
-    """Write what a handler returned and finish, unless the client has left."""
-    if result is _NO_ANSWER or gone[0]:
-        return
-    if isinstance(result, str):
-        result = result.encode("utf-8")
-    if result:
-        # A length instead of Klein's chunked framing: one write, no terminating chunk.
-        request.setHeader(b"Content-Length", b"%d" % (len(result),))
-        request.write(result)
-    request.finish()
-
-
-def _log_unanswered(failure, request) -> None:
-    log.failure("could not write the answer to {method} {uri}", failure,
-                method=request.method, uri=request.uri)
+    def _forward_failed(self, failure, request):
+        if failure.check(defer.CancelledError):
+            # Our client left and the forward was cancelled: nobody to answer.
+            return failure
+        return self.answer_error(request, failure)
 
 
 def _unpack_proposal(index_and_result, render):
