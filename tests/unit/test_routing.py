@@ -50,14 +50,13 @@ class KVTableTests(SynchronousTestCase):
         compiled = {(path.decode(), method.decode(), handler)
                     for path, methods in fast.static.items()
                     for method, handler in methods.items()}
-        compiled |= {(prefix.decode() + "<path:key>", method.decode(), handler)
-                     for prefix, size, methods in fast.prefixes
-                     for method, handler in methods.items()}
+        compiled |= {(fast.prefix.decode() + "<path:key>", method.decode(), handler)
+                     for method, handler in fast.prefixed.items()}
         table = {(r.pattern, r.method, r.handler) for r in self.api.routes.routes if r.fast}
         self.assertEqual(compiled, table)
         self.assertEqual({r.pattern for r in self.api.routes.routes if r.fast},
                          {"/kv/<path:key>", "/raft/status", "/health", "/ready", "/metrics"})
-        self.assertEqual([(prefix, size) for prefix, size, _ in fast.prefixes], [(b"/kv/", 4)])
+        self.assertEqual(fast.prefix, b"/kv/")
 
 
 class SameTableTests(SynchronousTestCase):
@@ -80,38 +79,42 @@ class SameTableTests(SynchronousTestCase):
             self.assertEqual(self.serve(routes, "GET", path, fast=False)[:2], (200, expected))
 
     def test_what_the_fast_routes_do_not_match_goes_to_klein(self):
-        """Another method, another route of Klein's (a fixed path under a fast prefix,
-        which werkzeug prefers), or an argument the fast path cannot decode: answered by
-        the Klein app, as Klein alone answers them."""
+        """Another method, another method of a fixed path, or an argument the fast path
+        cannot decode: answered by the Klein app, as Klein alone answers them."""
         routes = [Route("GET", "/kv/<path:key>", echo("fast"), "fast", fast=True),
                   Route("PUT", "/kv/<path:key>", echo("put"), "put"),
-                  Route("GET", "/kv/special", echo("special"), "special")]
-        for method, path, route in (("GET", "/kv/special", "special"), ("PUT", "/kv/a", "put"),
-                                    ("GET", "/kv/a%0Ab", None)):
+                  Route("GET", "/about", echo("about"), "about", fast=True),
+                  Route("DELETE", "/about", echo("forget"), "forget")]
+        for method, path, route in (("PUT", "/kv/a", "put"), ("DELETE", "/about", "forget"),
+                                    ("GET", "/kv/a%0Ab", None), ("GET", "/nothing", None)):
             code, body, table = self.serve(routes, method, path)
             self.assertIsNotNone(table._klein, path)
             self.assertEqual((code, body), self.serve(routes, method, path, fast=False)[:2])
             if route is not None:
                 self.assertEqual((code, body["route"]), (200, route))
-        code, body, table = self.serve(routes, "GET", "/kv/a")
-        self.assertEqual((code, body["route"], table._klein), (200, "fast", None))
+        for path, route in (("/kv/a", "fast"), ("/about", "about")):
+            code, body, table = self.serve(routes, "GET", path)
+            self.assertEqual((code, body["route"], table._klein), (200, route, None))
 
     def test_tables_the_fast_path_could_misroute_are_refused(self):
-        """A fast route with another converter, a route of Klein's with arguments under a
-        fast prefix, and overlapping fast prefixes are refused when compiled."""
+        """A fast route with another converter, a second fast prefix, and any other
+        route under the fast prefix (with arguments, or a fixed path werkzeug would
+        prefer) or covering it are refused when compiled."""
         handler = echo("x")
+        fast = Route("GET", "/kv/<path:key>", handler, "a", fast=True)
         for routes in (
             [Route("GET", "/orders/<int:id>", handler, "a", fast=True)],
             [Route("GET", "/kv/<path:key>/raw", handler, "a", fast=True)],
-            [Route("GET", "/kv/<path:key>", handler, "a", fast=True),
-             Route("GET", "/kv/<id>", handler, "b")],
-            [Route("GET", "/kv/<path:key>", handler, "a", fast=True),
-             Route("GET", "/<path:rest>", handler, "b")],
-            [Route("GET", "/kv/<path:key>", handler, "a", fast=True),
-             Route("GET", "/kv/sub/<path:key>", handler, "b", fast=True)],
+            [fast, Route("GET", "/docs/<path:key>", handler, "b", fast=True)],
+            [fast, Route("GET", "/kv/<id>", handler, "b")],
+            [fast, Route("GET", "/kv/special", handler, "b")],
+            [fast, Route("GET", "/kv/sub/<path:key>", handler, "b")],
+            [fast, Route("GET", "/<path:rest>", handler, "b")],
         ):
             table = RouteTable(routes, lambda request, failure: failure)
             self.assertRaises(ValueError, table.fast_routes)
+        RouteTable([fast, Route("PUT", "/kv/<path:key>", handler, "b"),
+                    Route("GET", "/kv", handler, "c")], None).fast_routes()
 
     def test_path_argument_is_werkzeugs_path_converter(self):
         """The fast path decodes what ``<path:...>`` would match and declines the rest."""

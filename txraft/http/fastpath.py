@@ -35,7 +35,9 @@ class FastResource:
         self.routes = routes
         fast = routes.fast_routes()
         self._static = fast.static
-        self._prefixes = fast.prefixes
+        self._prefix = fast.prefix or None  # None: no path starts with it
+        self._prefix_size = len(fast.prefix)
+        self._prefixed = fast.prefixed
         self._on_error = routes.on_error
         self._fallback = None
 
@@ -54,20 +56,18 @@ class FastResource:
 
     def render(self, request):
         path = request.path
-        methods = self._static.get(path)
-        if methods is None:
-            for prefix, size, by_method in self._prefixes:
-                if path[:size] == prefix:
-                    handler = by_method.get(request.method)
-                    if handler is not None:
-                        argument = path_argument(path[size:])
-                        if argument is not None:
-                            return serve(request, self._on_error, handler, argument)
-                    break
-        else:
-            handler = methods.get(request.method)
+        if path[:self._prefix_size] == self._prefix:
+            handler = self._prefixed.get(request.method)
             if handler is not None:
-                return serve(request, self._on_error, handler)
+                argument = path_argument(path[self._prefix_size:])
+                if argument is not None:
+                    return serve(request, self._on_error, handler, argument)
+        else:
+            methods = self._static.get(path)
+            if methods is not None:
+                handler = methods.get(request.method)
+                if handler is not None:
+                    return serve(request, self._on_error, handler)
         return self.fallback.render(request)
 
 

@@ -6,13 +6,13 @@ handler ``handler(request, **arguments)``; ``fast=True`` marks a route the plain
 twisted.web dispatcher (``txraft.http.fastpath``) may answer without Klein.
 ``RouteTable.klein()`` registers every route with Klein, then the error handlers: werkzeug's
 routing errors as JSON 404/405, and the table's ``on_error`` for everything else.
-``RouteTable.fast_routes()`` compiles the fast routes into dictionaries: a fixed path
-(``/health``) by exact match, a ``prefix/<path:name>`` route by its prefix with
+``RouteTable.fast_routes()`` compiles the fast routes: a fixed path (``/health``) into a
+dictionary, matched exactly; the one ``prefix/<path:name>`` family by its prefix, with
 ``path_argument`` decoding the rest as werkzeug's ``path`` converter would.  A request the
 fast routes do not match goes to the Klein app, which is therefore always right; a
 table in which the fast dispatcher could pick another route than Klein's router (a
-pattern it cannot match, a route of Klein's under a fast prefix) is refused when it is
-compiled.
+pattern it cannot match, a second fast prefix, another route under the fast prefix) is
+refused when it is compiled.
 """
 
 from __future__ import annotations
@@ -43,12 +43,13 @@ class Route:
 
 @attrs.frozen
 class FastRoutes:
-    """The fast routes, compiled: ``static[path][method]`` and, for one-argument routes,
-    ``(prefix, len(prefix), {method: handler})`` in ``prefixes``.  A path of ``static``
-    that a method has no fast handler for belongs to Klein."""
+    """The fast routes, compiled: ``static[path][method]`` for fixed paths (a path there
+    that a method has no fast handler for belongs to Klein), and the one fast prefix
+    with its handlers by method (``prefix`` empty when the table has none)."""
 
     static: Dict[bytes, Dict[bytes, Handler]]
-    prefixes: Tuple[Tuple[bytes, int, Dict[bytes, Handler]], ...]
+    prefix: bytes
+    prefixed: Dict[bytes, Handler]
 
 
 class RouteTable:
@@ -82,8 +83,16 @@ class RouteTable:
         return self.klein().resource()
 
     def fast_routes(self) -> FastRoutes:
+        """Compile the fast routes; ``ValueError`` for a table they could misroute.
+
+        One fast prefix at most (the hot route family), and everything else under it of
+        the same form (``prefix<path:name>``, other methods for Klein): then a path that
+        starts with the prefix can only be that route's, as for werkzeug, with no fixed
+        path to look for first; one compare per request, no loop.
+        """
         static: Dict[bytes, Dict[bytes, Handler]] = {}
-        prefixes: Dict[bytes, Dict[bytes, Handler]] = {}
+        prefixed: Dict[bytes, Handler] = {}
+        prefixes = set()
         for route in self.routes:
             head, argument = _split(route.pattern)
             if argument is None:
@@ -94,28 +103,22 @@ class RouteTable:
                 if not argument:
                     raise ValueError("%s %s: the fast path serves fixed paths and "
                                      "<prefix>/<path:name> only" % (route.method, route.pattern))
-                prefixes.setdefault(head.encode("utf-8"), {})[route.method.encode("ascii")] = (
-                    route.handler)
-        for route in self.routes:
-            head, argument = _split(route.pattern)
-            if route.fast or argument is None:
-                continue
-            head_bytes = head.encode("utf-8")
-            for prefix in prefixes:
-                same_form = argument and head_bytes == prefix  # only other methods
-                if not same_form and (head_bytes.startswith(prefix)
-                                      or prefix.startswith(head_bytes)):
+                prefixes.add(head)
+                prefixed[route.method.encode("ascii")] = route.handler
+        if len(prefixes) > 1:
+            raise ValueError("one fast prefix per table, not %s" % (", ".join(sorted(prefixes)),))
+        prefix = prefixes.pop() if prefixes else ""
+        if prefix:
+            for route in self.routes:
+                head, argument = _split(route.pattern)
+                if head == prefix and argument:
+                    continue  # the fast route's pattern, with another method
+                if route.pattern.startswith(prefix) or (
+                        argument is not None and prefix.startswith(head)):
                     # Klein's router could give this route a path the fast one takes.
-                    raise ValueError("%s %s: a route with arguments that is not fast "
-                                     "overlaps the fast prefix %s"
-                                     % (route.method, route.pattern, prefix.decode("utf-8")))
-        for prefix in prefixes:
-            for other in prefixes:
-                if other != prefix and other.startswith(prefix):
-                    raise ValueError("fast prefixes %s and %s overlap"
-                                     % (prefix.decode("utf-8"), other.decode("utf-8")))
-        return FastRoutes(static, tuple((prefix, len(prefix), methods)
-                                        for prefix, methods in prefixes.items()))
+                    raise ValueError("%s %s: overlaps the fast prefix %s"
+                                     % (route.method, route.pattern, prefix))
+        return FastRoutes(static, prefix.encode("utf-8"), prefixed)
 
 
 def _split(pattern: str) -> Tuple[str, Optional[str]]:
