@@ -18,7 +18,7 @@ setup(
         "attrs>=23.1.0",
         "zope.interface>=6.0",
         "msgpack>=1.0.5",
-        "werkzeug>=2.0",  # imported directly by txraft.http.web (it also comes with klein)
+        "werkzeug>=2.0",  # imported directly by txraft.http.routing (it also comes with klein)
     ],
     extras_require={
         "test": ["hypothesis>=6.80", "pyyaml>=6.0"],

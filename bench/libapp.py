@@ -22,10 +22,15 @@ import msgpack
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from txraft.interfaces import IStateMachine
-from txraft.apps.kv import KVAPI, encode_put, open_state_machine
+from txraft.apps.application import Application
+from txraft.apps.kv import encode_put, open_state_machine
+from txraft.apps.kv_http import KVAPI
 from txraft.core.messages import ENTRY_NORMAL
-from txraft.http.web import Application, HTTPError, RaftHTTP, json_response, query_arg
+from txraft.http.errors import HTTPError
+from txraft.http.node import RaftHTTP
+from txraft.http.requests import query_arg
+from txraft.http.responses import json_response
+from txraft.interfaces import IStateMachine
 
 
 @implementer(IStateMachine)

@@ -1,4 +1,4 @@
-"""The shop's HTTP API (Klein), built on ``txraft.http.web``: the contract of issue 4.
+"""The shop's HTTP API (Klein), built on ``txraft.http``: the contract of issue 4.
 
 Every write is validated here first (422 with ``field``) so that bad requests cost no log
 entry, then proposed as one command that the state machine validates again.  The answer
@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, List, Optional
 
-from klein import Klein
-
-from txraft.apps.idempotency import recorded_answer, render_result, request_key
-from txraft.http.web import HTTPError, RaftHTTP, json_response, query_arg, dumps
+from txraft.apps.idempotency import recorded_answer
+from txraft.http.errors import HTTPError
+from txraft.http.node import RaftHTTP
+from txraft.http.requests import idempotency_key, query_arg
+from txraft.http.responses import dumps, json_response, render_result
+from txraft.http.routing import Route, RouteTable
+from txraft.http.status import status_routes
 
 from shop import schema
 from shop.openapi import spec
@@ -73,23 +76,22 @@ class ShopAPI:
         self.clock = clock
         self.state_machine = http.node.state_machine
         self._spec = dumps(spec())
-        app = self.app = Klein()
+        routes = []
         for prefix, collection in COLLECTIONS.items():
             name = KIND_NAMES[prefix]
             item = "/%s/<id>" % (collection,)
-            app.route("/" + collection, methods=["GET"], endpoint="list_" + collection)(
-                self._bind(self.list, prefix))
-            app.route("/" + collection, methods=["POST"], endpoint="create_" + name)(
-                self._bind(self.create, prefix))
-            app.route(item, methods=["GET"], endpoint="get_" + name)(self._bind(self.get, prefix))
-            app.route(item, methods=["PUT"], endpoint="replace_" + name)(
-                self._bind(self.replace, prefix))
-            app.route(item, methods=["PATCH"], endpoint="patch_" + name)(
-                self._bind(self.patch, prefix))
-            app.route(item, methods=["DELETE"], endpoint="delete_" + name)(
-                self._bind(self.delete, prefix))
-        app.route("/openapi.json", methods=["GET"], endpoint="openapi")(self.openapi)
-        http.install(app)
+            for method, path, handler, endpoint in (
+                ("GET", "/" + collection, self.list, "list_" + collection),
+                ("POST", "/" + collection, self.create, "create_" + name),
+                ("GET", item, self.get, "get_" + name),
+                ("PUT", item, self.replace, "replace_" + name),
+                ("PATCH", item, self.patch, "patch_" + name),
+                ("DELETE", item, self.delete, "delete_" + name),
+            ):
+                routes.append(Route(method, path, self._bind(handler, prefix), endpoint))
+        routes.append(Route("GET", "/openapi.json", self.openapi, "openapi"))
+        self.routes = RouteTable(routes + list(status_routes(http.node)), http.answer_error)
+        self.app = self.routes.klein()
 
     @staticmethod
     def _bind(method: Callable, prefix: str) -> Callable:
@@ -192,7 +194,7 @@ class ShopAPI:
         return self._submit(request, KIND_NAMES[prefix] + ".delete", id, None)
 
     def _submit(self, request, op: str, ident: Optional[str], data: Any):
-        key = request_key(request)
+        key = idempotency_key(request)
         fp = None
         if key is not None:
             fp = schema.fingerprint(request.method.decode("ascii"),

@@ -1,6 +1,6 @@
 """The shop as a txraft ``Application``: what ``twistd raftnode --app shop`` loads."""
 
-from txraft.http.web import Application
+from txraft.apps.application import Application
 
 from shop.api import make_resource
 from shop.state import open_state_machine

@@ -3,7 +3,10 @@ state machine when applying (the log, not the HTTP layer, is the trust boundary)
 
 Everything here is a pure function of its arguments and deliberately avoids behaviour that
 could differ between Python versions on different replicas (Unicode case mapping and
-whitespace tables): only ASCII is case-folded or treated as blank.
+whitespace tables): only ASCII is case-folded or treated as blank.  A broken rule raises
+``Refusal`` (``txraft.apps.results``: a plain exception carrying a status, a code, a message
+and the field at fault); the state machine records it as a ``Result``, the HTTP layer
+answers it as a JSON error.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import attrs
 
 from txraft.apps import idempotency
-from txraft.http.web import HTTPError
+from txraft.apps.results import Refusal
 
 MAX_PRICE_CENTS = 10**10  # 100 million in whole units
 MAX_STOCK = 10**9
@@ -39,16 +42,6 @@ _ASCII_BLANK = " \t\r\n\f\v"
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 EMAIL_PATTERN = r"^[^@ \t\r\n]+@[^@ \t\r\n]+\.[^@ \t\r\n]+$"
 _EMAIL = re.compile(EMAIL_PATTERN, re.ASCII)
-
-
-class Refusal(HTTPError):
-    """A request or command the shop refuses, with the status and code it answers."""
-
-    def document(self) -> dict:
-        error = {"code": self.code, "message": self.message}
-        if self.field is not None:
-            error["field"] = self.field
-        return {"error": error}
 
 
 def invalid(code: str, message: str, field: Optional[str]) -> Refusal:

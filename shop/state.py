@@ -38,9 +38,9 @@ import msgpack
 from zope.interface import implementer
 
 from txraft.apps import idempotency
-from txraft.apps.idempotency import Result
+from txraft.apps.results import Result
+from txraft.apps.sqlite import SQLiteStateMachine
 from txraft.interfaces import IStateMachine
-from txraft.apps.kv import SQLiteStateMachine
 
 from shop import schema
 from shop.schema import Refusal, ascii_lower

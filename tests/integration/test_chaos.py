@@ -20,18 +20,12 @@ import threading
 from twisted.trial.unittest import SynchronousTestCase
 
 from txraft.tools.chaos.checker import FAIL, OK, UNKNOWN
-from txraft.tools.chaos.harness import ChaosRun, Config, Monitor
+from txraft.tools.chaos.harness import WORKLOADS, ChaosRun, Config, Monitor, load_workload
 from txraft.tools.chaos import workload as workload_module
 from txraft.tools.chaos.history import Attempt, History, Record, settle
-from txraft.tools.chaos.workload import (
-    KeySpace,
-    KVWorkload,
-    Reply,
-    ShopWorkload,
-    _subset_sums_to,
-    read_verdict,
-    write_verdict,
-)
+from txraft.tools.chaos.workload import KeySpace, KVWorkload, Reply, read_verdict, write_verdict
+
+from shop.chaos import ShopWorkload, _subset_sums_to
 
 
 class OutcomeTests(SynchronousTestCase):
@@ -90,6 +84,32 @@ class OutcomeTests(SynchronousTestCase):
                          "--seed 9 --workload shop --clients 10 --faults kill,pause")
         self.assertEqual(config.weights(), {"kill": 3, "pause": 3})
         self.assertRaises(ValueError, Config(faults="meteor").weights)
+
+
+class WorkloadLoadingTests(SynchronousTestCase):
+    """``--workload``: a short name or ``module:attribute``, as ``--app`` is."""
+
+    def test_short_names(self):
+        """kv and shop stand for module:attribute names; the shop's is a name only (the
+        library never imports the shop)."""
+        self.assertEqual(WORKLOADS["shop"], "shop.chaos:ShopWorkload")
+        self.assertIs(load_workload("kv"), KVWorkload)
+        self.assertIs(load_workload("shop"), ShopWorkload)
+
+    def test_module_attribute(self):
+        """Any workload class loads by module:attribute, and a run uses it with the
+        application it names for its nodes."""
+        self.assertIs(load_workload("shop.chaos:ShopWorkload"), ShopWorkload)
+        run = ChaosRun(Config(workload="txraft.tools.chaos.workload:KVWorkload"))
+        self.assertIsInstance(run.workload, KVWorkload)
+        self.assertEqual((run.workload.app, ShopWorkload.app), ("kv", "shop"))
+
+    def test_unknown_workload(self):
+        """A name that is neither a short name nor loadable is a ValueError saying so."""
+        for name in ("nope", "shop.chaos:Nope", "no_such_module:Workload"):
+            with self.assertRaises(ValueError) as raised:
+                load_workload(name)
+            self.assertIn(repr(name), str(raised.exception))
 
 
 class ScriptedContext:

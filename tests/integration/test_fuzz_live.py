@@ -502,7 +502,7 @@ class LiveHTTPFuzzTests(SynchronousTestCase):
 
 class RegressionTests(SynchronousTestCase):
     """Reproducers of the contract breaks the HTTP fuzzer found (issue 4: every error is
-    ``{"error": {...}}`` JSON), fixed by ``txraft.http.web.RequestGuard`` and ``JSONRequest``."""
+    ``{"error": {...}}`` JSON), fixed by ``txraft.http.requests.RequestGuard`` and ``JSONRequest``."""
 
     def setUp(self):
         cluster = LocalCluster(1, self.mktemp(), app="shop")

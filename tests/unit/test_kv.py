@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from txraft.apps import kv
+from txraft.apps import kv, kv_http
 from txraft.interfaces import IStateMachine
 from txraft.core.messages import ENTRY_NOOP, Entry
 
@@ -197,7 +197,7 @@ class HTTPTests(SynchronousTestCase):
         self.sm = kv.open_state_machine(self.mktemp())
         self.addCleanup(self.sm.close)
         self.node = FakeRaftNode(self.sm)
-        self.http = StubTreq(kv.make_resource(self.node, Clock(), None))
+        self.http = StubTreq(kv_http.make_resource(self.node, Clock(), None))
 
     def test_put(self):
         """PUT /kv/<key> stores the raw body and answers 204 with X-Raft-Index."""

@@ -16,8 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txraft.apps import idempotency
 
-from txraft.apps import kv
-from txraft.apps.idempotency import Result
+from txraft.apps import kv, kv_http
+from txraft.apps.results import Result
 from txraft.core.messages import ENTRY_NOOP, Entry
 
 from tests.fakes import FakeCluster, start_request
@@ -289,7 +289,7 @@ class HTTPTests(SynchronousTestCase):
     KEY = {"Idempotency-Key": ["write-42"]}
 
     def setUp(self):
-        self.cluster = FakeCluster(self, kv.open_state_machine, kv.make_resource)
+        self.cluster = FakeCluster(self, kv.open_state_machine, kv_http.make_resource)
         self.leader = self.cluster.nodes["n1"]
         self.sm = self.leader.state_machine
 

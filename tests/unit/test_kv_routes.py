@@ -1,4 +1,4 @@
-"""The key-value store's hot routes answered without Klein (``kv.KVResource``).
+"""The key-value store's hot routes answered without Klein (``txraft.http.fastpath``).
 
 Every answer is compared with the one the Klein routes alone give for the same request on
 an identical node: the fast path must be invisible to clients, errors included.
@@ -17,9 +17,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from txraft.apps import kv
-
-from txraft.http import web
+from txraft.apps import kv, kv_http
+from txraft.http import fastpath
+from txraft.http.fastpath import FastResource
+from txraft.http.node import RaftHTTP
+from txraft.http.requests import RequestGuard
 from txraft.errors import NotLeader, Overloaded
 from tests.fakes import FakeRaftNode, RecordingClient, start_request
 
@@ -37,8 +39,8 @@ METHODS = ["GET", "PUT", "DELETE", "POST", "HEAD", "PATCH"]
 
 
 class Pair:
-    """Two identical kv nodes in the same situation: one served by ``make_resource``, one
-    by the Klein app alone."""
+    """Two identical kv nodes in the same situation: one served by the fast path (with the
+    Klein app behind it), one by the Klein app alone; both made from one route table."""
 
     def __init__(self, testcase, setup=lambda node: None, client=None):
         self.nodes = []
@@ -49,9 +51,9 @@ class Pair:
             testcase.addCleanup(sm.close)
             node = FakeRaftNode(sm, "n2", "http://n2.test:5002")
             setup(node)
-            api = kv.KVAPI(web.RaftHTTP(node, Clock(), client))
+            api = kv_http.KVAPI(RaftHTTP(node, Clock(), client))
             # Behind the guard, as the node serves them (it answers undecodable paths).
-            resource = web.RequestGuard(kv.KVResource(api) if fast else api.app.resource())
+            resource = RequestGuard(FastResource(api.routes) if fast else api.app.resource())
             self.nodes.append(node)
             self.stubs.append(StubTreq(resource))
 
@@ -142,8 +144,8 @@ class FastPathTests(SynchronousTestCase):
         sm = kv.open_state_machine(self.mktemp(), durable=False)
         self.addCleanup(sm.close)
         self.node = FakeRaftNode(sm)
-        self.api = kv.KVAPI(web.RaftHTTP(self.node, Clock(), None))
-        self.resource = kv.KVResource(self.api)
+        self.api = kv_http.KVAPI(RaftHTTP(self.node, Clock(), None))
+        self.resource = FastResource(self.api.routes)
         self.http = StubTreq(self.resource)
 
     def test_hot_routes_do_not_build_klein(self):
@@ -155,11 +157,11 @@ class FastPathTests(SynchronousTestCase):
             d = start_request(self.http, method, "http://n1" + path, data=b"v")
             self.http.flush()
             self.assertLess(self.successResultOf(d).code, 300)
-        self.assertIsNone(self.api._app)
+        self.assertIsNone(self.api.routes._klein)
         d = start_request(self.http, "GET", "http://n1/nope")
         self.http.flush()
         self.assertEqual(self.successResultOf(d).code, 404)
-        self.assertIsNotNone(self.api._app)
+        self.assertIsNotNone(self.api.routes._klein)
 
     def test_value_has_a_length(self):
         """A value is sent with a Content-Length, not chunked."""
@@ -211,7 +213,7 @@ class FastPathTests(SynchronousTestCase):
                 return d
 
         follower = FakeRaftNode(self.node.state_machine, "n2", "http://n2.test:5002")
-        http = web.RaftHTTP(follower, Clock(), Client())
+        http = RaftHTTP(follower, Clock(), Client())
 
         def handler(request):
             raise NotLeader("n1", "http://n1.test:5001")
@@ -220,7 +222,7 @@ class FastPathTests(SynchronousTestCase):
         request.method = b"PUT"
         request.path = request.uri = b"/kv/k"
         request.content = io.BytesIO(b"v")
-        http.serve(request, handler)
+        fastpath.serve(request, http.answer_error, handler)
         self.assertEqual(pending, [("PUT", "http://n1.test:5001/kv/k")])
         request.processingFailed(Failure(ConnectionDone()))
         self.assertEqual(pending[-1], "cancelled")

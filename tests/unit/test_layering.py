@@ -1,25 +1,32 @@
-"""The import direction, enforced: the Raft core is sans-I/O and txraft never imports
-the application.
+"""The import direction, enforced: the Raft core is sans-I/O, state machines are plain
+Python, and txraft never imports the application.
 
 STYLE.md principles 1 and 5: the core (every module of ``txraft/core/``), the runtime
 pieces the simulator shares with the node (``txraft/runtime/executor.py`` and
 ``transfer.py``) and the simulator (``txraft/testing/sim*.py``) import nothing that
 reaches a clock, a socket, a file, a thread or the global random module, so the same
 code runs deterministically under the simulator and in production; and no module under
-``txraft/`` imports ``shop``.
-"""
+``txraft/`` imports ``shop``, directly or through another module.
+
+STYLE.md principle 9: the state-machine modules (``txraft/apps/*.py`` but the
+``*_http.py`` ones, ``shop/state.py`` and ``shop/schema.py``) import neither Twisted,
+Klein, treq, werkzeug nor the web layer (``txraft.http``), directly or through another
+module, even while they open a database, apply commands and take snapshots."""
 
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
-from typing import Iterator, List, Tuple
+import textwrap
+from typing import Iterator, List, Sequence, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
 
 import txraft
+from tests import REPO_ROOT
 
 PACKAGE = os.path.dirname(os.path.abspath(txraft.__file__))
 
@@ -32,6 +39,9 @@ FORBIDDEN = (
 
 #: Runtime modules the simulator runs as they are, so they must be pure too.
 PURE_RUNTIME = ("executor.py", "transfer.py")
+
+#: What a state machine must not import, nor anything it imports (whole packages).
+NOT_IN_STATE_MACHINES = ("twisted", "klein", "treq", "werkzeug", "txraft.http")
 
 
 def pure_modules() -> List[str]:
@@ -46,6 +56,70 @@ def pure_modules() -> List[str]:
     )
     runtime = [os.path.join(PACKAGE, "runtime", name) for name in PURE_RUNTIME]
     return core + runtime + sims
+
+
+def state_machine_modules() -> List[str]:
+    """The plain-Python modules: ``txraft/apps/`` but its HTTP APIs, the shop's state
+    machine and its data rules."""
+    apps = os.path.join(PACKAGE, "apps")
+    plain = sorted(
+        os.path.join(apps, name) for name in os.listdir(apps)
+        if name.endswith(".py") and name != "__init__.py" and not name.endswith("_http.py")
+    )
+    shop = os.path.join(REPO_ROOT, "shop")
+    return plain + [os.path.join(shop, "state.py"), os.path.join(shop, "schema.py")]
+
+
+def module_name(path: str) -> str:
+    return os.path.relpath(path, REPO_ROOT)[: -len(".py")].replace(os.sep, ".")
+
+
+def within(module: str, packages: Sequence[str]) -> bool:
+    """Whether ``module`` is one of ``packages`` or inside one of them."""
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+def loaded_by(code: str, packages: Sequence[str]) -> List[str]:
+    """The modules of ``packages`` that running ``code`` in a fresh interpreter (from the
+    checkout) leaves in ``sys.modules``."""
+    script = code + textwrap.dedent("""
+        import json, sys
+        print(json.dumps(sorted(sys.modules)))
+        """)
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env,
+                         capture_output=True, timeout=120)
+    if out.returncode != 0:
+        raise AssertionError(out.stderr.decode("utf-8", "replace"))
+    modules = json.loads(out.stdout.decode("utf-8").splitlines()[-1])
+    return [m for m in modules if within(m, packages)]
+
+
+#: Imports every state-machine module, then uses the two state machines the way the
+#: runtime does: lazy imports on the way would show.
+USE_STATE_MACHINES = textwrap.dedent("""
+    import os, sys, tempfile
+    for name in sys.argv[1:]:
+        __import__(name)
+    from txraft.apps import kv
+    from txraft.core.messages import Entry
+    from shop import state
+    folder = tempfile.mkdtemp()
+    try:
+        kv_sm = kv.open_state_machine(os.path.join(folder, "kv"))
+        shop_sm = state.open_state_machine(os.path.join(folder, "shop"))
+        product = {"name": "Mug", "price_cents": 100, "stock": 1}
+        for sm, command in ((kv_sm, kv.encode_keyed(kv.encode_put(b"k", b"v"), 1, "w1")),
+                            (shop_sm, state.encode_command("product.create", 1, data=product,
+                                                           key="c1", fp=bytes(32)))):
+            sm.apply_batch([Entry(1, 1, command), Entry(2, 1, b"not a command")])
+            index, term, read = sm.begin_snapshot()
+            sm.restore(index, term, read())
+            sm.close()
+    finally:
+        import shutil
+        shutil.rmtree(folder)
+    """)
 
 
 def imports(path: str) -> Iterator[Tuple[int, str, Tuple[str, ...]]]:
@@ -146,6 +220,61 @@ class LayeringTests(SynchronousTestCase):
                             bad.append("%s:%d imports %s"
                                        % (os.path.relpath(path, PACKAGE), line, module))
         self.assertEqual(bad, [])
+
+    def test_library_never_loads_the_application(self):
+        """STYLE.md principle 5, transitively: importing every module of txraft loads no
+        module of shop."""
+        code = textwrap.dedent("""
+            import pkgutil, txraft
+            for module in pkgutil.walk_packages(txraft.__path__, "txraft."):
+                __import__(module.name)
+            """)
+        self.assertEqual(loaded_by(code, ("shop",)), [])
+
+    def test_state_machine_modules_exist(self):
+        """The list of plain-Python modules is the expected one (not silently empty)."""
+        names = [module_name(p) for p in state_machine_modules()]
+        for expected in ("txraft.apps.sqlite", "txraft.apps.results", "txraft.apps.idempotency",
+                         "txraft.apps.kv", "shop.state", "shop.schema"):
+            self.assertIn(expected, names)
+        self.assertNotIn("txraft.apps.kv_http", names)
+
+    def test_state_machines_import_no_twisted_and_no_web(self):
+        """STYLE.md principle 9: no state-machine module imports Twisted, Klein, treq,
+        werkzeug or txraft.http."""
+        bad = []
+        for path in state_machine_modules():
+            for line, module, _ in imports(path):
+                if within(module, NOT_IN_STATE_MACHINES):
+                    bad.append("%s:%d imports %s" % (os.path.relpath(path, REPO_ROOT), line,
+                                                     module))
+        self.assertEqual(bad, [])
+
+    def test_state_machines_load_no_twisted_and_no_web(self):
+        """STYLE.md principle 9, transitively: a process that imports every state-machine
+        module, then opens the key-value and shop state machines, applies commands (with
+        an idempotency key, and one that does not decode), snapshots and restores them,
+        has loaded no module of Twisted, Klein, treq, werkzeug or txraft.http."""
+        code = "import sys\nsys.argv[1:] = %r\n" % (
+            [module_name(p) for p in state_machine_modules()],) + USE_STATE_MACHINES
+        self.assertEqual(loaded_by(code, NOT_IN_STATE_MACHINES), [])
+
+    def test_state_machine_checks_catch_a_violation(self):
+        """The checks above can fail: a module importing twisted, klein or the web layer
+        is reported, and so is a process that loads them (or shop) through another
+        module."""
+        sample = self.mktemp()
+        with open(sample, "w", encoding="utf-8") as f:
+            f.write("from twisted.internet import defer\nimport klein\nimport sqlite3\n"
+                    "from txraft.http.errors import HTTPError\nimport txraft.httpx\n")
+        found = [module for _, module, _ in imports(sample)]
+        self.assertEqual([m for m in found if within(m, NOT_IN_STATE_MACHINES)],
+                         ["twisted.internet", "klein", "txraft.http.errors"])
+        # txraft.apps.kv_http imports no Twisted itself, but what it imports does.
+        loaded = loaded_by("import txraft.apps.kv_http\n", NOT_IN_STATE_MACHINES)
+        self.assertIn("twisted", loaded)
+        self.assertIn("txraft.http", loaded)
+        self.assertIn("shop.state", loaded_by("import shop.api\n", ("shop",)))
 
     def test_checker_catches_a_forbidden_import(self):
         """The checks above can fail: a module importing time, twisted or the global

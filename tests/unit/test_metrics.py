@@ -19,8 +19,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from shop import state as shop_state
 from shop.app import application as shop_application
 from tests import REPO_ROOT
-from txraft.apps import kv
-from txraft.http import web
+from txraft.apps import kv, kv_http
+from txraft.http.metrics import prometheus_text
+from txraft.http.node import RaftHTTP
 from txraft.tools.localcluster import LocalCluster, http
 from txraft.runtime.transport import INBOUND_DROPS, OUTBOUND_DROPS, STATS_NAMES
 
@@ -138,13 +139,13 @@ class ParserTests(SynchronousTestCase):
 
 
 class ExpositionTests(SynchronousTestCase):
-    """``web.prometheus_text`` on hand-made statuses."""
+    """``txraft.http.metrics.prometheus_text`` on hand-made statuses."""
 
     def test_label_values_are_escaped(self):
         """Backslash, double quote and newline in a label value are escaped, so the
         value reads back whole and every sample stays on one line."""
         node_id = 'a"b\\c\nd'
-        families = parse(self, web.prometheus_text({"id": node_id, "role": "follower"}))
+        families = parse(self, prometheus_text({"id": node_id, "role": "follower"}))
         self.assertEqual(families["txraft_info"]["samples"],
                          {frozenset({("node_id", node_id)}): 1.0})
 
@@ -153,7 +154,7 @@ class ExpositionTests(SynchronousTestCase):
         the inbound drops share one family with a reason each, as do the outbound
         ones, per message or per datagram."""
         stats = {name: 1000 + i for i, name in enumerate(STATS_NAMES)}
-        families = parse(self, web.prometheus_text({"id": "n1", "transport": stats}))
+        families = parse(self, prometheus_text({"id": "n1", "transport": stats}))
         samples = [v for name, family in families.items() if name.startswith("txraft_transport_")
                    for v in family["samples"].values()]
         self.assertEqual(sorted(samples), sorted(float(v) for v in stats.values()))
@@ -175,7 +176,7 @@ class ExpositionTests(SynchronousTestCase):
     def test_unknown_counters_still_appear(self):
         """A counter added to the node, the transport or the snapshot transfers later
         is exposed under a generic name rather than silently left out."""
-        families = parse(self, web.prometheus_text({
+        families = parse(self, prometheus_text({
             "id": "n1",
             "counters": {"new_thing": 3},
             "transport": {"something_else": 4, "dropped_new_reason": 5},
@@ -190,7 +191,7 @@ class ExpositionTests(SynchronousTestCase):
     def test_only_what_status_holds(self):
         """Missing parts of a status (no transport, no progress, no counters) leave
         their families out; None values are not samples."""
-        families = parse(self, web.prometheus_text({"id": "n1", "role": "candidate",
+        families = parse(self, prometheus_text({"id": "n1", "role": "candidate",
                                                     "leader_id": None, "term": None}))
         self.assertEqual(set(families), {"txraft_info", "txraft_role", "txraft_is_leader",
                                          "txraft_has_leader", "txraft_fatal_error"})
@@ -204,7 +205,7 @@ class RealNodeTests(SynchronousTestCase):
     def check_equal(self, node) -> dict:
         """Parse ``node``'s metrics and assert every value equals its ``status()``."""
         status = node.status()
-        families = parse(self, web.prometheus_text(status))
+        families = parse(self, prometheus_text(status))
         self.assertEqual(value(families, "txraft_info", node_id=node.node_id), 1)
         for role in ("follower", "pre_candidate", "candidate", "leader"):
             self.assertEqual(value(families, "txraft_role", role=role), role == status["role"])
@@ -270,7 +271,7 @@ class RealNodeTests(SynchronousTestCase):
         leader.transport.stats = dict.fromkeys(STATS_NAMES, 0)
 
         def counters(node):
-            families = parse(self, web.prometheus_text(node.status()))
+            families = parse(self, prometheus_text(node.status()))
             return {(name, labels): v for name, family in families.items()
                     if family["type"] == "counter" for labels, v in family["samples"].items()}
 
@@ -333,7 +334,7 @@ class RealNodeTests(SynchronousTestCase):
         cluster.run(1.0)
         leader = cluster.leader()
         leader.transport.stats = stats
-        names = set(parse(self, web.prometheus_text(leader.status())))
+        names = set(parse(self, prometheus_text(leader.status())))
         self.assertIn("txraft_peer_match_index", names)
         self.assertEqual(names - documented_families(), set())
 
@@ -349,7 +350,7 @@ class HTTPTests(SynchronousTestCase):
             self.assertEqual(answer.code, 200)
             self.assertEqual(answer.header("Content-Type"), CONTENT_TYPE)
             node = cluster.nodes[node_id]
-            self.assertEqual(answer.body, web.prometheus_text(node.status()))
+            self.assertEqual(answer.body, prometheus_text(node.status()))
             families = parse(self, answer.body)
             self.assertEqual(value(families, "txraft_info", node_id=node_id), 1)
             self.assertEqual(value(families, "txraft_is_leader"), node_id == "n1")
@@ -370,7 +371,7 @@ class HTTPTests(SynchronousTestCase):
 
     def test_kv(self):
         """The key-value app (its plain twisted.web root)."""
-        cluster = FakeCluster(self, kv.open_state_machine, kv.make_resource)
+        cluster = FakeCluster(self, kv.open_state_machine, kv_http.make_resource)
         cluster("PUT", "/kv/a", data=b"v")
         self.check_route(cluster)
 
@@ -378,7 +379,7 @@ class HTTPTests(SynchronousTestCase):
         """The key-value app's Klein routes alone answer the same."""
 
         def klein_only(node, clock, client):
-            return kv.KVAPI(web.RaftHTTP(node, clock, client)).app.resource()
+            return kv_http.KVAPI(RaftHTTP(node, clock, client)).app.resource()
 
         cluster = FakeCluster(self, kv.open_state_machine, klein_only)
         self.check_route(cluster)
@@ -395,9 +396,9 @@ class HTTPTests(SynchronousTestCase):
         cluster = Cluster(self, 3)
         cluster.run(1.0)
         leader = cluster.leader()
-        stub = StubTreq(kv.make_resource(leader, Clock(), None))
+        stub = StubTreq(kv_http.make_resource(leader, Clock(), None))
         counters = dict(leader.counters)
         answer = request(self, stub, "GET", "http://n1/metrics")
         self.assertEqual(answer.code, 200)
-        self.assertEqual(answer.body, web.prometheus_text(leader.status()))
+        self.assertEqual(answer.body, prometheus_text(leader.status()))
         self.assertEqual(leader.counters, counters)

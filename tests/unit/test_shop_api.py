@@ -8,7 +8,7 @@ import json
 from twisted.internet.error import ConnectionRefusedError
 from twisted.trial.unittest import SynchronousTestCase
 
-from txraft.http import web
+from txraft.http import forwarding
 
 from shop import api, state
 from shop.app import application
@@ -448,7 +448,7 @@ class RaftRoutingTests(APICase):
                           headers={"Content-Type": ["application/json"]})
         self.cluster.http["n2"].flush()
         self.assertNoResult(d)
-        self.cluster.clock.advance(web.DEFAULT_FORWARD_TIMEOUT_SECONDS)
+        self.cluster.clock.advance(forwarding.DEFAULT_FORWARD_TIMEOUT_SECONDS)
         self.cluster.http["n2"].flush()
         answer = self.successResultOf(d)
         self.assertError(answer, 504, "commit_timeout")

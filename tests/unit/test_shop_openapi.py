@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from shop.api import ShopAPI
 from shop.openapi import spec
-from txraft.http.web import RaftHTTP
+from txraft.http.node import RaftHTTP
 
 from tests.unit.test_shop_api import ANN, MUG, ShopCluster
 

@@ -1,11 +1,11 @@
-"""The shared HTTP plumbing (txraft.http.web), driven through the kv application and StubTreq."""
+"""The shared HTTP plumbing (``txraft.http``: errors, requests, leader routing, status),
+driven through the kv application and StubTreq."""
 
 from __future__ import annotations
 
 import ast
 import os
 
-from klein import Klein
 from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError
@@ -16,8 +16,12 @@ from twisted.web.client import ResponseNeverReceived
 from zope.interface.verify import verifyObject
 
 import txraft
-from txraft.apps import kv
-from txraft.http import web
+from txraft.apps import kv, kv_http
+from txraft.apps.application import Application
+from txraft.http import errors, forwarding, requests, responses
+from txraft.http.node import RaftHTTP
+from txraft.http.routing import Route, RouteTable
+from txraft.apps.results import error_document
 from txraft.errors import Overloaded
 from txraft.interfaces import IRaftNode, IStateMachine
 
@@ -37,22 +41,22 @@ class Cluster:
         self.leader = FakeRaftNode(self.leader_sm, "n1", "http://n1.test:5001")
         self.follower = FakeRaftNode(self.follower_sm, "n2", "http://n2.test:5002")
         self.follower.follow("n1", "http://n1.test:5001")
-        self.leader_http = StubTreq(kv.make_resource(self.leader, self.clock, None))
+        self.leader_http = StubTreq(kv_http.make_resource(self.leader, self.clock, None))
         self.to_leader = RecordingClient(self.leader_http)
-        self.follower_http = StubTreq(kv.make_resource(self.follower, self.clock, self.to_leader))
+        self.follower_http = StubTreq(kv_http.make_resource(self.follower, self.clock, self.to_leader))
 
 
 class ApplicationTests(SynchronousTestCase):
     def test_application_shape(self):
-        """kv.application is a frozen Application named kv whose parts build the app."""
-        self.assertEqual(kv.application.name, "kv")
-        self.assertIsInstance(kv.application, web.Application)
+        """kv_http.application is a frozen Application named kv whose parts build the app."""
+        self.assertEqual(kv_http.application.name, "kv")
+        self.assertIsInstance(kv_http.application, Application)
         with self.assertRaises(Exception):
-            kv.application.name = "other"
-        sm = kv.application.make_state_machine(self.mktemp())
+            kv_http.application.name = "other"
+        sm = kv_http.application.make_state_machine(self.mktemp())
         self.addCleanup(sm.close)
         self.assertTrue(verifyObject(IStateMachine, sm))
-        resource = kv.application.make_resource(FakeRaftNode(sm), Clock(), None)
+        resource = kv_http.application.make_resource(FakeRaftNode(sm), Clock(), None)
         self.assertEqual(request(self, StubTreq(resource), "GET", "http://x/health").code, 200)
 
     def test_fake_node_provides_interface(self):
@@ -134,19 +138,17 @@ class JSONBodyTests(SynchronousTestCase):
     def setUp(self):
         sm = kv.open_state_machine(self.mktemp())
         self.addCleanup(sm.close)
-        http = web.RaftHTTP(FakeRaftNode(sm), Clock(), None, body_limit=100)
-        app = Klein()
+        http = RaftHTTP(FakeRaftNode(sm), Clock(), None, body_limit=100)
 
-        @app.route("/echo", methods=["POST"])
         def echo(request):
-            return web.json_response(request, 200, {"got": http.json_body(request)})
+            return responses.json_response(request, 200, {"got": http.json_body(request)})
 
-        @app.route("/boom", methods=["GET"])
         def boom(request):
             raise ZeroDivisionError("bug")
 
-        http.install(app)
-        self.stub = StubTreq(app.resource())
+        routes = RouteTable([Route("POST", "/echo", echo, "echo"),
+                             Route("GET", "/boom", boom, "boom")], http.answer_error)
+        self.stub = StubTreq(routes.klein_resource())
 
     def post(self, data, content_type="application/json"):
         headers = {"Content-Type": [content_type]} if content_type else {}
@@ -359,8 +361,8 @@ class LeaderRoutingTests(SynchronousTestCase):
         clock = Clock()
         to_a = RecordingClient()
         to_b = RecordingClient()
-        http_a = StubTreq(kv.make_resource(node_a, clock, to_b))
-        http_b = StubTreq(kv.make_resource(node_b, clock, to_a))
+        http_a = StubTreq(kv_http.make_resource(node_a, clock, to_b))
+        http_b = StubTreq(kv_http.make_resource(node_b, clock, to_a))
         to_a.inner, to_b.inner = http_a, http_b
         answer = request(self, http_a, "PUT", "http://a.test/kv/x", data=b"v")
         self.assertEqual((answer.code, answer.error_code), (503, "no_leader"))
@@ -397,7 +399,7 @@ class LeaderRoutingTests(SynchronousTestCase):
         read = start_request(c.follower_http, "GET", "http://n2/kv/a")
         c.follower_http.flush()
         self.assertNoResult(write)
-        c.clock.advance(web.DEFAULT_FORWARD_TIMEOUT_SECONDS)
+        c.clock.advance(forwarding.DEFAULT_FORWARD_TIMEOUT_SECONDS)
         c.follower_http.flush()
         answer = self.successResultOf(write)
         self.assertEqual((answer.code, answer.error_code), (504, "commit_timeout"))
@@ -409,7 +411,7 @@ class LeaderRoutingTests(SynchronousTestCase):
         ignores) instead of becoming an error answer nobody reads (and Klein logs)."""
         c = self.cluster
         c.leader.hold = True
-        http = web.RaftHTTP(c.follower, c.clock, RecordingClient(c.leader_http))
+        http = RaftHTTP(c.follower, c.clock, RecordingClient(c.leader_http))
         fake_request = type("R", (), {})()
         fake_request.uri = b"/kv/a"
         fake_request.args = {}
@@ -417,7 +419,7 @@ class LeaderRoutingTests(SynchronousTestCase):
         fake_request.content = None
         fake_request.requestHeaders = Headers()
         fake_request.getHeader = lambda name: None
-        d = http.forward(fake_request, "n1", "http://n1.test:5001")
+        d = http.forwarder.forward(fake_request, "n1", "http://n1.test:5001")
         d.cancel()
         self.failureResultOf(d, defer.CancelledError)
 
@@ -433,22 +435,22 @@ class LeaderRoutingTests(SynchronousTestCase):
 class HelperTests(SynchronousTestCase):
     def test_dumps_is_compact_utf8(self):
         """dumps() gives compact UTF-8 JSON."""
-        self.assertEqual(web.dumps({"a": "é", "b": [1]}), '{"a":"é","b":[1]}'.encode("utf-8"))
+        self.assertEqual(responses.dumps({"a": "é", "b": [1]}), '{"a":"é","b":[1]}'.encode("utf-8"))
 
     def test_error_document(self):
         """error_document() has the documented shape, field only when given."""
-        self.assertEqual(web.error_document("c", "m"), {"error": {"code": "c", "message": "m"}})
-        self.assertEqual(web.error_document("c", "m", "f")["error"]["field"], "f")
+        self.assertEqual(error_document("c", "m"), {"error": {"code": "c", "message": "m"}})
+        self.assertEqual(error_document("c", "m", "f")["error"]["field"], "f")
 
     def test_is_json_type(self):
         """JSON media types are recognised with parameters and +json suffixes."""
-        self.assertTrue(web.is_json_type(b"Application/JSON; charset=utf-8"))
-        self.assertTrue(web.is_json_type(b"application/merge-patch+json"))
-        self.assertFalse(web.is_json_type(b"text/json"))
-        self.assertFalse(web.is_json_type(None))
+        self.assertTrue(requests.is_json_type(b"Application/JSON; charset=utf-8"))
+        self.assertTrue(requests.is_json_type(b"application/merge-patch+json"))
+        self.assertFalse(requests.is_json_type(b"text/json"))
+        self.assertFalse(requests.is_json_type(None))
 
     def test_method_not_allowed(self):
         """method_not_allowed() is a 405 with a sorted Allow header."""
-        error = web.method_not_allowed(["PUT", "GET", "GET"])
+        error = errors.method_not_allowed(["PUT", "GET", "GET"])
         self.assertEqual(error.status, 405)
         self.assertEqual(dict(error.headers)[b"Allow"], b"GET, PUT")

@@ -1,5 +1,6 @@
 """Exactly-once writes for SQLite state machines: ``Idempotency-Key`` records kept in the
-replicated state (Raft dissertation §6.3), shared by every txraft application.
+replicated state (Raft dissertation §6.3), shared by every txraft application.  Plain
+Python; reading the header is the web layer's (``txraft.http.requests``).
 
 A client that does not know whether its write took effect (a 504, a lost leader) sends it
 again with the same key; the state machine answers with the recorded first outcome
@@ -26,12 +27,11 @@ machine's own database (table ``idempotency``, counters ``last_ms`` and
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Optional, Tuple
+from typing import Any, Optional, Tuple
 
-import attrs
 import msgpack
 
-from txraft.http.web import HTTPError, error_document, json_response
+from txraft.apps.results import Refusal, Result
 
 DAY_MS = 24 * 60 * 60 * 1000
 DEFAULT_RETENTION_MS = DAY_MS
@@ -57,18 +57,6 @@ TABLE = ("idempotency", "key")
 INITIAL_META = (["idempotency_count", 0], ["last_ms", 0])
 
 
-@attrs.frozen
-class Result:
-    """The answer to one command: ``status``, JSON ``body`` (or None) and ``index``, the
-    log index of the entry that produced it first (earlier than the current entry for an
-    idempotent replay, then ``replayed`` is true)."""
-
-    status: int
-    body: Optional[dict]
-    index: int
-    replayed: bool = False
-
-
 def key_problem(key: Any) -> Optional[str]:
     """Why ``key`` cannot be an idempotency key, or None."""
     if type(key) is not str or not 1 <= len(key) <= MAX_KEY_CHARS or not _KEY.match(key):
@@ -77,9 +65,13 @@ def key_problem(key: Any) -> Optional[str]:
 
 
 def key_reused(index: int) -> Result:
-    return Result(422, error_document(
-        "idempotency_key_reused", "this Idempotency-Key was used for a different request",
-        FIELD), index)
+    """The answer to the command at ``index`` reusing a key of another request."""
+    return Result(422, _key_reused().document(), index)
+
+
+def _key_reused() -> Refusal:
+    return Refusal(422, "idempotency_key_reused",
+                   "this Idempotency-Key was used for a different request", FIELD)
 
 
 class IdempotencyRecords:
@@ -163,42 +155,13 @@ class IdempotencyRecords:
             self._count -= deleted
 
 
-# -- HTTP ------------------------------------------------------------------------------
-
-
-def request_key(request) -> Optional[str]:
-    """The request's ``Idempotency-Key``, None without one; 422 ``invalid_value`` when
-    it is not a valid key."""
-    value = request.getHeader(HEADER)
-    if value is None:
-        return None
-    key = value.decode("latin-1")
-    problem = key_problem(key)
-    if problem is not None:
-        raise HTTPError(422, "invalid_value", problem, field=FIELD)
-    return key
-
-
 def recorded_answer(found: Optional[Tuple[bytes, Result]], fp: bytes) -> Optional[Result]:
     """What a node holding ``found`` (from ``IdempotencyRecords.find``) answers at once,
-    without a log entry: the first answer again, or 422 when the key was used for
-    another request; None when it holds no record (the write goes through the log)."""
+    without a log entry: the first answer again, or a 422 ``Refusal`` when the key was
+    used for another request; None when it holds no record (the write goes through the
+    log)."""
     if found is None:
         return None
     if found[0] != fp:
-        raise HTTPError(422, "idempotency_key_reused",
-                        "this Idempotency-Key was used for a different request", field=FIELD)
+        raise _key_reused()
     return found[1]
-
-
-def render_result(request, result: Result,
-                  headers: Iterable[Tuple[bytes, bytes]] = ()) -> bytes:
-    """Answer with ``result``: its status and JSON body, ``X-Raft-Index`` (the entry that
-    produced it first) and ``Idempotent-Replayed: true`` on a replay."""
-    request.setHeader(b"X-Raft-Index", b"%d" % (result.index,))
-    if result.replayed:
-        request.setHeader(b"Idempotent-Replayed", b"true")
-    if result.body is None:
-        request.setResponseCode(result.status)
-        return b""
-    return json_response(request, result.status, result.body, headers)

@@ -29,7 +29,7 @@ log = Logger()
 
 #: Applications known by a short name; anything else is taken as ``module:attribute``.
 #: Names, not imports: the library never imports the shop.
-APPLICATIONS = {"kv": "txraft.apps.kv:application", "shop": "shop.app:application"}
+APPLICATIONS = {"kv": "txraft.apps.kv_http:application", "shop": "shop.app:application"}
 
 SECRET_ENV = "TXRAFT_SECRET"
 
@@ -374,7 +374,7 @@ class RaftNodeService(service.MultiService):
         self.node = node
         self.udp_port = transport.listen(opts["port"], opts["bind"])
         http_client = _ForwardingClient(reactor, _QuietPool)
-        from txraft.http.web import JSONRequest, RequestGuard
+        from txraft.http.requests import JSONRequest, RequestGuard
 
         resource = RequestGuard(application.make_resource(node, reactor, http_client))
         if opts["admin-token"]:

@@ -17,9 +17,8 @@ import signal
 import sys
 
 from txraft.tools.chaos import netns
-from txraft.tools.chaos.harness import ChaosRun, Config, recheck
+from txraft.tools.chaos.harness import WORKLOADS, ChaosRun, Config, load_workload, recheck
 from txraft.tools.chaos.nemesis import FAULT_KINDS
-from txraft.tools.chaos.workload import WORKLOADS
 
 
 class Terminated(BaseException):
@@ -61,7 +60,9 @@ def main(argv=None, unavailable=netns.unavailable) -> int:
     parser.add_argument("--duration", type=float, default=defaults.duration,
                         help="seconds of faults and load")
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--workload", choices=sorted(WORKLOADS), default=defaults.workload)
+    parser.add_argument("--workload", default=defaults.workload,
+                        help="%s, or module:attribute naming a workload class"
+                        % ", ".join(sorted(WORKLOADS)))
     parser.add_argument("--clients", type=int, default=defaults.clients)
     parser.add_argument("--election-timeout-ms", type=int, default=defaults.election_timeout_ms)
     parser.add_argument("--heartbeat-ms", type=int, default=defaults.heartbeat_ms)
@@ -87,6 +88,10 @@ def main(argv=None, unavailable=netns.unavailable) -> int:
     parser.add_argument("--save", action="store_true",
                         help="save history, schedule and logs even when the run passes")
     args = parser.parse_args(argv)
+    try:
+        load_workload(args.workload)
+    except ValueError as e:
+        parser.error(str(e))
     config = Config(nodes=args.nodes, duration=args.duration, seed=args.seed,
                     workload=args.workload, clients=args.clients,
                     election_timeout_ms=args.election_timeout_ms, heartbeat_ms=args.heartbeat_ms,

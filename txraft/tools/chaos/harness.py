@@ -25,6 +25,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import pkgutil
 import random
 import shutil
 import tempfile
@@ -38,8 +39,26 @@ from txraft.tools.chaos.checker import DEFAULT_MAX_STEPS, FAIL, OK, UNKNOWN, che
 from txraft.tools.chaos.history import History
 from txraft.tools.chaos.nemesis import DEFAULT_WEIGHTS, FAULT_KINDS, Nemesis
 from txraft.tools.chaos import netns
-from txraft.tools.chaos.workload import WORKLOADS, Context, call
+from txraft.tools.chaos.workload import Context
 from txraft.tools.localcluster import LocalCluster
+
+
+#: Workloads known by a short name; anything else is taken as ``module:attribute`` (a
+#: workload class).  Names, not imports: the library never imports the shop.
+WORKLOADS = {"kv": "txraft.tools.chaos.workload:KVWorkload", "shop": "shop.chaos:ShopWorkload"}
+
+
+def load_workload(name: str) -> Any:
+    """The workload class ``name`` stands for: a short name of ``WORKLOADS`` or
+    ``module:attribute``.  Raises ``ValueError`` saying why when it cannot be loaded."""
+    target = WORKLOADS.get(name, name)
+    if ":" not in target:
+        raise ValueError("unknown workload %r: use one of %s or module:attribute"
+                         % (name, ", ".join(sorted(WORKLOADS))))
+    try:
+        return pkgutil.resolve_name(target)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ValueError("cannot load workload %r (%s): %s" % (name, target, e)) from None
 
 
 @attrs.define
@@ -242,7 +261,7 @@ class ChaosRun(Context):
         self.aborting = threading.Event()
         self.anomalies: List[str] = []
         if workload is None:
-            workload = WORKLOADS[config.workload]()
+            workload = load_workload(config.workload)()
             if config.value_bytes and hasattr(workload, "value_bytes"):
                 workload.value_bytes = config.value_bytes
         self.workload = workload
@@ -282,7 +301,7 @@ class ChaosRun(Context):
             f.write(token + "\n")
         os.chmod(token_file, 0o600)
         options = dict(
-            app=config.workload,
+            app=self.workload.app,
             election_timeout_ms=config.election_timeout_ms, heartbeat_ms=config.heartbeat_ms,
             extra_args=["--admin-token-file", token_file, "--tick-ms", str(config.tick_ms),
                         "--snapshot-entries", str(config.snapshot_entries),
@@ -504,7 +523,7 @@ def recheck(folder: str, max_steps: int = DEFAULT_MAX_STEPS) -> List[str]:
     """Run the checker again on a saved history (``python -m txraft.tools.chaos check DIR``)."""
     with open(os.path.join(folder, "run.json")) as f:
         run = json.load(f)
-    workload = WORKLOADS[run["config"]["workload"]]()
+    workload = load_workload(run["config"]["workload"])()
     if run.get("products"):
         workload.products = dict(run["products"])
     history = History.load(os.path.join(folder, "history.jsonl"))

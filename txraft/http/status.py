@@ -1,0 +1,46 @@
+"""The routes every node serves about itself, never forwarded: ``GET /raft/status``
+(``IRaftNode.status()`` as JSON), ``GET /health`` (200 while the process runs),
+``GET /ready`` (200 once a leader is known and this node has caught up, else 503) and
+``GET /metrics`` (Prometheus, ``txraft.http.metrics``).
+
+They are fast routes: polled by clients, load balancers, orchestrators and scrapers,
+answering them must not load Klein into an otherwise idle node.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+from txraft.http.errors import RETRY_SHORTLY, HTTPError, render_error
+from txraft.http.metrics import PROMETHEUS_TYPE, prometheus_text
+from txraft.http.responses import json_response
+from txraft.http.routing import Route
+
+
+def status_routes(node) -> Tuple[Route, ...]:
+    """The four routes for ``node`` (an ``IRaftNode``), for an application's table."""
+
+    def raft_status(request):
+        return json_response(request, 200, node.status())
+
+    def health(request):
+        return json_response(request, 200, {"status": "ok"})
+
+    def ready(request):
+        if node.is_ready():
+            return json_response(request, 200, {"ready": True})
+        return render_error(request, HTTPError(
+            503, "not_ready", "no leader known or this node is still catching up",
+            headers=RETRY_SHORTLY))
+
+    def metrics(request):
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", PROMETHEUS_TYPE)
+        return prometheus_text(node.status())
+
+    return (
+        Route("GET", "/raft/status", raft_status, "raft_status", fast=True),
+        Route("GET", "/health", health, "raft_health", fast=True),
+        Route("GET", "/ready", ready, "raft_ready", fast=True),
+        Route("GET", "/metrics", metrics, "raft_metrics", fast=True),
+    )
