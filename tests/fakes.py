@@ -145,6 +145,18 @@ class FakeRaftNode:
         self.calls["is_ready"] += 1
         return self.ready and self.leader_id is not None
 
+    def status_view(self):
+        from txraft.core import CoreStatus
+        from txraft.runtime.status import NodeStatus
+
+        self.calls["status_view"] += 1
+        applied = self.state_machine.applied_index()
+        core = CoreStatus(id=self.node_id, role=self.role, term=self.term, voted_for=None,
+                          leader_id=self.leader_id, commit_index=applied,
+                          last_applied=applied, last_log_index=applied, last_log_term=self.term,
+                          snapshot_index=0, voters=(self.node_id,))
+        return NodeStatus(core=core, applied_index=applied, leader_http_url=self.leader_url)
+
     def status(self) -> dict:
         self.calls["status"] += 1
         applied = self.state_machine.applied_index()

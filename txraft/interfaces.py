@@ -107,5 +107,9 @@ class IRaftNode(Interface):
     def is_ready():
         """True when a leader is known and this node has applied what it knows committed."""
 
+    def status_view():
+        """A ``txraft.runtime.status.NodeStatus``: role, term, leader, indexes, per-peer
+        progress, counters (what ``/metrics`` reads)."""
+
     def status():
-        """A JSON-ready dict: id, role, term, leader, indexes, per-peer progress."""
+        """``status_view().to_json()``: the JSON document of ``GET /raft/status``."""

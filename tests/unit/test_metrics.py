@@ -20,7 +20,9 @@ from shop import state as shop_state
 from shop.app import application as shop_application
 from tests import REPO_ROOT
 from txraft.apps import kv, kv_http
+from txraft.core import CoreStatus, PeerStatus
 from txraft.http.metrics import prometheus_text
+from txraft.runtime.status import NodeStatus
 from txraft.http.node import RaftHTTP
 from txraft.tools.localcluster import LocalCluster, http
 from txraft.runtime.transport import INBOUND_DROPS, OUTBOUND_DROPS, STATS_NAMES
@@ -138,6 +140,17 @@ class ParserTests(SynchronousTestCase):
                 parse(self, body)
 
 
+def made(node_id="n1", role="follower", transport=None, counters=(), snapshot_transfers=(),
+         progress=(), leader_id=None):
+    """A hand-made ``NodeStatus`` (the typed value ``RaftNode.status_view()`` returns)."""
+    core = CoreStatus(id=node_id, role=role, term=3, voted_for=None, leader_id=leader_id,
+                      commit_index=5, last_applied=5, last_log_index=6, last_log_term=3,
+                      snapshot_index=0, voters=("n1", "n2", "n3"), progress=progress)
+    return NodeStatus(core=core, applied_index=5, counters=tuple(counters),
+                      transport=None if transport is None else tuple(transport.items()),
+                      snapshot_transfers=tuple(snapshot_transfers))
+
+
 class ExpositionTests(SynchronousTestCase):
     """``txraft.http.metrics.prometheus_text`` on hand-made statuses."""
 
@@ -145,7 +158,7 @@ class ExpositionTests(SynchronousTestCase):
         """Backslash, double quote and newline in a label value are escaped, so the
         value reads back whole and every sample stays on one line."""
         node_id = 'a"b\\c\nd'
-        families = parse(self, prometheus_text({"id": node_id, "role": "follower"}))
+        families = parse(self, prometheus_text(made(node_id=node_id)))
         self.assertEqual(families["txraft_info"]["samples"],
                          {frozenset({("node_id", node_id)}): 1.0})
 
@@ -154,7 +167,7 @@ class ExpositionTests(SynchronousTestCase):
         the inbound drops share one family with a reason each, as do the outbound
         ones, per message or per datagram."""
         stats = {name: 1000 + i for i, name in enumerate(STATS_NAMES)}
-        families = parse(self, prometheus_text({"id": "n1", "transport": stats}))
+        families = parse(self, prometheus_text(made(transport=stats)))
         samples = [v for name, family in families.items() if name.startswith("txraft_transport_")
                    for v in family["samples"].values()]
         self.assertEqual(sorted(samples), sorted(float(v) for v in stats.values()))
@@ -176,12 +189,11 @@ class ExpositionTests(SynchronousTestCase):
     def test_unknown_counters_still_appear(self):
         """A counter added to the node, the transport or the snapshot transfers later
         is exposed under a generic name rather than silently left out."""
-        families = parse(self, prometheus_text({
-            "id": "n1",
-            "counters": {"new_thing": 3},
-            "transport": {"something_else": 4, "dropped_new_reason": 5},
-            "snapshot_transfers": {"aborted": 6},
-        }))
+        families = parse(self, prometheus_text(made(
+            counters=[("new_thing", 3)],
+            transport={"something_else": 4, "dropped_new_reason": 5},
+            snapshot_transfers=[("aborted", 6)],
+        )))
         self.assertEqual(value(families, "txraft_node_new_thing_total"), 3)
         self.assertEqual(value(families, "txraft_transport_something_else_total"), 4)
         self.assertEqual(value(families, "txraft_transport_outbound_messages_dropped_total",
@@ -189,14 +201,22 @@ class ExpositionTests(SynchronousTestCase):
         self.assertEqual(value(families, "txraft_snapshot_transfer_aborted_total"), 6)
 
     def test_only_what_status_holds(self):
-        """Missing parts of a status (no transport, no progress, no counters) leave
-        their families out; None values are not samples."""
-        families = parse(self, prometheus_text({"id": "n1", "role": "candidate",
-                                                    "leader_id": None, "term": None}))
-        self.assertEqual(set(families), {"txraft_info", "txraft_role", "txraft_is_leader",
-                                         "txraft_has_leader", "txraft_fatal_error"})
+        """What a status does not hold (no transport, no followers' progress, no
+        counters) leaves its families out; a leader's view of its peers appears."""
+        families = parse(self, prometheus_text(made(role="candidate")))
+        self.assertEqual({name for name in families
+                          if name.startswith(("txraft_transport_", "txraft_peer_",
+                                              "txraft_node_", "txraft_snapshot_t"))}, set())
         self.assertEqual(value(families, "txraft_role", role="candidate"), 1)
         self.assertEqual(value(families, "txraft_has_leader"), 0)
+        self.assertEqual(value(families, "txraft_voters"), 3)
+        peer = PeerStatus(match_index=4, next_index=5, state="replicate", recent_active=True,
+                          inflight=1)
+        families = parse(self, prometheus_text(made(role="leader", leader_id="n1",
+                                                    progress=(("n2", peer),))))
+        self.assertEqual(value(families, "txraft_peer_match_index", peer="n2"), 4)
+        self.assertEqual(value(families, "txraft_peer_state", peer="n2", state="replicate"), 1)
+        self.assertEqual(value(families, "txraft_has_leader"), 1)
 
 
 class RealNodeTests(SynchronousTestCase):
@@ -205,7 +225,7 @@ class RealNodeTests(SynchronousTestCase):
     def check_equal(self, node) -> dict:
         """Parse ``node``'s metrics and assert every value equals its ``status()``."""
         status = node.status()
-        families = parse(self, prometheus_text(status))
+        families = parse(self, prometheus_text(node.status_view()))
         self.assertEqual(value(families, "txraft_info", node_id=node.node_id), 1)
         for role in ("follower", "pre_candidate", "candidate", "leader"):
             self.assertEqual(value(families, "txraft_role", role=role), role == status["role"])
@@ -271,7 +291,7 @@ class RealNodeTests(SynchronousTestCase):
         leader.transport.stats = dict.fromkeys(STATS_NAMES, 0)
 
         def counters(node):
-            families = parse(self, prometheus_text(node.status()))
+            families = parse(self, prometheus_text(node.status_view()))
             return {(name, labels): v for name, family in families.items()
                     if family["type"] == "counter" for labels, v in family["samples"].items()}
 
@@ -334,7 +354,7 @@ class RealNodeTests(SynchronousTestCase):
         cluster.run(1.0)
         leader = cluster.leader()
         leader.transport.stats = stats
-        names = set(parse(self, prometheus_text(leader.status())))
+        names = set(parse(self, prometheus_text(leader.status_view())))
         self.assertIn("txraft_peer_match_index", names)
         self.assertEqual(names - documented_families(), set())
 
@@ -350,7 +370,7 @@ class HTTPTests(SynchronousTestCase):
             self.assertEqual(answer.code, 200)
             self.assertEqual(answer.header("Content-Type"), CONTENT_TYPE)
             node = cluster.nodes[node_id]
-            self.assertEqual(answer.body, prometheus_text(node.status()))
+            self.assertEqual(answer.body, prometheus_text(node.status_view()))
             families = parse(self, answer.body)
             self.assertEqual(value(families, "txraft_info", node_id=node_id), 1)
             self.assertEqual(value(families, "txraft_is_leader"), node_id == "n1")
@@ -400,5 +420,5 @@ class HTTPTests(SynchronousTestCase):
         counters = dict(leader.counters)
         answer = request(self, stub, "GET", "http://n1/metrics")
         self.assertEqual(answer.code, 200)
-        self.assertEqual(answer.body, prometheus_text(leader.status()))
+        self.assertEqual(answer.body, prometheus_text(leader.status_view()))
         self.assertEqual(leader.counters, counters)

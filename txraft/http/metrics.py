@@ -1,89 +1,21 @@
 """``GET /metrics``: a node's status in the Prometheus text exposition format (0.0.4).
 
-Built only when a scraper asks.  What the metrics read of the status goes through one
-function, ``read_status``, at the top of this module: the only code here that knows the
-shape of ``IRaftNode.status()`` (a dict today).  When the runtime's typed status lands,
-``read_status`` is the one place to change; the exposition below reads ``NodeStatus``.
+Built only when a scraper asks, from the node's typed status
+(``IRaftNode.status_view()``, a ``txraft.runtime.status.NodeStatus``): fields, never
+string keys, so a renamed field fails where it is read.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Any, Mapping, Optional, Tuple
-
-import attrs
-
-
-def read_status(status: Mapping[str, Any]) -> "NodeStatus":
-    """What the metrics need of ``status`` (``IRaftNode.status()``), typed.
-
-    A field is None (and its metric left out) where the status does not hold it: a node
-    with no leader hint, a follower's peers, a node without a transport.
-    """
-    return NodeStatus(
-        node_id=status.get("id"),
-        role=status.get("role"),
-        has_leader=(status["leader_id"] is not None) if "leader_id" in status else None,
-        fatal_error="fatal_error" in status,
-        term=status.get("term"),
-        commit_index=status.get("commit_index"),
-        applied_index=status.get("applied_index"),
-        last_log_index=status.get("last_log_index"),
-        last_log_term=status.get("last_log_term"),
-        snapshot_index=status.get("snapshot_index"),
-        pending_proposals=status.get("pending_proposals"),
-        pending_reads=status.get("pending_reads"),
-        voters=len(status["voters"]) if "voters" in status else None,
-        peers=tuple(
-            PeerStatus(peer, progress["match_index"], progress["next_index"],
-                       progress["inflight"], progress["recent_active"], progress["state"])
-            for peer, progress in sorted((status.get("progress") or {}).items())
-        ),
-        counters=tuple((status.get("counters") or {}).items()),
-        transport=tuple((status.get("transport") or {}).items()),
-        snapshot_transfers=tuple((status.get("snapshot_transfers") or {}).items()),
-    )
-
-
-@attrs.frozen
-class PeerStatus:
-    """A leader's view of one peer's replication."""
-
-    peer: str
-    match_index: int
-    next_index: int
-    inflight: int
-    recent_active: bool
-    state: str
-
-
-@attrs.frozen
-class NodeStatus:
-    """The node's status as the metrics read it; counters as ``(name, value)`` pairs."""
-
-    node_id: Any
-    role: Optional[str]
-    has_leader: Optional[bool]
-    fatal_error: bool
-    term: Optional[int]
-    commit_index: Optional[int]
-    applied_index: Optional[int]
-    last_log_index: Optional[int]
-    last_log_term: Optional[int]
-    snapshot_index: Optional[int]
-    pending_proposals: Optional[int]
-    pending_reads: Optional[int]
-    voters: Optional[int]
-    peers: Tuple[PeerStatus, ...]
-    counters: Tuple[Tuple[str, int], ...]
-    transport: Tuple[Tuple[str, int], ...]
-    snapshot_transfers: Tuple[Tuple[str, int], ...]
+from typing import Any
 
 
 PROMETHEUS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
-#: Gauges read as they are from the status: (``NodeStatus`` field, metric, help).
+#: Gauges read as they are from the status: (``NodeStatus`` or ``CoreStatus`` field,
+#: metric, help).
 STATUS_GAUGES = (
     ("term", "txraft_term", "The node's current term."),
     ("commit_index", "txraft_commit_index", "The highest log index known to be committed."),
@@ -99,7 +31,10 @@ STATUS_GAUGES = (
      "Linearizable reads waiting for this leader to confirm its leadership."),
 )
 
-#: A leader's view of each peer: (``PeerStatus`` field, metric, help).
+#: A leader's view of each peer: (``txraft.core.PeerStatus`` field, metric, help).
+#: The STATUS_GAUGES fields that are the node's, not the core's.
+NODE_FIELDS = frozenset(("applied_index", "pending_proposals", "pending_reads"))
+
 PEER_GAUGES = (
     ("match_index", "txraft_peer_match_index",
      "Leader only: the highest index known to be replicated on the peer."),
@@ -175,48 +110,49 @@ SNAPSHOT_COUNTERS = {
 _NOT_IN_NAMES = re.compile(r"[^a-zA-Z0-9_]")
 
 
-def prometheus_text(status: Mapping[str, Any]) -> bytes:
-    """``status`` (``IRaftNode.status()``) in the Prometheus text exposition format 0.0.4.
+def prometheus_text(node: Any) -> bytes:
+    """``node`` (a ``NodeStatus``) in the Prometheus text exposition format 0.0.4.
 
-    Every family is written with its ``# HELP`` and ``# TYPE`` once; what ``status`` does
-    not hold (a follower has no ``progress``, a node without a transport no
-    ``transport``) is left out, and a counter this module has no name for still appears,
-    as ``txraft_<group>_<name>_total``.
+    Every family is written with its ``# HELP`` and ``# TYPE`` once; what the status does
+    not hold (a follower has no peers' progress, a node without a transport no transport
+    counters, a node that knows no leader no leader) is left out, and a counter this
+    module has no name for still appears, as ``txraft_<group>_<name>_total``.
     """
     # Imported here: only this function needs them, and only once a scraper asks.
     from txraft.core import (CANDIDATE, FOLLOWER, LEADER, PRE_CANDIDATE, PROBE, REPLICATE,
                              SNAPSHOT)
     from txraft.runtime.transport import INBOUND_DROPS
 
-    node = read_status(status)
+    core = node.core
     out = _Exposition()
     out.add("txraft_info", "gauge", "Always 1; the labels name this node.",
-            {"node_id": node.node_id}, 1)
-    role = node.role
+            {"node_id": core.id}, 1)
+    role = core.role
     for name in _states((FOLLOWER, PRE_CANDIDATE, CANDIDATE, LEADER), role):
         out.add("txraft_role", "gauge", "1 for the node's role, 0 for the others.",
                 {"role": name}, name == role)
     out.add("txraft_is_leader", "gauge", "1 when this node is the leader.", {}, role == LEADER)
     out.add("txraft_has_leader", "gauge", "1 when this node knows a leader.", {},
-            node.has_leader)
+            core.leader_id is not None)
     out.add("txraft_fatal_error", "gauge",
             "1 once the node stopped after a fatal error (see /raft/status).", {},
-            node.fatal_error)
+            node.fatal_error is not None)
     for field, name, help_text in STATUS_GAUGES:
-        out.add(name, "gauge", help_text, {}, getattr(node, field))
-    out.add("txraft_voters", "gauge", "Voting members of the cluster.", {}, node.voters)
-    for peer in node.peers:
-        labels = {"peer": peer.peer}
+        source = node if field in NODE_FIELDS else core
+        out.add(name, "gauge", help_text, {}, getattr(source, field))
+    out.add("txraft_voters", "gauge", "Voting members of the cluster.", {}, len(core.voters))
+    for peer_id, peer in core.progress:
+        labels = {"peer": peer_id}
         for field, name, help_text in PEER_GAUGES:
             out.add(name, "gauge", help_text, labels, getattr(peer, field))
         for state in _states((PROBE, REPLICATE, SNAPSHOT), peer.state):
             out.add("txraft_peer_state", "gauge",
                     "Leader only: 1 for how the leader replicates to the peer, 0 for the "
-                    "other ways.", {"peer": peer.peer, "state": state}, state == peer.state)
+                    "other ways.", {"peer": peer_id, "state": state}, state == peer.state)
     for key, value in node.counters:
         out.add("txraft_node_%s_total" % (key,), "counter",
                 NODE_COUNTERS.get(key, "Node counter %s." % (key,)), {}, value)
-    for key, value in node.transport:
+    for key, value in node.transport or ():
         labels = {}
         if key in TRANSPORT_COUNTERS:
             name, help_text = TRANSPORT_COUNTERS[key]

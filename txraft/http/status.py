@@ -36,7 +36,7 @@ def status_routes(node) -> Tuple[Route, ...]:
     def metrics(request):
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", PROMETHEUS_TYPE)
-        return prometheus_text(node.status())
+        return prometheus_text(node.status_view())
 
     return (
         Route("GET", "/raft/status", raft_status, "raft_status", fast=True),

@@ -35,6 +35,7 @@ from txraft.errors import CommitTimeout, NotLeader, Overloaded, ProposalDropped,
 from txraft.interfaces import ILogStorage, IRaftNode, IStateMachine
 from txraft.runtime.executor import Executor
 from txraft.runtime.snapshot import SnapshotStore
+from txraft.runtime.status import NodeStatus
 from txraft.runtime.transfer import SnapshotTransfers
 
 
@@ -334,23 +335,24 @@ class RaftNode(Service):
             and self.core.last_applied >= self.core.commit_index
         )
 
-    def status(self) -> Dict[str, Any]:
-        out = self.core.status().to_json()
-        leader_id, leader_url = self.leader()
-        out["leader_http_url"] = (
-            self.members[leader_id].public_url if leader_id in self.members else None
+    def status_view(self) -> NodeStatus:
+        core = self.core.status()
+        leader = self.members.get(core.leader_id) if core.leader_id is not None else None
+        return NodeStatus(
+            core=core,
+            applied_index=core.last_applied,
+            http_url=self.members[self.node_id].public_url,
+            leader_http_url=leader.public_url if leader is not None else None,
+            pending_proposals=len(self._proposals),
+            pending_reads=len(self._reads),
+            counters=tuple(self.counters.items()),
+            transport=tuple(self.transport.stats.items()) if self.transport is not None else None,
+            snapshot_transfers=tuple(self.transfers.stats.items()),
+            fatal_error=str(self._dead.value) if self._dead is not None else None,
         )
-        out["http_url"] = self.members[self.node_id].public_url
-        out["applied_index"] = self.core.last_applied
-        out["pending_proposals"] = len(self._proposals)
-        out["pending_reads"] = len(self._reads)
-        out["counters"] = dict(self.counters)
-        if self.transport is not None:
-            out["transport"] = dict(self.transport.stats)
-        out["snapshot_transfers"] = dict(self.transfers.stats)
-        if self._dead is not None:
-            out["fatal_error"] = str(self._dead.value)
-        return out
+
+    def status(self) -> Dict[str, Any]:
+        return self.status_view().to_json()
 
     # ------------------------------------------------------------ the driver
 
