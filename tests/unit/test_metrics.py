@@ -24,7 +24,6 @@ from txraft.core import CoreStatus, PeerStatus
 from txraft.http.metrics import prometheus_text
 from txraft.runtime.status import NodeStatus
 from txraft.http.node import RaftHTTP
-from txraft.tools.localcluster import LocalCluster, http
 from txraft.runtime.transport import INBOUND_DROPS, OUTBOUND_DROPS, STATS_NAMES
 
 from tests.fakes import FakeCluster, request
