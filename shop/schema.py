@@ -4,7 +4,7 @@ state machine when applying (the log, not the HTTP layer, is the trust boundary)
 Everything here is a pure function of its arguments and deliberately avoids behaviour that
 could differ between Python versions on different replicas (Unicode case mapping and
 whitespace tables): only ASCII is case-folded or treated as blank.  A broken rule raises
-``Refusal`` (``txraft.apps.results``: a plain exception carrying a status, a code, a message
+``Refusal`` (``txraft.results``: a plain exception carrying a status, a code, a message
 and the field at fault); the state machine records it as a ``Result``, the HTTP layer
 answers it as a JSON error.
 """
@@ -18,15 +18,15 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import attrs
 
-from txraft.apps import idempotency
-from txraft.apps.results import Refusal
+from txraft import results
+from txraft.results import Refusal
 
 MAX_PRICE_CENTS = 10**10  # 100 million in whole units
 MAX_STOCK = 10**9
 MAX_QUANTITY = 10**6
 MAX_ORDER_LINES = 100  # so total_cents stays far below 2**63
 MAX_ID_CHARS = 32
-MAX_IDEMPOTENCY_KEY_CHARS = idempotency.MAX_KEY_CHARS
+MAX_IDEMPOTENCY_KEY_CHARS = results.MAX_KEY_CHARS
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 
@@ -214,9 +214,9 @@ def validate_status_patch(data: Any) -> str:
 
 
 def check_idempotency_key(key: Any) -> str:
-    problem = idempotency.key_problem(key)
+    problem = results.key_problem(key)
     if problem is not None:
-        raise invalid("invalid_value", problem, idempotency.FIELD)
+        raise invalid("invalid_value", problem, results.FIELD)
     return key
 
 

@@ -38,7 +38,7 @@ import msgpack
 from zope.interface import implementer
 
 from txraft.apps import idempotency
-from txraft.apps.results import Result
+from txraft.results import Result
 from txraft.apps.sqlite import SQLiteStateMachine
 from txraft.interfaces import IStateMachine
 

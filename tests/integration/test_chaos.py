@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from txraft.tools.chaos.checker import FAIL, OK, UNKNOWN
 from txraft.tools.chaos.harness import WORKLOADS, ChaosRun, Config, Monitor, load_workload
 from txraft.tools.chaos import workload as workload_module
-from txraft.tools.chaos.history import Attempt, History, Record, settle
+from txraft.tools.chaos.history import Attempt, History, settle
 from txraft.tools.chaos.workload import KeySpace, KVWorkload, Reply, read_verdict, write_verdict
 
 from shop.chaos import ShopWorkload, _subset_sums_to

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from twisted.trial.unittest import SynchronousTestCase
 

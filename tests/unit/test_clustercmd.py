@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 from typing import Any, Dict, List, Optional
 
@@ -23,7 +19,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txraft.tools import clustercmd
 from txraft.tools.clustercmd import Console, Row, exit_text, render_table, shutdown
-from txraft.tools.localcluster import REPO_ROOT, free_port, http
 
 # -- a fake cluster for the console -------------------------------------------------------
 

@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from txraft.apps import idempotency
 
 from txraft.apps import kv, kv_http
-from txraft.apps.results import Result
+from txraft import results
+from txraft.results import Result
 from txraft.core.messages import ENTRY_NOOP, Entry
 
 from tests.fakes import FakeCluster, start_request
@@ -440,6 +440,6 @@ class HelperTests(SynchronousTestCase):
 
     def test_key_problem(self):
         """Keys are 1 to 255 visible ASCII characters."""
-        self.assertIsNone(idempotency.key_problem("a" * 255))
+        self.assertIsNone(results.key_problem("a" * 255))
         for key in ("", "a" * 256, "a b", "é", b"a", None):
-            self.assertIsNotNone(idempotency.key_problem(key))
+            self.assertIsNotNone(results.key_problem(key))

@@ -59,15 +59,15 @@ def pure_modules() -> List[str]:
 
 
 def state_machine_modules() -> List[str]:
-    """The plain-Python modules: ``txraft/apps/`` but its HTTP APIs, the shop's state
-    machine and its data rules."""
+    """The plain-Python modules: ``txraft/apps/`` but its HTTP APIs, the results
+    vocabulary they share with the web layer, the shop's state machine and its data rules."""
     apps = os.path.join(PACKAGE, "apps")
     plain = sorted(
         os.path.join(apps, name) for name in os.listdir(apps)
         if name.endswith(".py") and name != "__init__.py" and not name.endswith("_http.py")
     )
     shop = os.path.join(REPO_ROOT, "shop")
-    return plain + [os.path.join(shop, "state.py"), os.path.join(shop, "schema.py")]
+    return plain + [os.path.join(PACKAGE, "results.py"), os.path.join(shop, "state.py"), os.path.join(shop, "schema.py")]
 
 
 def module_name(path: str) -> str:
@@ -234,7 +234,7 @@ class LayeringTests(SynchronousTestCase):
     def test_state_machine_modules_exist(self):
         """The list of plain-Python modules is the expected one (not silently empty)."""
         names = [module_name(p) for p in state_machine_modules()]
-        for expected in ("txraft.apps.sqlite", "txraft.apps.results", "txraft.apps.idempotency",
+        for expected in ("txraft.apps.sqlite", "txraft.results", "txraft.apps.idempotency",
                          "txraft.apps.kv", "shop.state", "shop.schema"):
             self.assertIn(expected, names)
         self.assertNotIn("txraft.apps.kv_http", names)

@@ -17,12 +17,11 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from txraft.errors import CommitTimeout, NotLeader, Overloaded, ProposalDropped, ReadTimeout
-from txraft.interfaces import ILogStorage, IRaftNode, IStateMachine
+from txraft.interfaces import IRaftNode, IStateMachine
 from txraft.core.messages import (
     AppendEntries,
     AppendEntriesResponse,
     Entry,
-    HardState,
     InstallSnapshotResponse,
     RequestVoteResponse,
     SnapshotChunk,

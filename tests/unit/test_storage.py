@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import os
 import random
-import select
 import shutil
-import signal
 import struct
 import subprocess
-import sys
-import time
 import zlib
 
 import msgpack

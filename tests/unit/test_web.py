@@ -21,7 +21,7 @@ from txraft.apps.application import Application
 from txraft.http import errors, forwarding, requests, responses
 from txraft.http.node import RaftHTTP
 from txraft.http.routing import Route, RouteTable
-from txraft.apps.results import error_document
+from txraft.results import error_document
 from txraft.errors import Overloaded
 from txraft.interfaces import IRaftNode, IStateMachine
 

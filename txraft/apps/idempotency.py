@@ -26,21 +26,15 @@ machine's own database (table ``idempotency``, counters ``last_ms`` and
 
 from __future__ import annotations
 
-import re
-from typing import Any, Optional, Tuple
+from typing import Optional, Tuple
 
 import msgpack
 
-from txraft.apps.results import Refusal, Result
+from txraft.results import FIELD, Refusal, Result
 
 DAY_MS = 24 * 60 * 60 * 1000
 DEFAULT_RETENTION_MS = DAY_MS
 DEFAULT_MAX_KEYS = 100_000
-MAX_KEY_CHARS = 255
-HEADER = b"idempotency-key"
-FIELD = "Idempotency-Key"
-
-_KEY = re.compile(r"^[\x21-\x7e]+$")
 
 #: Statements for the state machine's ``ddl`` (after ``meta`` exists).
 DDL = (
@@ -55,13 +49,6 @@ DDL = (
 TABLE = ("idempotency", "key")
 #: What a snapshot's ``meta`` holds for these records in a fresh state machine.
 INITIAL_META = (["idempotency_count", 0], ["last_ms", 0])
-
-
-def key_problem(key: Any) -> Optional[str]:
-    """Why ``key`` cannot be an idempotency key, or None."""
-    if type(key) is not str or not 1 <= len(key) <= MAX_KEY_CHARS or not _KEY.match(key):
-        return "Idempotency-Key must be 1 to %d visible ASCII characters" % (MAX_KEY_CHARS,)
-    return None
 
 
 def key_reused(index: int) -> Result:

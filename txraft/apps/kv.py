@@ -19,7 +19,8 @@ from zope.interface import implementer
 
 from txraft.apps import idempotency
 from txraft.apps.idempotency import IdempotencyRecords
-from txraft.apps.results import Result, error_document
+from txraft import results
+from txraft.results import Result, error_document
 from txraft.apps.sqlite import SQLiteStateMachine
 from txraft.interfaces import IStateMachine
 
@@ -107,7 +108,7 @@ class KVStateMachine(SQLiteStateMachine):
             if (op == OP_PUT and len(command) == 5 and isinstance(command[2], bytes)) or (
                     op == OP_DELETE and len(command) == 4):
                 ts, key = command[-2:]
-                if type(ts) is int and 0 <= ts < 2**62 and idempotency.key_problem(key) is None:
+                if type(ts) is int and 0 <= ts < 2**62 and results.key_problem(key) is None:
                     return self._apply_keyed(command[:-2], ts, key, entry.index)
         return error_document("invalid_command", "entry %d is not a kv command" % (entry.index,))
 

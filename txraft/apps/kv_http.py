@@ -16,7 +16,8 @@ from txraft.apps import idempotency
 from txraft.apps.application import Application
 from txraft.apps.kv import (encode_delete, encode_keyed, encode_put, fingerprint,
                             open_state_machine)
-from txraft.apps.results import Result
+from txraft import results
+from txraft.results import Result
 from txraft.http.errors import HTTPError
 from txraft.http.fastpath import FastResource
 from txraft.http.node import RaftHTTP
@@ -70,7 +71,7 @@ class KVAPI:
     def put(self, request, key):
         raw = self._key(key)
         command = encode_put(raw, self.http.body(request))
-        if request.getHeader(idempotency.HEADER) is not None:
+        if request.getHeader(results.HEADER) is not None:
             return self._write_keyed(request, command)
         return self.http.write(request, command,
                                lambda index, result: self._written(request, index, result))
@@ -78,7 +79,7 @@ class KVAPI:
     def delete(self, request, key):
         raw = self._key(key)
         command = encode_delete(raw)
-        if request.getHeader(idempotency.HEADER) is not None:
+        if request.getHeader(results.HEADER) is not None:
             return self._write_keyed(request, command)
         return self.http.write(request, command,
                                lambda index, result: self._written(request, index, result))

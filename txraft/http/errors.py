@@ -1,7 +1,7 @@
 """The errors every txraft HTTP answer can carry, and what Raft's errors mean in HTTP.
 
 Errors are JSON, ``{"error": {"code", "message", "field"?}}`` (the error document of
-``txraft.apps.results``), with a status.  ``HTTPError`` is a ``Refusal`` that may carry
+``txraft.results``), with a status.  ``HTTPError`` is a ``Refusal`` that may carry
 response headers (``Retry-After``, ``Allow``); any ``Refusal`` raised while answering, by
 the web layer or by an application's validation, is rendered the same way.
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Iterable, Optional, Tuple
 
-from txraft.apps.results import Refusal
+from txraft.results import Refusal
 from txraft.errors import CommitTimeout, Overloaded, ProposalDropped, RaftError, ReadTimeout
 from txraft.http.responses import json_response
 

@@ -16,7 +16,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txraft.apps.results import Refusal
+from txraft.results import Refusal
 from txraft.errors import NotLeader, RaftError
 from txraft.http.errors import internal_error, raft_error, render_error
 from txraft.http.forwarding import DEFAULT_FORWARD_TIMEOUT_SECONDS, Forwarder

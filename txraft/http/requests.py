@@ -20,10 +20,10 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from txraft.apps import idempotency
-from txraft.apps.results import error_document
+from txraft import results
 from txraft.http.errors import HTTPError
 from txraft.http.responses import JSON_TYPE, json_response
+from txraft.results import error_document
 
 DEFAULT_BODY_LIMIT = 64 * 1024
 
@@ -107,13 +107,13 @@ def _reject_constant(name):
 def idempotency_key(request) -> Optional[str]:
     """The request's ``Idempotency-Key``, None without one; 422 ``invalid_value`` when
     it is not a valid key."""
-    value = request.getHeader(idempotency.HEADER)
+    value = request.getHeader(results.HEADER)
     if value is None:
         return None
     key = value.decode("latin-1")
-    problem = idempotency.key_problem(key)
+    problem = results.key_problem(key)
     if problem is not None:
-        raise HTTPError(422, "invalid_value", problem, field=idempotency.FIELD)
+        raise HTTPError(422, "invalid_value", problem, field=results.FIELD)
     return key
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Tuple
 
-from txraft.apps.results import Result
+from txraft.results import Result
 
 JSON_TYPE = b"application/json"
 

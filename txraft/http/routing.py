@@ -22,7 +22,7 @@ from urllib.parse import unquote_to_bytes
 
 import attrs
 
-from txraft.apps.results import error_document
+from txraft.results import error_document
 from txraft.http.errors import method_not_allowed, not_found, render_error
 from txraft.http.responses import json_response
 

@@ -35,7 +35,7 @@ import json
 import random
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from txraft.tools.localcluster import LocalCluster, http
 

@@ -1,5 +1,8 @@
-"""What a state machine answers, as plain values: ``Result``, ``Refusal`` and the error
-document.
+"""The vocabulary state machines and the web layer share, as plain values: ``Result``,
+``Refusal``, the error document, and the rule for an ``Idempotency-Key``.
+
+Here, below both layers (``txraft.apps`` and ``shop`` produce these values,
+``txraft.http`` renders them), so neither has to import the other.
 
 A command's outcome is decided when its entry is applied, identically on every replica,
 and travels back to the client as data: a ``Result`` (a status, a JSON body, the log index
@@ -13,7 +16,8 @@ because that is what clients see, but nothing here knows HTTP: the web layer
 
 from __future__ import annotations
 
-from typing import Optional
+import re
+from typing import Any, Optional
 
 import attrs
 
@@ -50,3 +54,19 @@ class Refusal(Exception):
 
     def document(self) -> dict:
         return error_document(self.code, self.message, self.field)
+
+
+# -- the Idempotency-Key rule (the records themselves: txraft.apps.idempotency) --------
+
+MAX_KEY_CHARS = 255
+HEADER = b"idempotency-key"
+FIELD = "Idempotency-Key"
+
+_KEY = re.compile(r"^[\x21-\x7e]+$")
+
+
+def key_problem(key: Any) -> Optional[str]:
+    """Why ``key`` cannot be an idempotency key, or None."""
+    if type(key) is not str or not 1 <= len(key) <= MAX_KEY_CHARS or not _KEY.match(key):
+        return "Idempotency-Key must be 1 to %d visible ASCII characters" % (MAX_KEY_CHARS,)
+    return None
