@@ -259,7 +259,12 @@ class LocalCluster:
     def wait_for_leader(
         self, timeout: float = 10.0, among: Optional[Sequence[str]] = None
     ) -> str:
-        """Wait until the running nodes agree on one leader; return its id."""
+        """Wait until the running nodes agree on one leader; return its id.
+
+        Every running, unpaused node (or every node in ``among``) must answer and name
+        the same leader in the same term: a node whose process is still importing is
+        waited for, not skipped, so a test can use every node as soon as this returns.
+        """
         deadline = time.monotonic() + timeout
         last: Dict[str, Any] = {}
         while time.monotonic() < deadline:
@@ -269,7 +274,7 @@ class LocalCluster:
             last = {i: self.nodes[i].status() for i in ids}
             live = {i: s for i, s in last.items() if s is not None}
             leaders = {i for i, s in live.items() if s["role"] == "leader"}
-            if len(leaders) == 1 and live:
+            if len(leaders) == 1 and live and len(live) == len(ids):
                 leader = leaders.pop()
                 term = live[leader]["term"]
                 if all(s["leader_id"] == leader and s["term"] == term for s in live.values()):
