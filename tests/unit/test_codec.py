@@ -18,7 +18,9 @@ from txraft.runtime.codec import (
     encode_message,
     encoded_entry_size,
 )
+from txraft.core.config import LEARNER, VOTER, Configuration, Member
 from txraft.core.messages import (
+    ENTRY_CONFIG,
     ENTRY_KINDS,
     ENTRY_NOOP,
     WIRE_TYPES,
@@ -40,9 +42,28 @@ uints = st.one_of(
 )
 ids = st.text(min_size=1, max_size=MAX_ID_CHARS)
 datas = st.one_of(st.binary(max_size=64), st.binary(min_size=250, max_size=70000))
+configurations = st.builds(
+    lambda ids, roles: Configuration(
+        Member(i, VOTER if n == 0 or voter else LEARNER, "10.0.0.%d:5001" % n)
+        for n, (i, voter) in enumerate(zip(sorted(ids), roles))
+    ),
+    st.sets(st.text(min_size=1, max_size=8), min_size=1, max_size=7),
+    st.lists(st.booleans(), min_size=7, max_size=7),
+)
+
+
+@st.composite
+def entry_payloads(draw):
+    """``(data, kind)``: a configuration entry's data is a configuration."""
+    kind = draw(st.sampled_from(ENTRY_KINDS))
+    if kind == ENTRY_CONFIG:
+        return draw(configurations).to_bytes(), kind
+    return draw(st.binary(max_size=300)), kind
+
+
 entries = st.builds(
-    Entry, index=uints, term=uints, data=st.binary(max_size=300),
-    kind=st.sampled_from(ENTRY_KINDS),
+    lambda index, term, payload: Entry(index, term, *payload),
+    uints, uints, entry_payloads(),
 )
 
 
@@ -56,8 +77,7 @@ def append_entries(draw):
     batch, last_term = [], prev_term
     for i in range(draw(st.integers(0, 20))):
         last_term = draw(st.integers(last_term, term))
-        batch.append(Entry(prev_index + 1 + i, last_term, draw(st.binary(max_size=300)),
-                           draw(st.sampled_from(ENTRY_KINDS))))
+        batch.append(Entry(prev_index + 1 + i, last_term, *draw(entry_payloads())))
     return AppendEntries(term, draw(ids), draw(ids), prev_index, prev_term, tuple(batch),
                          draw(uints), draw(uints))
 
@@ -233,6 +253,26 @@ class DecodeErrorTests(SynchronousTestCase):
         value = list(base)
         value[6] = b"not an array"
         self._refused(value)
+
+    def test_configuration_entries_must_decode(self):
+        """A configuration entry takes effect in the core the moment it is appended
+        (dissertation 4.1), so one whose data is not a well-formed configuration (not
+        msgpack, wrong shape, duplicate ids, no such role) never leaves the decoder."""
+        good = Configuration.of_voters(["a", "b"]).to_bytes()
+        base = [TAG_APPEND_ENTRIES, 1, "a", "b", 0, 0, [[1, 1, good, ENTRY_CONFIG]], 0, 0]
+        decoded = decode_message(msgpack.packb(base, use_bin_type=True))
+        self.assertEqual(Configuration.from_bytes(decoded.entries[0].data).voters, ("a", "b"))
+        for bad in (
+            b"", b"\xc1", b"x=1",
+            msgpack.packb([1, [["a", "voter", "", "", ""], ["a", "voter", "", "", ""]]]),
+            msgpack.packb([1, [["a", "boss", "", "", ""]]]),
+            msgpack.packb([2, [["a", "voter", "", "", ""]]]),
+            msgpack.packb([1, [["a", "voter", "", ""]]]),
+            msgpack.packb({"members": ["a"]}),
+        ):
+            value = list(base)
+            value[6] = [[1, 1, bad, ENTRY_CONFIG]]
+            self._refused(value)
 
     def test_entries_must_follow_prev_log_index(self):
         """Figure 2 / Log Matching: entries that do not run on from prev_log_index are

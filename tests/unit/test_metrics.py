@@ -242,6 +242,7 @@ class RealNodeTests(SynchronousTestCase):
             "installed": "txraft_snapshot_transfers_received_total",
             "chunks_sent": "txraft_snapshot_chunks_sent_total",
             "chunks_received": "txraft_snapshot_chunks_received_total",
+            "malformed": "txraft_snapshot_transfer_malformed_total",
         }
         self.assertEqual(set(status["snapshot_transfers"]), set(snapshot))
         for key, name in snapshot.items():

@@ -31,6 +31,7 @@ from txraft.core.messages import (
 from txraft.runtime.node import FatalNodeError, Member, RaftNode, Timing
 from txraft.runtime.snapshot import SnapshotStore
 from txraft.runtime.storage import MemoryLogStorage
+from txraft.runtime.transfer import encode_payload
 
 
 class JournalStorage(MemoryLogStorage):
@@ -740,6 +741,8 @@ def lone_follower(test, snapshots=True):
 
 
 IMAGE = msgpack.packb([(i, b"e%d" % i) for i in range(1, 6)])
+#: What a leader's transfer carries for it: the configuration header, then the image.
+PAYLOAD = encode_payload(SnapshotMeta(5, 1), IMAGE)
 
 
 class SnapshotReceiveTests(SynchronousTestCase):
@@ -752,11 +755,11 @@ class SnapshotReceiveTests(SynchronousTestCase):
         node.receive(AppendEntries(1, "n1", "n2", 0, 0, (), 0, 0))
         clock.advance(0)
         node.transport.sent = []
-        node.receive(SnapshotChunk(1, "n1", "n2", 5, 1, 0, IMAGE[:10], done=False))
+        node.receive(SnapshotChunk(1, "n1", "n2", 5, 1, 0, PAYLOAD[:10], done=False))
         clock.advance(0)
         self.assertEqual([type(m) for m in node.transport.sent], [SnapshotChunkAck])
         self.assertEqual(node.core.commit_index, 0)
-        node.receive(SnapshotChunk(1, "n1", "n2", 5, 1, 10, IMAGE[10:], done=True))
+        node.receive(SnapshotChunk(1, "n1", "n2", 5, 1, 10, PAYLOAD[10:], done=True))
         clock.advance(0)
         self.assertEqual(fatal, [])
         kinds = [type(m) for m in node.transport.sent]
@@ -777,7 +780,7 @@ class SnapshotInstallOrderTests(SynchronousTestCase):
         entries = tuple(Entry(i, 1, b"e%d" % i) for i in range(1, 11))
         # One reactor turn: a delayed pipelined AppendEntries, then the last chunk.
         node.receive(AppendEntries(1, "n1", "n2", 0, 0, entries, 0, 0))
-        node.receive(SnapshotChunk(1, "n1", "n2", 5, 1, 0, IMAGE, done=True))
+        node.receive(SnapshotChunk(1, "n1", "n2", 5, 1, 0, PAYLOAD, done=True))
         clock.advance(0)
         self.assertEqual(fatal, [])
         self.assertEqual(storage.last_index(), 10)
@@ -788,7 +791,7 @@ class SnapshotInstallOrderTests(SynchronousTestCase):
         node, storage, clock, fatal = lone_follower(self)
         node.receive(AppendEntries(1, "n1", "n2", 0, 0, (), 0, 0))
         clock.advance(0)
-        node.receive(SnapshotChunk(1, "n1", "n2", 5, 1, 0, IMAGE, done=True))
+        node.receive(SnapshotChunk(1, "n1", "n2", 5, 1, 0, PAYLOAD, done=True))
         node.receive(AppendEntries(1, "n1", "n2", 5, 1, (Entry(6, 1, b"e6"),), 5, 0))
         clock.advance(0)
         self.assertEqual(fatal, [])
@@ -808,7 +811,7 @@ class ReceiveFailureTests(SynchronousTestCase):
         node.snapshots.write = broken
         node.receive(AppendEntries(1, "n1", "n2", 0, 0, (), 0, 0))
         clock.advance(0)
-        node.receive(SnapshotChunk(1, "n1", "n2", 5, 1, 0, IMAGE, done=True))
+        node.receive(SnapshotChunk(1, "n1", "n2", 5, 1, 0, PAYLOAD, done=True))
         clock.advance(0)
         self.assertEqual(len(fatal), 1)
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)

@@ -123,6 +123,14 @@ COVERAGE = {
         "crashes_at_before_persist", 0) > 0,
     "torn write": lambda r: r["stats"].get("crashes_at_torn", 0) > 0,
     "duplicate delivered": lambda r: r["network"].get("duplicated", 0) > 0,
+    "membership change committed": lambda r: r["stats"].get("config_changes_committed", 0) > 0,
+    "learner promoted": lambda r: r["stats"].get("promotions_committed", 0) > 0,
+    "member removed": lambda r: r["stats"].get("removals_committed", 0) > 0,
+    "removed leader stepped down": lambda r: r["stats"].get("removed_leader_stepdowns", 0) > 0,
+    "change refused (one at a time)": lambda r: r["stats"].get(
+        "member_refused_change_in_progress", 0) > 0,
+    "change refused (no-op not committed)": lambda r: r["stats"].get(
+        "member_refused_leader_not_ready", 0) > 0,
 }
 
 # Minimum share of seeds reaching each path; the share observed over seeds 0-199 when
@@ -144,6 +152,12 @@ MINIMUM_SHARE = {
     "crash after early sends, before the fsync": 0.1,  # 19.5%
     "torn write": 0.1,                           # 18.0%
     "duplicate delivered": 0.45,                 # 65.5%
+    "membership change committed": 0.25,         # 38.0%
+    "learner promoted": 0.25,                    # 37.0%
+    "member removed": 0.2,                       # 32.5%
+    "removed leader stepped down": 0.2,          # 33.5%
+    "change refused (one at a time)": 0.2,       # 32.5%
+    "change refused (no-op not committed)": 0.04,  # 8.5%
 }
 
 
@@ -186,8 +200,10 @@ class RandomizedSimulationTests(SynchronousTestCase):
         Raft implementations break: leader changes (section 5.2), stale and duplicated
         messages and responses over UDP (section 5.3), truncation of conflicting
         suffixes (Figure 7), reads served and failed (dissertation section 6.4), a
-        leader stepping down without a quorum (section 6.2), snapshots (section 7)
-        and crashes in the middle of executing a Ready."""
+        leader stepping down without a quorum (section 6.2), snapshots (section 7),
+        crashes in the middle of executing a Ready, and membership changes
+        (dissertation chapter 4): learners promoted, members and leaders removed,
+        changes refused while another is in progress or before the leader's no-op."""
         if os.environ.get("TXRAFT_SEED"):
             raise self.skipTest("coverage is measured over many seeds, not a replay")
         results = run_all()["results"]

@@ -87,7 +87,12 @@ REGRESSIONS = {
 
 # Digest of the scenario drawn for seeds 0 and 1 over 20 simulated seconds (settings,
 # fault mix, every traced event, counters).  See the module docstring before changing.
-GENERATOR_FINGERPRINT = {0: "0929abea5b4f", 1: "c655f40dc72b"}
+# Last changed by membership changes: a snapshot transfer's payload carries the
+# configuration (more chunks per image) and 40% of the seeds change membership (drawn
+# from a source of their own, so the other seeds keep their fault schedules).  Every
+# "current" list was already empty; they were not re-derived with the fixes reverted,
+# and each fix keeps the scenario test that fails without it.
+GENERATOR_FINGERPRINT = {0: "950ea5e1fa59", 1: "590ee2e0f7c6"}
 
 
 def fingerprint(seed: int) -> str:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from txraft.core.messages import InstallSnapshot, SnapshotChunk, SnapshotChunkAck, SnapshotMeta
-from txraft.runtime.transfer import FINISHED, MOVING, SnapshotTransfers
+from txraft.core.config import Configuration
+from txraft.runtime.transfer import FINISHED, MOVING, SnapshotTransfers, encode_payload
 
 
 class FakeClock:
@@ -57,8 +58,9 @@ class LeaderSideTests(SynchronousTestCase):
         follower's core echoes it); ``done`` marks the last byte."""
         t, sent, clock, _ = transfers(image=b"y" * 250, window=8)
         t.start(offer(7, 50, read_seq=9))
+        size = len(encode_payload(SnapshotMeta(50, 3), b"y" * 250))  # the header, then 250
         self.assertEqual([(m.offset, len(m.data), m.done) for m in sent],
-                         [(0, 100, False), (100, 100, False), (200, 50, True)])
+                         [(0, 100, False), (100, 100, False), (200, size - 200, True)])
         self.assertEqual({(m.last_included_index, m.last_included_term, m.read_seq)
                           for m in sent}, {(50, 3, 9)})
 
@@ -163,11 +165,31 @@ class FollowerSideTests(SynchronousTestCase):
         """In-order chunks are acknowledged one by one; the last one yields the whole
         InstallSnapshot, with the image and the offer's read_seq, for the core."""
         follower, sent = self.follower()
-        self.assertIsNone(follower.received(self.chunk(0, b"ab", False, read_seq=4), 3, "a", 0))
-        whole = follower.received(self.chunk(2, b"cd", True, read_seq=4), 3, "a", 0)
+        conf = Configuration.of_voters(["a", "b", "c"])
+        payload = encode_payload(SnapshotMeta(50, 3, configuration=conf, config_index=7),
+                                 b"abcd")
+        first, rest = payload[:5], payload[5:]
+        self.assertIsNone(follower.received(self.chunk(0, first, False, read_seq=4), 3, "a", 0))
+        whole = follower.received(self.chunk(5, rest, True, read_seq=4), 3, "a", 0)
         self.assertEqual(whole, InstallSnapshot(3, "a", "b", 50, 3, read_seq=4))
         self.assertEqual(whole.data, b"abcd")
-        self.assertEqual([(m.next_offset, m.done) for m in sent], [(2, False), (4, True)])
+        # Dissertation 5.1: the snapshot carries the configuration its entries held.
+        self.assertEqual((whole.configuration, whole.config_index), (conf, 7))
+        self.assertEqual([(m.next_offset, m.done) for m in sent],
+                         [(5, False), (len(payload), True)])
+
+    def test_a_payload_whose_header_does_not_decode_is_never_installed(self):
+        """A whole payload with a header this node cannot read (a bug, another
+        version) is counted and dropped, never handed to the core: the follower
+        acknowledges none of it, so the leader starts over."""
+        for payload in (b"", b"\x00\x00", b"\x00\x00\x00\x09abc",
+                        b"\x00\x00\x00\x01\xc1image",
+                        b"\x00\x00\x00\x04\x93\x01\x00\xa1xyz"):
+            follower, sent = self.follower()
+            self.assertIsNone(follower.received(self.chunk(0, payload, True), 3, "a", 0))
+            self.assertEqual(follower.stats["malformed"], 1)
+            self.assertEqual([(m.next_offset, m.done) for m in sent], [(0, False)])
+            self.assertIsNone(follower.incoming)
         self.assertIsNone(follower.incoming)
 
     def test_out_of_order_chunk_is_answered_with_what_is_held(self):

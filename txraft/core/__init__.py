@@ -3,10 +3,20 @@ state machine that turns inputs into ``Ready`` batches.
 
 Nothing in this package imports Twisted, a socket, a clock, a file or the global random
 module (``tests/unit/test_layering.py`` checks it).  ``txraft.core`` re-exports the
-names a runtime needs; the modules are ``messages`` (the values), ``log`` (the in-memory
-log), ``progress`` (a leader's view of one follower) and ``raft`` (``RaftCore``).
+names a runtime needs; the modules are ``messages`` (the values), ``config`` (cluster
+configurations and single-server changes), ``log`` (the in-memory log), ``progress`` (a leader's view of one follower) and ``raft`` (``RaftCore``).
 """
 
+from txraft.core.config import (  # noqa: F401
+    ADD_LEARNER,
+    LEARNER,
+    PROMOTE,
+    REMOVE,
+    VOTER,
+    ConfigChangeError,
+    Configuration,
+    Member,
+)
 from txraft.core.raft import (  # noqa: F401
     CANDIDATE,
     FOLLOWER,
@@ -16,6 +26,7 @@ from txraft.core.raft import (  # noqa: F401
     REPLICATE,
     SNAPSHOT,
     Accepted,
+    ChangeRefused,
     CoreConfig,
     CoreStatus,
     CoreError,

@@ -22,11 +22,16 @@ from typing import Any, Optional, Tuple, Union
 
 import attrs
 
+from txraft.core.config import Configuration
+
 # Kinds of log entry.  A NOOP is what a new leader appends at once (paper section 8,
-# Figure 8): committing it commits every earlier entry and lets ReadIndex start.
+# Figure 8): committing it commits every earlier entry and lets ReadIndex start.  A
+# CONFIG entry's data is a ``Configuration.to_bytes()``: every server uses the latest one
+# in its log from the moment it is appended (dissertation section 4.1).
 ENTRY_NORMAL = 0
 ENTRY_NOOP = 1
-ENTRY_KINDS = (ENTRY_NORMAL, ENTRY_NOOP)
+ENTRY_CONFIG = 2
+ENTRY_KINDS = (ENTRY_NORMAL, ENTRY_NOOP, ENTRY_CONFIG)
 
 
 @attrs.frozen(slots=True)
@@ -49,10 +54,18 @@ class HardState:
 
 @attrs.frozen(slots=True)
 class SnapshotMeta:
-    """The last entry a snapshot covers; the log starts right after it."""
+    """The last entry a snapshot covers; the log starts right after it.
+
+    ``configuration`` is the latest configuration at or before ``index`` (the snapshot
+    replaces the entries that held it, dissertation section 5.1); None only for snapshots
+    written before configurations were logged.  It takes no part in equality.
+    """
 
     index: int = 0
     term: int = 0
+    configuration: Optional[Configuration] = attrs.field(default=None, eq=False)
+    #: The index of the entry that held ``configuration`` (0: the founding one).
+    config_index: int = attrs.field(default=0, eq=False)
 
 
 @attrs.frozen(slots=True)
@@ -140,6 +153,10 @@ class InstallSnapshot:
     last_included_term: int
     read_seq: int = 0
     data: Any = attrs.field(default=None, eq=False, repr=False)
+    #: The configuration the snapshot holds (set with ``data``, by the transfer).
+    configuration: Optional[Configuration] = attrs.field(default=None, eq=False)
+    #: The index of the entry that held ``configuration`` (0: the founding one).
+    config_index: int = attrs.field(default=0, eq=False)
 
 
 @attrs.frozen(slots=True)

@@ -57,6 +57,10 @@ class Progress:
     snapshot_elapsed: int = 0
     #: REPLICATE: prev_log_index of pipelined messages rejected as "log too short".
     gaps: List[int] = attrs.Factory(list)
+    #: Leader ticks since the follower last answered (a learner's promotion needs it live).
+    silent_ticks: int = 0
+    #: A learner's consecutive ticks caught up (``RaftCore`` auto-promotion).
+    caught_up_ticks: int = 0
 
     # ------------------------------------------------------------- transitions
 

@@ -22,12 +22,19 @@ Ongaro's dissertation (2014).
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Deque, Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Any, Deque, Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
 import attrs
 
+from txraft.core.config import (
+    PROMOTE,
+    ConfigChangeError,
+    Configuration,
+    Member,
+)
 from txraft.core.log import RaftLog
 from txraft.core.messages import (
+    ENTRY_CONFIG,
     ENTRY_NOOP,
     AppendEntries,
     AppendEntriesResponse,
@@ -71,6 +78,11 @@ class CoreConfig:
     max_apply_entries: int = 4096
     pre_vote: bool = True
     check_quorum: bool = True
+    #: A learner is caught up when it is at most this many entries behind the leader.
+    promote_max_lag: int = 64
+    #: The leader promotes a learner that stayed caught up this many ticks in a row
+    #: (0: never automatically; an operator promotes explicitly).
+    auto_promote_ticks: int = 20
 
     def __attrs_post_init__(self) -> None:
         if self.heartbeat_ticks < 1 or self.election_ticks <= self.heartbeat_ticks:
@@ -80,6 +92,8 @@ class CoreConfig:
             )
         if self.max_append_bytes < 1 or self.max_inflight < 1 or self.max_apply_entries < 1:
             raise ValueError("byte, inflight and apply limits must be positive")
+        if self.promote_max_lag < 0 or self.auto_promote_ticks < 0:
+            raise ValueError("promote_max_lag and auto_promote_ticks must not be negative")
 
 
 @attrs.frozen
@@ -95,6 +109,20 @@ class NotLeaderOutcome:
     """Refused: this node is not the leader; ``leader_id`` is the one it knows, or None."""
 
     leader_id: Optional[str]
+
+
+@attrs.frozen
+class ChangeRefused:
+    """A configuration change the leader will not propose now; ``code`` is stable:
+
+    ``leader_not_ready`` (the entry of this leader's term has not committed yet; retry),
+    ``change_in_progress`` (an earlier change has not committed), ``config_changed`` (the
+    ``expect_config_index`` precondition failed), ``not_caught_up`` (a learner too far
+    behind to promote), or a ``ConfigChangeError`` code (``unknown_member``, ...).
+    """
+
+    code: str
+    message: str
 
 
 @attrs.frozen
@@ -178,6 +206,7 @@ class PeerStatus:
     state: str
     recent_active: bool
     inflight: int
+    voter: bool = True
 
 
 @attrs.frozen
@@ -197,6 +226,11 @@ class CoreStatus:
     voters: Tuple[str, ...]
     #: On a leader, each follower's progress, sorted by id; empty otherwise.
     progress: Tuple[Tuple[str, PeerStatus], ...] = ()
+    learners: Tuple[str, ...] = ()
+    #: The latest configuration in the log, and the index of the entry that holds it
+    #: (0: the one the cluster was founded with).
+    config_index: int = 0
+    configuration: Optional[Configuration] = None
 
     def peer(self, peer_id: str) -> Optional[PeerStatus]:
         """The leader's view of ``peer_id``, or None (not a leader, not a peer)."""
@@ -219,6 +253,8 @@ class CoreStatus:
             "last_log_term": self.last_log_term,
             "snapshot_index": self.snapshot_index,
             "voters": list(self.voters),
+            "learners": list(self.learners),
+            "config_index": self.config_index,
         }
         if self.role == LEADER:
             out["progress"] = {pid: attrs.asdict(pr) for pid, pr in self.progress}
@@ -231,7 +267,7 @@ class RaftCore:
     def __init__(
         self,
         node_id: str,
-        voters: Sequence[str],
+        voters: Union[Sequence[str], Configuration],
         config: CoreConfig,
         rng: Any,
         hard_state: HardState = HardState(),
@@ -239,20 +275,36 @@ class RaftCore:
         entries: Sequence[Entry] = (),
         applied_index: int = 0,
     ):
-        if node_id not in voters:
-            raise ValueError("node %r is not among the voters %r" % (node_id, list(voters)))
-        if len(set(voters)) != len(voters):
-            raise ValueError("duplicate voter ids in %r" % (list(voters),))
+        """``voters`` is the configuration the cluster was founded with (index 0), or
+        just the founding voters' ids.  The configuration in force is the latest one in
+        ``snapshot`` and ``entries``, or that one when they hold none; this node need not
+        be in it (a server joining the cluster is not, until its log says so)."""
+        if isinstance(voters, Configuration):
+            founding = voters
+        else:
+            if node_id not in voters:
+                raise ValueError("node %r is not among the voters %r" % (node_id, list(voters)))
+            if len(set(voters)) != len(voters):
+                raise ValueError("duplicate voter ids in %r" % (list(voters),))
+            founding = Configuration.of_voters(voters)
         self.id = node_id
-        self.voters = tuple(sorted(voters))
-        self.peers = tuple(v for v in self.voters if v != node_id)
-        self.quorum = len(self.voters) // 2 + 1
         self.config = config
         self._rng = rng
 
         self.term = hard_state.term
         self.voted_for = hard_state.voted_for
         self.log = RaftLog(snapshot, entries)
+        # Every configuration the log still holds, oldest first, with the index of the
+        # entry holding it; the first is the snapshot's (or the founding one, at 0).
+        # The last is in force from the moment it is appended (dissertation 4.1).
+        base = snapshot.configuration if snapshot.configuration is not None else founding
+        self._configs: List[Tuple[int, Configuration]] = [
+            (snapshot.config_index if snapshot.configuration is not None else 0, base)
+        ]
+        for entry in self.log.entries:
+            if entry.kind == ENTRY_CONFIG:
+                self._configs.append((entry.index, self._decode_config(entry)))
+        self._use_latest_config()
         # Everything up to what the state machine already applied is committed.
         self.commit_index = max(snapshot.index, applied_index)
         if self.commit_index > self.log.last_index:
@@ -308,13 +360,15 @@ class RaftCore:
             self._tick_leader()
         else:
             self.election_elapsed += 1
-            if self.election_elapsed >= self.randomized_election_ticks:
+            if self._is_voter and self.election_elapsed >= self.randomized_election_ticks:
                 self.election_elapsed = 0
                 self.campaign()
 
     def campaign(self) -> None:
-        """Start an election now (PreVote first when enabled).  A leader ignores this."""
-        if self.role == LEADER:
+        """Start an election now (PreVote first when enabled).  A leader ignores this, and
+        so does a server that is not a voter of its latest configuration (a learner, a
+        removed server: dissertation sections 4.2.1 and 4.2.3)."""
+        if self.role == LEADER or not self._is_voter:
             return
         if self.config.pre_vote:
             self._become_pre_candidate()
@@ -328,6 +382,45 @@ class RaftCore:
         entry = Entry(self.log.last_index + 1, self.term, data)
         self._append_local(entry)
         return Accepted(entry.index, entry.term)
+
+    def propose_change(
+        self, op: str, member: Union[Member, str], expect_config_index: Optional[int] = None
+    ) -> Any:
+        """Propose one single-server change (``ADD_LEARNER`` a ``Member``; ``PROMOTE`` or
+        ``REMOVE`` a member or its id).  Returns ``Accepted`` (the entry holding the new
+        configuration, in force at once; committed like any entry), ``NotLeaderOutcome``
+        or ``ChangeRefused``.  ``expect_config_index``: refuse unless the latest
+        configuration is still the one at that index."""
+        if self.role != LEADER:
+            return NotLeaderOutcome(self.leader_id)
+        if isinstance(member, str):
+            member = Member(member)
+        refusal = self._change_refusal(expect_config_index)
+        if refusal is not None:
+            return refusal
+        if op == PROMOTE:
+            pr = self.progress.get(member.id)
+            if pr is not None and not self._caught_up(pr):
+                return ChangeRefused(
+                    "not_caught_up",
+                    "learner %r is %d entries behind the leader (at most %d to be promoted)"
+                    % (member.id, self.log.last_index - pr.match_index, self.config.promote_max_lag),
+                )
+        try:
+            new = self.configuration.changed(op, member)
+        except ConfigChangeError as e:
+            return ChangeRefused(e.code, e.message)
+        return self._append_config(new)
+
+    def config_at(self, index: int) -> Tuple[int, Configuration]:
+        """The configuration in force at ``index`` and the index of its entry (for a
+        snapshot covering ``index``); ``index`` must not be before the oldest one kept."""
+        found = self._configs[0]
+        for item in self._configs:
+            if item[0] > index:
+                break
+            found = item
+        return found
 
     def read_index(self, ctx: Hashable) -> Any:
         """Queue a linearizable read; ``ctx`` comes back in ``Ready.reads`` when safe."""
@@ -348,7 +441,11 @@ class RaftCore:
 
     def step(self, m: Message) -> None:
         """Process one message.  Stale, duplicated and reordered ones are fine."""
-        if m.receiver != self.id or m.sender not in self.peers:
+        # Requests are processed whatever this server's configuration says about their
+        # sender (dissertation section 4.1: a new server must accept its first
+        # AppendEntries from a leader its log does not name yet); answers only count
+        # from servers the leader tracks.
+        if m.receiver != self.id or m.sender == self.id:
             return
         if type(m) is SnapshotStatus:
             # A local report, of this node's own term: never a reason to change terms.
@@ -507,7 +604,7 @@ class RaftCore:
         if self.role == LEADER:
             progress = tuple(
                 (peer, PeerStatus(pr.match_index, pr.next_index, pr.state, pr.recent_active,
-                                  len(pr.inflight)))
+                                  len(pr.inflight), voter=peer in self._voter_set))
                 for peer, pr in sorted(self.progress.items())
             )
         return CoreStatus(
@@ -523,6 +620,9 @@ class RaftCore:
             snapshot_index=self.log.snapshot_index,
             voters=self.voters,
             progress=progress,
+            learners=self.learners,
+            config_index=self.config_index,
+            configuration=self.configuration,
         )
 
     def peer_state(self, peer: str) -> Optional[str]:
@@ -532,6 +632,133 @@ class RaftCore:
             return None
         pr = self.progress.get(peer)
         return pr.state if pr is not None else None
+
+    # ------------------------------------------------------- configurations
+
+    @property
+    def configuration(self) -> Configuration:
+        """The latest configuration in the log: the one in force (dissertation 4.1)."""
+        return self._configs[-1][1]
+
+    @property
+    def config_index(self) -> int:
+        """The index of the entry holding ``configuration`` (0: the founding one)."""
+        return self._configs[-1][0]
+
+    def _decode_config(self, entry: Entry) -> Configuration:
+        try:
+            return Configuration.from_bytes(entry.data)
+        except ConfigChangeError as e:
+            # The codec and the storage check configuration entries before they get
+            # here: this one was made by a buggy caller, not received.
+            raise CoreError("configuration entry %d: %s" % (entry.index, e.message))
+
+    def _use_latest_config(self) -> None:
+        conf = self.configuration
+        self.voters = conf.voters
+        self.learners = conf.learners
+        self._voter_set = frozenset(conf.voters)
+        self._is_voter = self.id in self._voter_set
+        self.peers = tuple(i for i in conf.ids if i != self.id)
+        self._voter_peers = tuple(v for v in self.voters if v != self.id)
+        self.quorum = len(self.voters) // 2 + 1
+        if getattr(self, "role", None) == LEADER:
+            # Replicate to every member but this one, from the moment the configuration
+            # is appended; a new member starts as a probe at the end of the log.  A
+            # member being removed is still sent the log until its removal commits (it
+            # counts for nothing meanwhile), so that it learns it was removed and stops
+            # campaigning (section 4.2.3) instead of timing out forever.
+            last = self.log.last_index
+            for peer in self.peers:
+                if peer not in self.progress:
+                    self.progress[peer] = Progress(next_index=last + 1)
+            self._prune_progress()
+
+    def _prune_progress(self) -> None:
+        """Forget the members that left, once the configuration without them commits."""
+        if self.commit_index >= self.config_index and len(self.progress) > len(self.peers):
+            members = self.configuration
+            for peer in [p for p in self.progress if p not in members]:
+                del self.progress[peer]
+
+    def _note_appended(self, entry: Entry) -> None:
+        """A follower appended ``entry``: a configuration takes effect at once."""
+        if entry.kind == ENTRY_CONFIG:
+            self._configs.append((entry.index, self._decode_config(entry)))
+            self._use_latest_config()
+
+    def _revert_configs(self, from_index: int) -> None:
+        """The entries from ``from_index`` on were truncated: so were their
+        configurations (dissertation 4.1: fall back to the latest one left)."""
+        if self._configs[-1][0] < from_index:
+            return
+        while len(self._configs) > 1 and self._configs[-1][0] >= from_index:
+            self._configs.pop()
+        self._use_latest_config()
+
+    def _append_config(self, new: Configuration) -> Accepted:
+        entry = Entry(self.log.last_index + 1, self.term, new.to_bytes(), ENTRY_CONFIG)
+        self._append_local(entry)
+        self._configs.append((entry.index, new))
+        self._use_latest_config()
+        return Accepted(entry.index, entry.term)
+
+    def _noop_committed(self) -> bool:
+        """Whether an entry of this leader's term has committed (its no-op, at least).
+
+        Until then the leader may not propose a configuration change: a leader of a
+        newer term whose log lacks an uncommitted change of an older leader could
+        otherwise commit a change whose majority does not overlap that one's (the
+        single-server change bug, Ongaro, raft-dev, 2015; dissertation 4.1 errata)."""
+        return self.log.term_at(self.commit_index) == self.term
+
+    def _change_refusal(self, expect_config_index: Optional[int]) -> Optional[ChangeRefused]:
+        if expect_config_index is not None and expect_config_index != self.config_index:
+            return ChangeRefused(
+                "config_changed",
+                "the configuration is at index %d, not %d"
+                % (self.config_index, expect_config_index),
+            )
+        if not self._noop_committed():
+            return ChangeRefused(
+                "leader_not_ready",
+                "the leader of term %d has not committed an entry of its term yet; retry"
+                % self.term,
+            )
+        if self.config_index > self.commit_index:
+            return ChangeRefused(
+                "change_in_progress",
+                "the change at index %d has not committed yet" % self.config_index,
+            )
+        return None
+
+    def _caught_up(self, pr: Progress) -> bool:
+        return pr.state != SNAPSHOT and (
+            self.log.last_index - pr.match_index <= self.config.promote_max_lag
+        )
+
+    def _tick_learners(self) -> None:
+        """Promote a learner that stayed caught up and heard from for
+        ``auto_promote_ticks`` ticks in a row (one change at a time)."""
+        wanted = self.config.auto_promote_ticks
+        if not wanted or not self.learners:
+            return
+        for learner in self.learners:
+            pr = self.progress.get(learner)
+            if pr is None:
+                continue
+            # Answering at every heartbeat (one lost answer forgiven) and caught up.
+            if self._caught_up(pr) and pr.silent_ticks <= 2 * self.config.heartbeat_ticks:
+                pr.caught_up_ticks += 1
+            else:
+                pr.caught_up_ticks = 0
+        for learner in self.learners:
+            pr = self.progress.get(learner)
+            if pr is not None and pr.caught_up_ticks >= wanted:
+                if self._change_refusal(None) is None:
+                    pr.caught_up_ticks = 0
+                    self._append_config(self.configuration.changed(PROMOTE, Member(learner)))
+                return
 
     # --------------------------------------------------------------- roles
 
@@ -569,7 +796,7 @@ class RaftCore:
         if self._tally()[0] >= self.quorum:
             self._become_candidate()
             return
-        for peer in self.peers:
+        for peer in self._voter_peers:
             self._send(
                 RequestVote(
                     self.term + 1, self.id, peer, self.log.last_index, self.log.last_term,
@@ -585,7 +812,7 @@ class RaftCore:
         if self._tally()[0] >= self.quorum:
             self._become_leader()
             return
-        for peer in self.peers:
+        for peer in self._voter_peers:
             self._send(
                 RequestVote(self.term, self.id, peer, self.log.last_index, self.log.last_term)
             )
@@ -611,8 +838,17 @@ class RaftCore:
     # -------------------------------------------------------------- elections
 
     def _tally(self) -> Tuple[int, int]:
-        granted = sum(1 for v in self._votes.values() if v)
-        return granted, len(self._votes) - granted
+        """Grants and refusals from the voters of this server's latest configuration
+        (dissertation 4.1: a server always uses its latest configuration)."""
+        voters = self._voter_set
+        granted = rejected = 0
+        for v, ok in self._votes.items():
+            if v in voters:
+                if ok:
+                    granted += 1
+                else:
+                    rejected += 1
+        return granted, rejected
 
     def _handle_request_vote(self, m: RequestVote) -> None:
         can_vote = (
@@ -662,7 +898,10 @@ class RaftCore:
         if self.election_elapsed >= self.config.election_ticks:
             self.election_elapsed = 0
             if self.config.check_quorum:
-                active = 1 + sum(1 for pr in self.progress.values() if pr.recent_active)
+                voters = self._voter_set
+                active = int(self._is_voter) + sum(
+                    1 for peer, pr in self.progress.items() if pr.recent_active and peer in voters
+                )
                 if active < self.quorum:
                     # Section 6.2: a leader that cannot reach a majority steps down and
                     # stops claiming leadership to clients.
@@ -670,6 +909,9 @@ class RaftCore:
                     return
                 for pr in self.progress.values():
                     pr.recent_active = False
+        for pr in self.progress.values():
+            pr.silent_ticks += 1
+        self._tick_learners()
         for peer, pr in self.progress.items():
             if pr.state == SNAPSHOT:
                 pr.snapshot_elapsed += 1
@@ -814,10 +1056,12 @@ class RaftCore:
                         % (m.sender, entry.index)
                     )
                 self.log.truncate_from(entry.index)
+                self._revert_configs(entry.index)
                 self._persisted_index = min(self._persisted_index, entry.index - 1)
             self._unstable_from = min(self._unstable_from, entry.index)
             for new in entries[i:]:
                 self.log.append(new)
+                self._note_appended(new)
             break
         last_new = m.prev_log_index + len(m.entries)
         match = max(last_new, self.commit_index)
@@ -851,6 +1095,7 @@ class RaftCore:
         """Any answer of this term shows the follower alive (CheckQuorum) and, through
         the read round it echoes, confirms this leadership to that round's reads."""
         pr.recent_active = True
+        pr.silent_ticks = 0
         if read_seq > pr.read_ack:
             pr.read_ack = read_seq
             self._confirm_reads()
@@ -858,7 +1103,9 @@ class RaftCore:
     def _handle_append_response(self, m: AppendEntriesResponse) -> None:
         if self.role != LEADER:
             return
-        pr = self.progress[m.sender]
+        pr = self.progress.get(m.sender)
+        if pr is None:
+            return  # not a member of this leader's configuration (any more)
         self._heard_from(pr, m.read_seq)
         if m.success:
             if m.match_index > self.log.last_index:
@@ -882,6 +1129,8 @@ class RaftCore:
                     pr.become_replicate()
                 if advanced:
                     self._maybe_commit()
+                    if self.role != LEADER:
+                        return  # its own removal committed: it stepped down
                 self._append_pending = True
             return
         # A rejection only counts if it answers a message sent since the last success:
@@ -906,10 +1155,13 @@ class RaftCore:
         self._send_append(m.sender)
 
     def _maybe_commit(self) -> None:
-        matches = sorted(
-            [pr.match_index for pr in self.progress.values()] + [self._persisted_index],
-            reverse=True,
-        )
+        # A majority of the voters of the latest configuration (dissertation 4.1); the
+        # leader counts its own durable copy only while it is one of them (4.2.2).
+        voters = self._voter_set
+        matches = [pr.match_index for peer, pr in self.progress.items() if peer in voters]
+        if self._is_voter:
+            matches.append(self._persisted_index)
+        matches.sort(reverse=True)
         candidate = matches[self.quorum - 1]
         # Figure 8: only entries of the current term are committed by counting replicas.
         if candidate > self.commit_index and self.log.term_at(candidate) == self.term:
@@ -917,6 +1169,19 @@ class RaftCore:
             if self._reads_waiting_noop:
                 waiting, self._reads_waiting_noop = self._reads_waiting_noop, []
                 self._register_reads(waiting)
+            if self.commit_index >= self.config_index:
+                if not self._is_voter:
+                    self._step_down_removed()
+                else:
+                    self._prune_progress()
+
+    def _step_down_removed(self) -> None:
+        """Dissertation 4.2.2: a leader removed from the configuration steps down once
+        the entry removing it commits.  It tells the others first, so they apply it
+        without waiting for the next leader's no-op."""
+        for peer, pr in self.progress.items():
+            self._send_heartbeat(peer, pr)
+        self._become_follower(self.term, None)
 
     # ------------------------------------------------------------- snapshots
 
@@ -934,14 +1199,23 @@ class RaftCore:
                     "snapshot %d arrived without its image, and this node holds only up "
                     "to %d" % (index, self.commit_index)
                 )
-            meta = SnapshotMeta(index, m.last_included_term)
+            if m.configuration is not None:
+                base = (m.config_index, m.configuration)
+            else:
+                base = self.config_at(index)  # a snapshot from before configurations
+            meta = SnapshotMeta(
+                index, m.last_included_term, configuration=base[1], config_index=base[0]
+            )
             if self.log.term_at(index) == meta.term:
                 # Section 7: the log holds the snapshot's last entry: keep what follows.
                 self.log.compact(meta)
+                self._configs = [base] + [c for c in self._configs if c[0] > index]
             else:
                 self.log = RaftLog(meta)
+                self._configs = [base]
                 self._unstable_from = index + 1
                 self._persisted_index = min(self._persisted_index, index)
+            self._use_latest_config()
             self.commit_index = index
             self.last_applied = index
             self._pending_snapshot = SnapshotImage(meta, m.data)
@@ -954,7 +1228,9 @@ class RaftCore:
     def _handle_snapshot_response(self, m: InstallSnapshotResponse) -> None:
         if self.role != LEADER:
             return
-        pr = self.progress[m.sender]
+        pr = self.progress.get(m.sender)
+        if pr is None:
+            return
         self._heard_from(pr, m.read_seq)
         if not m.success:
             if pr.state == SNAPSHOT:
@@ -972,8 +1248,8 @@ class RaftCore:
     def _handle_snapshot_status(self, m: SnapshotStatus) -> None:
         if self.role != LEADER:
             return
-        pr = self.progress[m.sender]
-        if pr.state != SNAPSHOT:
+        pr = self.progress.get(m.sender)
+        if pr is None or pr.state != SNAPSHOT:
             return
         if not m.finished:
             # The transfer is moving (a large image over UDP takes longer than an
@@ -996,14 +1272,16 @@ class RaftCore:
         if term is None:
             raise CoreError("index %d is not in the log (it starts after %d)"
                             % (index, self.log.snapshot_index))
-        meta = SnapshotMeta(index, term)
+        base = self.config_at(index)
+        meta = SnapshotMeta(index, term, configuration=base[1], config_index=base[0])
         self.log.compact(meta)
+        self._configs = [base] + [c for c in self._configs if c[0] > index]
         return meta
 
     # ----------------------------------------------------------------- reads
 
     def _register_reads(self, ctxs: List[Hashable]) -> None:
-        if self.quorum == 1:
+        if self._is_voter and self.quorum == 1:
             for ctx in ctxs:
                 self._reads_confirmed.append((ctx, self.commit_index))
             return
@@ -1015,9 +1293,13 @@ class RaftCore:
     def _confirm_reads(self) -> None:
         if not self._reads_unconfirmed:
             return
-        acks = sorted((pr.read_ack for pr in self.progress.values()), reverse=True)
-        # The leader itself is one of the quorum.
-        confirmed_seq = acks[self.quorum - 2]
+        voters = self._voter_set
+        acks = sorted(
+            (pr.read_ack for peer, pr in self.progress.items() if peer in voters), reverse=True
+        )
+        # Voters only; the leader itself is one of the quorum while it is a voter.
+        need = self.quorum - int(self._is_voter)
+        confirmed_seq = acks[need - 1] if need > 0 else self.read_seq
         while self._reads_unconfirmed and self._reads_unconfirmed[0][2] <= confirmed_seq:
             ctx, index, _ = self._reads_unconfirmed.popleft()
             self._reads_confirmed.append((ctx, index))

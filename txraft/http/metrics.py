@@ -105,6 +105,8 @@ SNAPSHOT_COUNTERS = {
                         "Snapshot chunks received and kept."),
     "installed": ("txraft_snapshot_transfers_received_total",
                   "Whole snapshot images received from a leader."),
+    "malformed": ("txraft_snapshot_transfer_malformed_total",
+                  "Whole snapshot payloads received whose header did not decode (dropped)."),
 }
 
 _NOT_IN_NAMES = re.compile(r"[^a-zA-Z0-9_]")

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import msgpack
 
+from txraft.core.config import ConfigChangeError, Configuration
 from txraft.core.messages import (
+    ENTRY_CONFIG,
     ENTRY_KINDS,
     AppendEntries,
     AppendEntriesResponse,
@@ -245,6 +247,13 @@ def _decode_entries(raw, prev_log_index: int, prev_log_term: int, term: int):
             raise CodecError("entry data must be bytes")
         if type(kind) is not int or kind not in _ENTRY_KINDS:
             raise CodecError("unknown entry kind %r" % (_short(kind),))
+        if kind == ENTRY_CONFIG:
+            # The core takes a configuration entry at its word the moment it is
+            # appended: one that does not decode never gets that far.
+            try:
+                Configuration.from_bytes(data)
+            except ConfigChangeError as e:
+                raise CodecError("entry %d: %s" % (index, e.message))
         due += 1
         if index != due:
             raise CodecError("AppendEntries: entry %d where %d was due" % (index, due))

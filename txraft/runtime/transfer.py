@@ -15,12 +15,23 @@ Message passing like everything else: chunks and acknowledgements may be lost,
 duplicated or reordered, either side may crash and restart mid-transfer, and a deposed
 leader's partial image is dropped.  Pure: ``send`` and ``seconds`` (a clock) are
 injected; no reactor, no I/O.  The node and the simulator run this same class.
+
+What travels is the snapshot's *payload*: a small header, then the state machine's
+image.  The header carries the configuration the snapshot holds and the index of its
+entry (dissertation section 5.1: a snapshot replaces the log entries that held the
+configuration, so it must carry it); it is a 4-byte big-endian length and a msgpack
+``[1, config_index, configuration bytes or None]``.  A payload whose header does not
+decode is dropped and counted (``stats["malformed"]``), never given to the core.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Any, Callable, Dict, Optional, Tuple
 
+import msgpack
+
+from txraft.core.config import ConfigChangeError, Configuration
 from txraft.core.messages import (
     InstallSnapshot,
     SnapshotChunk,
@@ -33,6 +44,44 @@ from txraft.core.progress import PROBE, SNAPSHOT
 #: What ``acknowledged`` reports to the leader's core.
 MOVING = "moving"
 FINISHED = "finished"
+
+_LENGTH = struct.Struct(">I")
+_PAYLOAD_FORMAT = 1
+_MAX_HEADER_BYTES = 64 * 1024
+
+
+def encode_payload(meta: SnapshotMeta, data: bytes) -> bytes:
+    """The bytes a transfer carries: the header (see the module docstring), then ``data``."""
+    conf = meta.configuration.to_bytes() if meta.configuration is not None else None
+    header = msgpack.packb([_PAYLOAD_FORMAT, meta.config_index, conf], use_bin_type=True)
+    return _LENGTH.pack(len(header)) + header + bytes(data)
+
+
+def decode_payload(payload: bytes) -> Tuple[Optional[Configuration], int, bytes]:
+    """``(configuration, config_index, image)`` of a whole payload, or ValueError."""
+    if len(payload) < _LENGTH.size:
+        raise ValueError("snapshot payload shorter than its header length")
+    (size,) = _LENGTH.unpack_from(payload)
+    if size > _MAX_HEADER_BYTES or _LENGTH.size + size > len(payload):
+        raise ValueError("snapshot payload header of %d bytes does not fit" % size)
+    try:
+        header = msgpack.unpackb(payload[_LENGTH.size : _LENGTH.size + size], raw=False,
+                                 max_map_len=0, max_array_len=3)
+    except Exception as e:
+        raise ValueError("undecodable snapshot payload header: %s" % e)
+    if (
+        not isinstance(header, list) or len(header) != 3 or header[0] != _PAYLOAD_FORMAT
+        or type(header[1]) is not int or header[1] < 0
+        or not (header[2] is None or isinstance(header[2], bytes))
+    ):
+        raise ValueError("malformed snapshot payload header")
+    conf = None
+    if header[2] is not None:
+        try:
+            conf = Configuration.from_bytes(header[2])
+        except ConfigChangeError as e:
+            raise ValueError(e.message)
+    return conf, header[1], payload[_LENGTH.size + size :]
 
 
 class _Outgoing:
@@ -91,7 +140,8 @@ class SnapshotTransfers:
         self.max_snapshot_bytes = max_snapshot_bytes
         self.outgoing: Dict[str, _Outgoing] = {}
         self.incoming: Optional[_Incoming] = None
-        self.stats = {"chunks_sent": 0, "chunks_received": 0, "sent": 0, "installed": 0}
+        self.stats = {"chunks_sent": 0, "chunks_received": 0, "sent": 0, "installed": 0,
+                      "malformed": 0}
 
     # ------------------------------------------------------------- with a core
 
@@ -148,7 +198,8 @@ class SnapshotTransfers:
         if latest is None or latest[0].index < message.last_included_index:
             return None
         meta, data = latest
-        self.outgoing[peer] = _Outgoing(meta, data, term, message.read_seq, self._seconds(),
+        self.outgoing[peer] = _Outgoing(meta, encode_payload(meta, data), term,
+                                        message.read_seq, self._seconds(),
                                         self.resend_after_seconds)
         self.stats["sent"] += 1
         self._pump(peer)
@@ -206,7 +257,7 @@ class SnapshotTransfers:
                 if out.acked == 0:
                     latest = self._latest()
                     if latest is not None and latest[0].index > out.meta.index:
-                        out.meta, out.data = latest
+                        out.meta, out.data = latest[0], encode_payload(*latest)
                 self._pump(peer)
 
     def _pump(self, peer: str) -> None:
@@ -264,22 +315,34 @@ class SnapshotTransfers:
             return None
         inc.buffer += m.data
         self.stats["chunks_received"] += 1
-        self._ack(m, len(inc.buffer), done=m.done)
         if not m.done:
+            self._ack(m, len(inc.buffer))
             return None
         self.incoming = None
+        try:
+            conf, config_index, image = decode_payload(bytes(inc.buffer))
+        except ValueError:
+            # An authenticated leader sent something this node cannot read (a bug, or a
+            # version mismatch): never install it; start over, and count it.
+            self.stats["malformed"] += 1
+            self._ack(m, 0)
+            return None
+        self._ack(m, len(inc.buffer), done=True)
         self.stats["installed"] += 1
-        return self._whole(m, bytes(inc.buffer))
+        return self._whole(m, image, conf, config_index)
 
     def receiving_from(self, leader: str, term: int) -> bool:
         """Whether a transfer from ``leader`` in ``term`` is under way."""
         inc = self.incoming
         return inc is not None and inc.leader == leader and inc.term == term
 
-    def _whole(self, m: SnapshotChunk, data: Optional[bytes]) -> InstallSnapshot:
+    def _whole(self, m: SnapshotChunk, data: Optional[bytes],
+               configuration: Optional[Configuration] = None,
+               config_index: int = 0) -> InstallSnapshot:
         return InstallSnapshot(
             m.term, m.sender, self.node_id, m.last_included_index, m.last_included_term,
-            read_seq=m.read_seq, data=data,
+            read_seq=m.read_seq, data=data, configuration=configuration,
+            config_index=config_index,
         )
 
     def _ack(self, m: SnapshotChunk, offset: int, done: bool = False) -> None:

@@ -44,12 +44,22 @@ from __future__ import annotations
 
 import heapq
 import random
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import attrs
 
-from txraft.core import LEADER, CoreConfig, NotLeaderOutcome, RaftCore
+from txraft.core import (
+    LEADER,
+    Accepted,
+    ChangeRefused,
+    Configuration,
+    CoreConfig,
+    Member,
+    NotLeaderOutcome,
+    RaftCore,
+)
 from txraft.core.messages import (
+    ENTRY_CONFIG,
     ENTRY_NOOP,
     AppendEntries,
     AppendEntriesResponse,
@@ -76,7 +86,12 @@ class SimCrash(Exception):
 class SimConfig:
     """The simulated cluster: sizes and timings (ticks, milliseconds, bytes)."""
 
+    #: The founding voters; ``spares`` more nodes start outside the configuration,
+    #: servers a membership change may add (``Simulation.change``).
     nodes: int = 3
+    spares: int = 0
+    #: The leader promotes a caught-up learner after this many ticks (0: never).
+    auto_promote_ticks: int = 20
     tick_ms: int = 10
     election_ticks: int = 15
     heartbeat_ticks: int = 5
@@ -113,6 +128,7 @@ class SimConfig:
             max_apply_entries=self.max_apply_entries,
             pre_vote=self.pre_vote,
             check_quorum=self.check_quorum,
+            auto_promote_ticks=self.auto_promote_ticks,
         )
 
 
@@ -361,6 +377,8 @@ class SimNode:
         self._writes_term = 0
         self.pending_reads: Dict[Any, ClientRequest] = {}
         self._reads_accepted = 0
+        #: Whether the last role this incarnation reported was leader.
+        self._leading = False
 
     @property
     def up(self) -> bool:
@@ -379,7 +397,7 @@ class SimNode:
             self.machine.restore(data, snapshot)
             self.machine_applied = snapshot.index
         self.core = sim.core_factory(
-            self.id, sim.node_ids, sim.core_config, sim.rng,
+            self.id, sim.founding, sim.core_config, sim.rng,
             hard_state=hard_state, snapshot=snapshot, entries=entries,
             applied_index=self.machine_applied,
         )
@@ -400,6 +418,7 @@ class SimNode:
         self.crash_point = None
         self.pending_writes = {}
         self.pending_reads = {}
+        self._leading = False
         sim.checker.on_start(self)
         sim.record("start", self.id, self.core.term, self.core.log.last_index)
 
@@ -605,7 +624,10 @@ class SimNode:
         for entry in rd.committed_entries:
             checker.on_apply(self, entry)
             result = None
-            if noops or entry.kind != ENTRY_NOOP:
+            if entry.kind == ENTRY_CONFIG:
+                if self.core.role == LEADER:
+                    self._count_change(entry)
+            elif noops or entry.kind != ENTRY_NOOP:
                 result = machine.apply(entry)
             self.machine_applied = entry.index
             if pending:
@@ -630,9 +652,24 @@ class SimNode:
         if rd.soft_state is not None:
             sim.record("role", self.id, rd.soft_state.role, rd.soft_state.term,
                        rd.soft_state.leader_id)
+            if (self._leading and rd.soft_state.role != LEADER
+                    and self.id not in self.core.configuration):
+                sim.stats["removed_leader_stepdowns"] += 1
+            self._leading = rd.soft_state.role == LEADER
         self._persisted_in_batch = False
         self._strike("apply")
         return answers
+
+    def _count_change(self, entry: Any) -> None:
+        """What a committed configuration entry changed (for the coverage figures)."""
+        stats = self.sim.stats
+        stats["config_changes_committed"] += 1
+        new = Configuration.from_bytes(entry.data)
+        old = self.core.config_at(entry.index - 1)[1]
+        if len(new.voters) > len(old.voters):
+            stats["promotions_committed"] += 1
+        if len(new.ids) < len(old.ids):
+            stats["removals_committed"] += 1
 
     def _release(self, answers: List[Tuple[ClientRequest, str, Dict[str, Any]]]) -> None:
         for req, status, kw in answers:
@@ -822,7 +859,10 @@ class Simulation:
         #: Builds each node's core (a test may pass a deliberately broken one).
         self.core_factory = core_factory
         self.checker = checker_factory(self)
-        self.node_ids = ["n%d" % i for i in range(1, config.nodes + 1)]
+        self.node_ids = ["n%d" % i for i in range(1, config.nodes + config.spares + 1)]
+        self.founding = Configuration.of_voters(self.node_ids[: config.nodes])
+        #: Nodes shut down for good: removed members, once the cluster is healed.
+        self.retired: Set[str] = set()
         self.nodes: Dict[str, SimNode] = {nid: SimNode(self, nid) for nid in self.node_ids}
         self.node_list = list(self.nodes.values())
         self.clients = [SimClient(self, "c%d" % i) for i in range(1, config.clients + 1)]
@@ -920,9 +960,51 @@ class Simulation:
 
     def restart(self, node_id: str) -> None:
         node = self.nodes[node_id]
-        if node.core is None:
+        if node.core is None and node_id not in self.retired:
             node.start()
             node.drain()
+
+    # ------------------------------------------------------------ membership
+
+    def change(self, op: str, node_id: str) -> Any:
+        """Propose one single-server change on the current leader (if any); returns the
+        core's outcome, or None without a leader."""
+        leader = self.leader()
+        if leader is None or leader.paused_until > self.now:
+            return None
+        outcome = leader.core.propose_change(op, Member(node_id))
+        if isinstance(outcome, Accepted):
+            self.stats["member_" + op] += 1
+        elif isinstance(outcome, ChangeRefused):
+            self.stats["member_refused_" + outcome.code] += 1
+        self.record("change", leader.id, op, node_id, type(outcome).__name__)
+        leader.drain()
+        return outcome
+
+    def members(self) -> Tuple[str, ...]:
+        """The members of the latest configuration of the live leader of the highest
+        term (every node of the founding configuration without a leader)."""
+        leader = self.leader()
+        conf = leader.core.configuration if leader is not None else self.founding
+        return conf.ids
+
+    def retire_non_members(self) -> None:
+        """Shut down, for good, every node the leader's configuration no longer names
+        (what an operator does with a removed server; one that never learnt of its
+        removal would otherwise campaign, harmlessly, forever)."""
+        leader = self.leader()
+        if leader is None:
+            return
+        core = leader.core
+        # Neither in the latest configuration nor in the committed one: an uncommitted
+        # removal may still be undone by the next leader.
+        members = set(core.configuration.ids) | set(core.config_at(core.commit_index)[1].ids)
+        for node in self.node_list:
+            if node.id not in members and node.id not in self.retired:
+                self.retired.add(node.id)
+                if node.core is not None:
+                    node.crash()
+                self.record("retire", node.id)
 
     def pause(self, node_id: str, ms: int) -> None:
         """Freeze a node (no ticks, messages queue) as in a long GC or VM pause."""
@@ -968,12 +1050,15 @@ class Simulation:
         self.record("heal")
 
     def stable_leader(self) -> Optional[SimNode]:
-        """A leader every live node follows in its term, or None."""
+        """A leader every live member follows in its term, or None."""
         leader = self.leader()
         if leader is None:
             return None
         term = leader.core.term
+        members = leader.core.configuration
         for node in self.node_list:
+            if node.id not in members:
+                continue
             core = node.core
             if core is None or core.term != term or core.leader_id != leader.id:
                 return None
@@ -986,7 +1071,10 @@ class Simulation:
         commit = leader.core.commit_index
         if commit != leader.core.log.last_index:
             return False
+        members = leader.core.configuration
         for node in self.node_list:
+            if node.id not in members:
+                continue
             if (node.core.last_applied != commit or node.pending_writes
                     or node.pending_reads or node.backlog):
                 return False
@@ -1002,6 +1090,7 @@ class Simulation:
         while True:
             if leader_at is None and self.stable_leader() is not None:
                 leader_at = self.now - start
+                self.retire_non_members()
             if leader_at is not None and self.is_quiet():
                 return {"leader_ms": leader_at, "quiet_ms": self.now - start}
             waited = self.now - start
@@ -1019,7 +1108,7 @@ class Simulation:
         before = net["sent"]
         self.run_for(ms)
         sent = net["sent"] - before
-        n = len(self.node_ids)
+        n = len(self.members())
         rounds = ms / float(self.config.heartbeat_ticks * self.config.tick_ms) + 1
         allowed = int(slack * rounds * 2 * (n - 1)) + 4 * n
         if sent > allowed:
@@ -1030,9 +1119,13 @@ class Simulation:
         return sent
 
     def _liveness(self, what: str) -> None:
-        lines = [what]
+        lines = [what, "  members: %s; retired: %s" % (
+            ", ".join(self.members()), ", ".join(sorted(self.retired)) or "none")]
         for node in self.node_list:
             core = node.core
+            if core is None:
+                lines.append("  %s: down" % node.id)
+                continue
             lines.append(
                 "  %s: %s term %d leader %s commit %d applied %d last %d pending %d/%d"
                 % (node.id, core.role, core.term, core.leader_id, core.commit_index,

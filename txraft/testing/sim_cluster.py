@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from txraft.core import LEADER, CoreConfig, Ready, RaftCore
+from txraft.core import LEADER, Configuration, CoreConfig, Ready, RaftCore
 from txraft.core.messages import ENTRY_NOOP, Entry, HardState, InstallSnapshot
 from txraft.runtime.executor import Executor
 from txraft.runtime.transfer import SnapshotTransfers
@@ -68,11 +68,17 @@ class Cluster:
         seed: int = 0,
         logs: Optional[Dict[str, Sequence[int]]] = None,
         terms: Optional[Dict[str, int]] = None,
+        founding: Optional[Iterable[str]] = None,
     ):
+        """``founding``: the voters the cluster starts with (default: every node); the
+        other nodes start outside the configuration, as servers waiting to be added."""
         self.seed = seed
         self.rng = random.Random(seed)
         self.config = config
         self.node_ids = list(ids)
+        self.founding = Configuration.of_voters(
+            founding if founding is not None else self.node_ids
+        )
         self.nodes: Dict[str, ClusterNode] = {i: ClusterNode(i) for i in self.node_ids}
         self.node_list = list(self.nodes.values())
         self.inflight: List[Any] = []
@@ -122,7 +128,7 @@ class Cluster:
         node = self.nodes[node_id]
         hard_state, snapshot, _, entries = node.storage.load()
         core = node.core = RaftCore(
-            node_id, self.node_ids, self.config, self.rng,
+            node_id, self.founding, self.config, self.rng,
             hard_state=hard_state, snapshot=snapshot, entries=entries,
             applied_index=snapshot.index,
         )
@@ -249,6 +255,13 @@ class Cluster:
 
     def propose(self, node_id: str, data: bytes) -> Any:
         outcome = self[node_id].propose(data)
+        self.process(node_id)
+        self.checker.after_event()
+        return outcome
+
+    def change(self, node_id: str, op: str, member: Any, **kw: Any) -> Any:
+        """``propose_change`` on ``node_id``, its batches executed."""
+        outcome = self[node_id].propose_change(op, member, **kw)
         self.process(node_id)
         self.checker.after_event()
         return outcome

@@ -3,13 +3,18 @@
 ``run_seed(seed)`` builds a 3- or 5-node cluster whose settings and faults are drawn from
 the seed, runs it for ``duration_ms`` of simulated time under a ``Nemesis`` (partitions --
 symmetric, one-way and bridged --, crashes, crashes in the middle of a Ready, pauses,
-plus network loss, duplication and long delays and per-node clock skew), then heals
-everything and checks liveness.  It returns a ``SeedResult`` with the counters the
+plus network loss, duplication and long delays and per-node clock skew; in a share of
+the seeds also membership changes: spare servers added as learners, learners promoted,
+voters and learners removed -- the leader among them -- and removed servers added
+back with their old state), then heals everything and checks liveness.  It returns a ``SeedResult`` with the counters the
 coverage test looks at.  Every draw comes from the simulation's one ``random.Random``.
 
 Changing what ``run_seed`` draws, or the order in which the simulator consumes the random
 source, changes the scenario every seed names: re-derive the regression seeds in
-``tests/unit/test_sim_regressions.py`` then (its docstring says how).
+``tests/unit/test_sim_regressions.py`` then (its docstring says how).  Whether a seed
+changes membership, and with how many spare servers, is drawn from a random source of
+its own (``membership_draw``), so that seeds without membership changes name the
+scenarios they named before membership existed.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 import attrs
 
+from txraft.core import ADD_LEARNER, PROMOTE, REMOVE
 from txraft.testing.sim import CRASH_POINTS, DEFAULT_REPLAY, SimConfig, Simulation
 
 
@@ -38,6 +44,8 @@ class FaultMix:
     crashes: bool = False
     crash_points: bool = False
     pauses: bool = False
+    #: Membership changes (``Simulation.change``) among the actions.
+    membership: bool = False
     #: Mean time between two fault actions.
     mean_gap_ms: int = 2000
     #: How often a fault aims at the current leader rather than any node.
@@ -45,7 +53,7 @@ class FaultMix:
 
     def actions(self) -> List[str]:
         names = []
-        for name in ("partitions", "one_way", "bridges", "crashes", "pauses"):
+        for name in ("partitions", "one_way", "bridges", "crashes", "pauses", "membership"):
             if getattr(self, name):
                 names.append(name)
         return names
@@ -72,6 +80,14 @@ def random_mix(rng: random.Random) -> FaultMix:
     if not mix.actions():
         mix = attrs.evolve(mix, partitions=True)
     return mix
+
+
+def membership_draw(seed: int) -> Tuple[bool, int, int]:
+    """``(membership, spares, auto_promote_ticks)`` for a seed, from its own source."""
+    rng = random.Random("membership-%d" % seed)
+    if rng.random() >= 0.4:
+        return False, 0, 20
+    return True, rng.choice([1, 1, 2]), rng.choice([0, 10, 20, 60])
 
 
 def random_config(rng: random.Random, nodes: int) -> SimConfig:
@@ -230,6 +246,44 @@ class Nemesis:
         sim = self.sim
         sim.pause(self._victim(), sim.rng.randint(50, 2500))
 
+    # ------------------------------------------------------------ membership
+
+    def _membership(self) -> None:
+        """One single-server change on the leader: add a server outside the
+        configuration (a spare, or a removed one with whatever state it kept), promote
+        a learner, or remove a member (the leader too).  A refusal (another change in
+        progress, the leader's no-op not committed, a learner behind) is an outcome
+        like any other."""
+        sim = self.sim
+        rng = sim.rng
+        leader = sim.leader()
+        if leader is None:
+            return
+        conf = leader.core.configuration
+        outside = [n for n in sim.node_ids if n not in conf and n not in sim.retired]
+        choices = []
+        if outside:
+            choices += [ADD_LEARNER, ADD_LEARNER]
+        if conf.learners:
+            choices += [PROMOTE, PROMOTE]
+        if len(conf.ids) > 1:
+            choices.append(REMOVE)
+        if not choices:
+            return
+        op = rng.choice(choices)
+        if op == ADD_LEARNER:
+            target = rng.choice(outside)
+        elif op == PROMOTE:
+            target = rng.choice(conf.learners)
+        elif rng.random() < self.mix.target_leader:
+            target = leader.id  # the removed leader must step down (section 4.2.2)
+        else:
+            target = rng.choice(conf.ids)
+        sim.change(op, target)
+        if rng.random() < 0.3:
+            # Another change at once: refused while the first has not committed.
+            self._membership()
+
 
 @attrs.frozen
 class SeedResult:
@@ -259,6 +313,10 @@ CRASH_STORM = FaultMix(crashes=True, crash_points=True, partitions=True, mean_ga
 #: done and every node caught up within ten seconds.
 LEADER_WITHIN_MS = 3000
 QUIET_WITHIN_MS = 10000
+#: With membership changes a server may have been added (back) as a learner shortly
+#: before healing, hundreds of entries behind; with the smallest batches and one
+#: message in flight it catches up at one entry per round trip (about 25 ms here).
+MEMBERSHIP_QUIET_WITHIN_MS = 30000
 
 
 def run_seed(
@@ -281,6 +339,10 @@ def run_seed(
         nodes = 3 if seed % 2 == 0 else 5
     config = random_config(rng, nodes)
     drawn = random_mix(rng)
+    membership, spares, auto_promote_ticks = membership_draw(seed)
+    if membership:
+        drawn = attrs.evolve(drawn, membership=True)
+        config = attrs.evolve(config, spares=spares, auto_promote_ticks=auto_promote_ticks)
     mix = drawn if mix is None else mix
     sim = Simulation(seed, config, rng=rng, replay=replay, record_trace=record_trace,
                      **simulation)
@@ -288,7 +350,9 @@ def run_seed(
     try:
         sim.run_for(duration_ms)
         sim.heal()
-        timing = sim.await_quiet(LEADER_WITHIN_MS, QUIET_WITHIN_MS)
+        timing = sim.await_quiet(
+            LEADER_WITHIN_MS, MEMBERSHIP_QUIET_WITHIN_MS if mix.membership else QUIET_WITHIN_MS
+        )
         idle_messages = sim.check_idle_traffic()
     except Exception as e:
         e.simulation = sim  # type: ignore[attr-defined]  # for a replay's post-mortem

@@ -61,7 +61,7 @@ class SafetyChecker:
         self._applied: Dict[str, int] = {}
         self._durable_term: Dict[str, int] = {}
         self._votes: Dict[Tuple[str, int], str] = {}
-        self._match_seen: Dict[Tuple[str, int, str], int] = {}
+        self._match_seen: Dict[Tuple[str, int, str], Tuple[Any, int]] = {}
         # read ctx -> (node, term, highest leader term when the read was accepted)
         self._reads: Dict[Any, Tuple[str, int, int]] = {}
         self._dirty: List[Any] = []
@@ -286,22 +286,29 @@ class SafetyChecker:
                         % (nid, term, old_last)
                     )
             if last != old_last:
-                self._leader_log[nid] = (term, last, log.entry(last))
+                # A leader alone in its configuration may commit, apply and compact its
+                # whole log within one event.
+                entry = log.entry(last) if last > log.snapshot_index else None
+                self._leader_log[nid] = (term, last, entry)
         else:
             entry = log.entry(last) if last > log.snapshot_index else None
             self._leader_log[nid] = (term, last, entry)
         seen = self._match_seen
         for peer, pr in core.progress.items():
             key = (nid, term, peer)
-            old = seen.get(key, 0)
+            # Per tracked follower: a member removed and added back within one term is
+            # a new follower to its leader (a new Progress, from match_index 0).
+            tracked, old = seen.get(key, (pr, 0))
+            if tracked is not pr:
+                old = 0
             match = pr.match_index
             if match < old:
                 self.fail(
                     "leader %s of term %d moved match_index of %s back from %d to %d"
                     % (nid, term, peer, old, match)
                 )
-            if match != old:
-                seen[key] = match
+            if match != old or tracked is not pr:
+                seen[key] = (pr, match)
             if pr.next_index < match + 1:
                 self.fail(
                     "leader %s of term %d has next_index %d <= match_index %d for %s"
