@@ -235,6 +235,8 @@ class RealNodeTests(SynchronousTestCase):
                     "snapshot_index", "pending_proposals", "pending_reads"):
             self.assertEqual(value(families, "txraft_" + key), status[key], key)
         self.assertEqual(value(families, "txraft_voters"), len(status["voters"]))
+        self.assertEqual(value(families, "txraft_learners"), len(status["learners"]))
+        self.assertEqual(value(families, "txraft_config_index"), status["config_index"])
         for name, count in status["counters"].items():
             self.assertEqual(value(families, "txraft_node_%s_total" % (name,)), count, name)
         snapshot = {

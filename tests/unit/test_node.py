@@ -19,6 +19,8 @@ from zope.interface.verify import verifyObject
 from txraft.errors import CommitTimeout, NotLeader, Overloaded, ProposalDropped, ReadTimeout
 from txraft.interfaces import IRaftNode, IStateMachine
 from txraft.core.messages import (
+    ENTRY_CONFIG,
+    ENTRY_NOOP,
     AppendEntries,
     AppendEntriesResponse,
     Entry,
@@ -32,6 +34,8 @@ from txraft.runtime.node import FatalNodeError, Member, RaftNode, Timing
 from txraft.runtime.snapshot import SnapshotStore
 from txraft.runtime.storage import MemoryLogStorage
 from txraft.runtime.transfer import encode_payload
+from txraft.core.config import ADD_LEARNER, Configuration
+from txraft.core.config import Member as ConfigMember
 
 
 class JournalStorage(MemoryLogStorage):
@@ -769,6 +773,37 @@ class SnapshotReceiveTests(SynchronousTestCase):
         self.assertEqual(node.state_machine.applied_index(), 5)
         self.assertEqual(storage.load()[1], SnapshotMeta(5, 1))
         self.assertEqual(node.counters["snapshots_installed"], 1)
+
+
+class SnapshotConfigurationTests(SynchronousTestCase):
+    """Dissertation 5.1 in the runtime: the configuration travels and is stored with
+    every snapshot, so a server whose log starts after it still knows the members."""
+
+    def test_an_installed_snapshot_brings_its_configuration(self):
+        node, storage, clock, fatal = lone_follower(self)
+        conf = Configuration.of_voters(["n1", "n2", "n3"]).changed(ADD_LEARNER, ConfigMember("n9"))
+        payload = encode_payload(SnapshotMeta(5, 1, configuration=conf, config_index=4), IMAGE)
+        node.receive(AppendEntries(1, "n1", "n2", 0, 0, (), 0, 0))
+        clock.advance(0)
+        node.receive(SnapshotChunk(1, "n1", "n2", 5, 1, 0, payload, done=True))
+        clock.advance(0)
+        self.assertEqual(fatal, [])
+        self.assertEqual((node.core.learners, node.core.config_index), (("n9",), 4))
+        for meta in (storage.load()[1], node.snapshots.latest()[0]):
+            self.assertEqual((meta.configuration, meta.config_index), (conf, 4))
+
+    def test_a_snapshot_taken_records_the_configuration_in_force(self):
+        node, storage, clock, fatal = lone_follower(self)
+        conf = Configuration.of_voters(["n1", "n2", "n3"]).changed(ADD_LEARNER, ConfigMember("n9"))
+        batch = (Entry(1, 1, b"", ENTRY_NOOP), Entry(2, 1, conf.to_bytes(), ENTRY_CONFIG),
+                 Entry(3, 1, b"e3"))
+        node.receive(AppendEntries(1, "n1", "n2", 0, 0, batch, 3, 0))
+        clock.advance(0)
+        self.assertEqual(node.core.last_applied, 3)
+        meta = node.take_snapshot()
+        self.assertEqual((meta.index, meta.configuration, meta.config_index), (3, conf, 2))
+        stored = SnapshotStore(node.snapshots.directory).latest()[0]
+        self.assertEqual((stored.configuration, stored.config_index), (conf, 2))
 
 
 class SnapshotInstallOrderTests(SynchronousTestCase):

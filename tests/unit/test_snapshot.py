@@ -4,12 +4,16 @@ transfer of snapshots is tested in ``test_transfer``."""
 from __future__ import annotations
 
 import os
+import struct
 import threading
+import zlib
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from txraft.apps.kv import KVStateMachine, encode_put
+from txraft.core.config import LEARNER, Configuration, Member
 from txraft.core.messages import ENTRY_NORMAL, Entry, SnapshotMeta
+from txraft.errors import StorageCorrupted
 from txraft.runtime.snapshot import SnapshotStore
 
 
@@ -22,6 +26,31 @@ class StoreTests(SynchronousTestCase):
         store.save(SnapshotMeta(10, 2), b"image")
         self.assertEqual(store.latest(), (SnapshotMeta(10, 2), b"image"))
         self.assertEqual(SnapshotStore(path).latest(), (SnapshotMeta(10, 2), b"image"))
+
+    def test_the_configuration_is_stored_with_the_image(self):
+        """Dissertation 5.1: the image file records the configuration at its index (the
+        entries that held it are compacted away); the checksum covers it, and a file
+        of the earlier format (no configuration) still reads."""
+        directory = self.mktemp()
+        conf = Configuration((Member("n1", address="h:1"), Member("n2", LEARNER, "h:2")))
+        SnapshotStore(directory).save(SnapshotMeta(9, 2, configuration=conf, config_index=4),
+                                      b"image")
+        meta, data = SnapshotStore(directory).latest()
+        self.assertEqual((meta, data), (SnapshotMeta(9, 2), b"image"))
+        self.assertEqual((meta.configuration, meta.config_index), (conf, 4))
+        path = os.path.join(directory, "snapshot.bin")
+        with open(path, "r+b") as f:
+            raw = bytearray(f.read())
+            raw[60] ^= 0xFF  # inside the configuration
+            f.seek(0)
+            f.write(raw)
+        with self.assertRaises(StorageCorrupted):
+            SnapshotStore(directory).latest()
+        legacy = struct.pack(">8sQQQI", b"TXRSNAP1", 7, 1, 3, zlib.crc32(b"old")) + b"old"
+        with open(path, "wb") as f:
+            f.write(legacy)
+        meta, data = SnapshotStore(directory).latest()
+        self.assertEqual((meta, data, meta.configuration), (SnapshotMeta(7, 1), b"old", None))
 
     def test_an_older_image_never_replaces_a_newer_one(self):
         """A follower can install a leader's snapshot while its own older one is still

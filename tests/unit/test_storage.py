@@ -22,6 +22,7 @@ from tests import REPO_ROOT, storage_writer
 from txraft.runtime import storage
 from txraft.errors import ConfigError, StorageCorrupted
 from txraft.interfaces import ILogStorage
+from txraft.core.config import LEARNER, Configuration, Member
 from txraft.core.messages import ENTRY_NOOP, Entry, HardState, SnapshotMeta
 from txraft.runtime.storage import FileLogStorage, MemoryLogStorage
 
@@ -297,6 +298,31 @@ class FileLogStorageTests(LogStorageMixin, SynchronousTestCase):
         self.assertTrue(os.path.isdir(self.directory))
         self.assertEqual(self.reopen(s).load()[2], entries(1, 1))
 
+    def test_compaction_keeps_the_configuration(self):
+        """Dissertation 5.1: the compaction marker records the configuration the
+        dropped entries held, across rotation and reopening; a marker written before
+        configurations were logged ([index, term, keep_suffix]) still reads."""
+        conf = Configuration((Member("n1", address="h:1"), Member("n2", LEARNER, "h:2")))
+        s = self.make(segment_bytes=1024)
+        s.save(HardState(3, "n1"), entries(1, 40, term=3))
+        s.compact(SnapshotMeta(30, 3, configuration=conf, config_index=12))
+        for first in range(41, 200, 7):
+            s.save(None, entries(first, first + 6, term=3))  # rotates past the marker
+        self.assertGreater(len(s.segment_paths()), 2)
+        meta = self.reopen(s).load()[1]
+        self.assertEqual(meta, SnapshotMeta(30, 3))
+        self.assertEqual((meta.configuration, meta.config_index), (conf, 12))
+
+    def test_a_malformed_configuration_in_a_marker_is_corruption(self):
+        s = self.make()
+        s.save(HardState(1, None), entries(1, 5, term=1))
+        s.close()
+        bad = frame(3, [3, 1, True, 2, b"not a configuration"])
+        with open(s.segment_paths()[-1], "ab") as f:
+            f.write(bad)
+        with self.assertRaises(StorageCorrupted):
+            self.make()
+
     def test_rotation(self):
         """A full segment is followed by a new one that starts with the current hard
         state and snapshot marker; the log reads back across segments."""
@@ -310,7 +336,7 @@ class FileLogStorageTests(LogStorageMixin, SynchronousTestCase):
             with open(path, "rb") as f:
                 data = f.read()
             self.assertEqual(data[:8], b"TXRWAL01")
-            head = frame(1, [3, "n2"]) + frame(3, [0, 0, True])
+            head = frame(1, [3, "n2"]) + frame(3, [0, 0, True, 0, None])
             self.assertEqual(data[FILE_HEADER_SIZE : FILE_HEADER_SIZE + len(head)], head)
         self.assertEqual(
             self.reopen(s).load(), (HardState(3, "n2"), SnapshotMeta(), entries(1, 203, term=3))

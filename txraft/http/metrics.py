@@ -143,6 +143,12 @@ def prometheus_text(node: Any) -> bytes:
         source = node if field in NODE_FIELDS else core
         out.add(name, "gauge", help_text, {}, getattr(source, field))
     out.add("txraft_voters", "gauge", "Voting members of the cluster.", {}, len(core.voters))
+    out.add("txraft_learners", "gauge",
+            "Non-voting members (learners) of the latest configuration.", {},
+            len(core.learners))
+    out.add("txraft_config_index", "gauge",
+            "Index of the entry holding the latest configuration (0: the founding one).",
+            {}, core.config_index)
     for peer_id, peer in core.progress:
         labels = {"peer": peer_id}
         for field, name, help_text in PEER_GAUGES:

@@ -30,7 +30,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txraft.core import LEADER, Accepted, CoreConfig, RaftCore, SnapshotImage
-from txraft.core.messages import ENTRY_NOOP, InstallSnapshot, SnapshotMeta
+from txraft.core.config import Configuration
+from txraft.core.messages import ENTRY_CONFIG, ENTRY_NOOP, InstallSnapshot, SnapshotMeta
 from txraft.errors import CommitTimeout, NotLeader, Overloaded, ProposalDropped, ReadTimeout
 from txraft.interfaces import ILogStorage, IRaftNode, IStateMachine
 from txraft.runtime.executor import Executor
@@ -207,8 +208,11 @@ class RaftNode(Service):
                 term_at_applied = entries[applied - snapshot.index - 1].term
             applied_term = sm.applied_term()
             if term_at_applied != applied_term:
-                # Everything applied is committed: make it the log's starting point.
-                storage.compact(SnapshotMeta(applied, applied_term))
+                # Everything applied is committed: make it the log's starting point,
+                # with the configuration in force there.
+                config_index, conf = self._config_at(snapshot, entries, applied)
+                storage.compact(SnapshotMeta(applied, applied_term, configuration=conf,
+                                             config_index=config_index))
                 hard_state, snapshot, entries = storage.load()
         elif applied < snapshot.index:
             latest = self.snapshots.latest() if self.snapshots is not None else None
@@ -221,6 +225,21 @@ class RaftNode(Service):
             sm.restore(meta.index, meta.term, data)
             applied = sm.applied_index()
         return hard_state, snapshot, entries, applied
+
+    def _config_at(self, snapshot: SnapshotMeta, entries: Any, index: int) -> Tuple[int, Any]:
+        """The configuration in force at ``index`` and its entry's index: from the
+        snapshot image that ends there (one installed just before a crash), else the
+        latest one the log holds up to ``index`` (None: the founding one)."""
+        latest = self.snapshots.latest() if self.snapshots is not None else None
+        if latest is not None and latest[0].index == index and latest[0].configuration is not None:
+            return latest[0].config_index, latest[0].configuration
+        found = (snapshot.config_index, snapshot.configuration)
+        for entry in entries:
+            if entry.index > index:
+                break
+            if entry.kind == ENTRY_CONFIG:
+                found = (entry.index, Configuration.from_bytes(entry.data))
+        return found
 
     # ---------------------------------------------------------------- service
 
@@ -496,10 +515,16 @@ class RaftNode(Service):
         if self.snapshots is None:
             raise FatalNodeError("this node has no snapshot store")
         index, term, data = self.state_machine.snapshot()
-        meta = SnapshotMeta(index, term)
+        meta = self._snapshot_meta(index, term)
         self.snapshots.save(meta, data)
         self._snapshot_stored(meta, data)
         return meta
+
+    def _snapshot_meta(self, index: int, term: int) -> SnapshotMeta:
+        """A snapshot at ``index`` records the configuration in force there (a server
+        that gets its log from it learns the members from it, dissertation 5.1)."""
+        config_index, conf = self.core.config_at(index)
+        return SnapshotMeta(index, term, configuration=conf, config_index=config_index)
 
     def _snapshot(self) -> None:
         begin = getattr(self.state_machine, "begin_snapshot", None)
@@ -511,7 +536,7 @@ class RaftNode(Service):
         # store it in a worker thread while this thread goes on applying entries.  The
         # log is compacted only once the file is durable.
         index, term, read = begin()
-        meta = SnapshotMeta(index, term)
+        meta = self._snapshot_meta(index, term)
         store = self.snapshots
         self._snapshot_running = True
 

@@ -4,6 +4,12 @@ A snapshot is the state machine's image at an applied index (``IStateMachine.sna
 The node keeps the latest one on disk so it can compact its log (section 7) and send it
 to a follower that needs entries the log no longer holds (``txraft.runtime.transfer``
 carries it).
+
+The file is a header (``TXRSNAP2``: index, term, the index of the configuration entry,
+the configuration's length, the image's length, a CRC-32 of both), the configuration
+(``Configuration.to_bytes``: a snapshot replaces the entries that held it, dissertation
+section 5.1) and the image.  Files written before configurations were logged
+(``TXRSNAP1``, no configuration) are still read.
 """
 
 from __future__ import annotations
@@ -15,11 +21,15 @@ import zlib
 from typing import Optional, Tuple
 
 from txraft.errors import StorageCorrupted
+from txraft.core.config import ConfigChangeError, Configuration
 from txraft.core.messages import SnapshotMeta
 from txraft.runtime.storage import fsync_directory
 
-_MAGIC = b"TXRSNAP1"
-_HEADER = struct.Struct(">8sQQQI")  # magic, index, term, length, crc32
+_MAGIC_V1 = b"TXRSNAP1"
+_HEADER_V1 = struct.Struct(">8sQQQI")  # magic, index, term, length, crc32
+_MAGIC = b"TXRSNAP2"
+# magic, index, term, config index, config length, image length, crc32 of both
+_HEADER = struct.Struct(">8sQQQIQI")
 _FILE = "snapshot.bin"
 
 
@@ -45,15 +55,48 @@ class SnapshotStore:
         self._lock = threading.Lock()
         self._durable_index = self._index_on_disk()
 
+    def _parse(self, raw: bytes) -> Tuple[SnapshotMeta, bytes]:
+        """``(meta, image)`` of a whole file, or ``StorageCorrupted``."""
+        magic = raw[:8]
+        if magic == _MAGIC_V1:
+            header, conf_len = _HEADER_V1, 0
+            if len(raw) < header.size:
+                raise StorageCorrupted(self.path, 0, "snapshot header truncated")
+            _, index, term, length, crc = header.unpack_from(raw)
+            config_index = 0
+        elif magic == _MAGIC:
+            header = _HEADER
+            if len(raw) < header.size:
+                raise StorageCorrupted(self.path, 0, "snapshot header truncated")
+            _, index, term, config_index, conf_len, length, crc = header.unpack_from(raw)
+        elif len(raw) < 8:
+            raise StorageCorrupted(self.path, 0, "snapshot header truncated")
+        else:
+            raise StorageCorrupted(self.path, 0, "not a txraft snapshot")
+        body = raw[header.size :]
+        if len(body) != conf_len + length:
+            raise StorageCorrupted(self.path, header.size, "snapshot body truncated")
+        if zlib.crc32(body) != crc:
+            raise StorageCorrupted(self.path, header.size, "snapshot checksum mismatch")
+        configuration = None
+        if conf_len:
+            try:
+                configuration = Configuration.from_bytes(body[:conf_len])
+            except ConfigChangeError as e:
+                raise StorageCorrupted(self.path, header.size, "snapshot configuration: %s"
+                                       % e.message)
+        meta = SnapshotMeta(index, term, configuration=configuration, config_index=config_index)
+        return meta, body[conf_len:]
+
     def _index_on_disk(self) -> int:
         try:
             with open(self.path, "rb") as f:
                 header = f.read(_HEADER.size)
         except FileNotFoundError:
             return 0
-        if len(header) < _HEADER.size:
+        if len(header) < _HEADER_V1.size:
             return 0  # latest() reports the damage
-        return _HEADER.unpack(header)[1]
+        return struct.unpack_from(">Q", header, 8)[0]  # the index, in either format
 
     def write(self, meta: SnapshotMeta, data: bytes) -> bool:
         """Make ``data`` the durable snapshot unless a newer one already is; thread-safe."""
@@ -61,10 +104,12 @@ class SnapshotStore:
             if meta.index <= self._durable_index and os.path.exists(self.path):
                 return False
             tmp = self.path + ".tmp"
-            header = _HEADER.pack(_MAGIC, meta.index, meta.term, len(data), zlib.crc32(data))
+            conf = meta.configuration.to_bytes() if meta.configuration is not None else b""
+            header = _HEADER.pack(_MAGIC, meta.index, meta.term, meta.config_index, len(conf),
+                                  len(data), zlib.crc32(data, zlib.crc32(conf)))
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                view = memoryview(header + data)
+                view = memoryview(header + conf + data)
                 while view:
                     written = os.write(fd, view)
                     view = view[written:]
@@ -97,16 +142,6 @@ class SnapshotStore:
         except FileNotFoundError:
             self._loaded = True
             return None
-        if len(raw) < _HEADER.size:
-            raise StorageCorrupted(self.path, 0, "snapshot header truncated")
-        magic, index, term, length, crc = _HEADER.unpack_from(raw)
-        if magic != _MAGIC:
-            raise StorageCorrupted(self.path, 0, "not a txraft snapshot")
-        data = raw[_HEADER.size :]
-        if len(data) != length:
-            raise StorageCorrupted(self.path, _HEADER.size, "snapshot body truncated")
-        if zlib.crc32(data) != crc:
-            raise StorageCorrupted(self.path, _HEADER.size, "snapshot checksum mismatch")
-        self._latest = (SnapshotMeta(index, term), data)
+        self._latest = self._parse(raw)
         self._loaded = True
         return self._latest

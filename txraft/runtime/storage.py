@@ -54,6 +54,7 @@ from zope.interface import implementer
 
 from txraft.errors import ConfigError, StorageCorrupted
 from txraft.interfaces import ILogStorage
+from txraft.core.config import ConfigChangeError, Configuration
 from txraft.core.messages import Entry, HardState, SnapshotMeta
 
 log = Logger()
@@ -224,6 +225,8 @@ class _Log:
                     "snapshot marker %d has term %d, not %d"
                     % (meta.index, meta.term, self.snapshot.term)
                 )
+            if self.snapshot.configuration is None and meta.configuration is not None:
+                self.snapshot = meta
             return
         if keep_suffix and meta.index > self.base:
             term = self.term_at(meta.index)
@@ -289,16 +292,30 @@ def _decode_record(record_type: int, payload) -> object:
         ):
             return Entry(index=value[0], term=value[1], data=value[3], kind=value[2])
     elif record_type == SNAPSHOT:
+        # [index, term, keep_suffix] before configurations were logged; now also
+        # [..., config_index, configuration bytes or None] (dissertation section 5.1).
         if (
             isinstance(value, list)
-            and len(value) == 3
+            and len(value) in (3, 5)
             and type(value[0]) is int
             and type(value[1]) is int
             and value[0] >= 0
             and value[1] >= 0
             and isinstance(value[2], bool)
         ):
-            return (SnapshotMeta(value[0], value[1]), value[2])
+            if len(value) == 3:
+                return (SnapshotMeta(value[0], value[1]), value[2])
+            config_index, conf = value[3], value[4]
+            if type(config_index) is int and 0 <= config_index <= value[0] and (
+                conf is None or isinstance(conf, bytes)
+            ):
+                try:
+                    configuration = Configuration.from_bytes(conf) if conf is not None else None
+                except ConfigChangeError as e:
+                    raise _Corrupt("snapshot record configuration: %s" % e.message)
+                meta = SnapshotMeta(value[0], value[1], configuration=configuration,
+                                    config_index=config_index)
+                return (meta, value[2])
     raise _Corrupt("malformed record of type %d: %r" % (record_type, value))
 
 
@@ -577,8 +594,9 @@ class FileLogStorage:
     def _state_records(self) -> bytes:
         hs = self._log.hard_state
         snap = self._log.snapshot
+        conf = snap.configuration.to_bytes() if snap.configuration is not None else None
         return _frame(HARD_STATE, self._packer.pack((hs.term, hs.voted_for))) + _frame(
-            SNAPSHOT, self._packer.pack((snap.index, snap.term, True))
+            SNAPSHOT, self._packer.pack((snap.index, snap.term, True, snap.config_index, conf))
         )
 
     def _create_segment(self, seq: int) -> None:
@@ -655,9 +673,13 @@ class FileLogStorage:
         if snapshot_meta.index <= self._log.snapshot.index:
             return
         keep_suffix = self._log.keeps_suffix(snapshot_meta)
+        conf = snapshot_meta.configuration
         record = _frame(
             SNAPSHOT,
-            self._packer.pack((snapshot_meta.index, snapshot_meta.term, keep_suffix)),
+            self._packer.pack((
+                snapshot_meta.index, snapshot_meta.term, keep_suffix,
+                snapshot_meta.config_index, conf.to_bytes() if conf is not None else None,
+            )),
         )
         self._rotate_if_full()
         self._append(record)
