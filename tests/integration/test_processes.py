@@ -7,6 +7,7 @@ cleanup, whatever happened.  Waits are bounded; a failure prints the nodes' logs
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -144,6 +145,59 @@ class SnapshotProcessTests(ClusterTestMixin, SynchronousTestCase):
         cluster.start(follower)
         cluster.wait_for_applied(top, [follower], timeout=20)
         self.assertEqual(self.stale_get(follower, "k149").body, b"x" * 200 + b"149")
+
+
+    def test_a_follower_whose_data_was_wiped_never_says_ready(self):
+        """A follower killed, its data directory emptied and started again with the same
+        command (a recreated Docker volume) must not claim to be ready: /ready stays
+        503 saying it is behind the leader, and the leader reports that the follower
+        lost its log instead of probing it silently (status lost_log, metrics)."""
+        cluster = self.make_cluster(3)
+        cluster.start_all()
+        leader = cluster.wait_for_leader(15)
+        top = 0
+        for i in range(20):
+            result = self.put(leader, "k%d" % i, b"v%d" % i)
+            if result.status != 204:
+                self.fail_with_logs("write failed: %r" % (result,))
+            top = int(result.headers["X-Raft-Index"])
+        cluster.wait_for_applied(top, list(cluster.nodes))
+        follower, other = [n for n in cluster.nodes if n != leader]
+        cluster.kill(follower)
+        data_dir = cluster.nodes[follower].data_dir
+        for name in os.listdir(data_dir):
+            if name != "node.log":
+                path = os.path.join(data_dir, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
+        cluster.start(follower)
+        url = cluster.url(follower)
+        started = time.monotonic()
+        lost = None
+        answers = set()
+        while time.monotonic() - started < 4 or lost is None:
+            if time.monotonic() - started > 15:
+                self.fail_with_logs("the leader never reported %s's lost log" % follower)
+            ready = http("GET", url + "/ready")
+            if ready.status == 200:
+                self.fail_with_logs("the wiped follower answered /ready 200: %r" % (ready,))
+            if ready.status == 503:
+                answers.add(ready.json()["error"]["message"].split(":")[0])
+            peer = (cluster.nodes[leader].status() or {}).get("progress", {}).get(follower)
+            if lost is None and peer and peer["lost_log"]:
+                lost = peer
+            time.sleep(0.1)
+        self.assertIn("behind the leader", answers)
+        self.assertEqual(lost["match_index"], cluster.nodes[leader].status()["progress"][
+            follower]["match_index"])
+        status = cluster.nodes[follower].status()
+        self.assertEqual((status["ready"], status["applied_index"]), (False, 0))
+        self.assertEqual(status["leader_commit"], cluster.nodes[leader].status()["commit_index"])
+        metrics = http("GET", cluster.url(leader) + "/metrics").body.decode()
+        self.assertIn('txraft_peer_lost_log{peer="%s"} 1' % follower, metrics)
+        self.assertEqual(http("GET", cluster.url(other) + "/ready").status, 200)
 
 
 class FiveNodeTests(ClusterTestMixin, SynchronousTestCase):

@@ -1,5 +1,6 @@
 """Membership changes in the pure core, each rule a scenario from Ongaro's dissertation
-("Consensus: Bridging Theory and Practice", 2014), chapter 4.
+("Consensus: Bridging Theory and Practice", 2014), chapter 4; and how a leader and a
+follower see a follower that lost its data.
 
 The cores run in ``txraft.testing.sim_cluster.Cluster`` (the node's executor, the node's
 snapshot transfer, and the safety checker after every delivery and tick).  ``founding``
@@ -33,11 +34,13 @@ from txraft.core import (
 from txraft.core.messages import (
     ENTRY_CONFIG,
     AppendEntries,
+    AppendEntriesResponse,
     Entry,
     InstallSnapshot,
     RequestVote,
     SnapshotMeta,
 )
+from txraft.testing.sim import MemoryStorage
 from txraft.testing.sim_cluster import SCENARIO_CONFIG, Cluster
 from txraft.testing.sim_invariants import InvariantViolation
 
@@ -470,3 +473,57 @@ class SnapshotConfigurationTests(SynchronousTestCase):
         b = c["b"]
         b.step(InstallSnapshot(b.term, "a", "b", 50, b.term, data=b"img"))
         self.assertEqual((b.voters, b.log.snapshot_index), (("a", "b", "c"), 50))
+
+
+class LostLogTests(SynchronousTestCase):
+    """A follower that lost its data (a wiped disk) must never look caught up, and its
+    leader must say so instead of probing it silently forever (issue: a recreated
+    Docker volume answered /ready 200 with an empty catalogue)."""
+
+    def wiped(self):
+        c = Cluster("abc")
+        c.elect("a")
+        c.deliver()
+        for i in range(5):
+            c.propose("a", b"x=%d" % i)
+        c.run(2)
+        c.crash("c")
+        c.nodes["c"].storage = MemoryStorage()  # the data directory is gone
+        c.restart("c")
+        return c
+
+    def test_a_follower_learns_the_leaders_commit_index_from_heartbeats(self):
+        """Heartbeats carry the leader's commit index (the follower commits only up to
+        what it provably shares): a follower knows how far behind it is."""
+        c = self.wiped()
+        c.run(1)
+        self.assertEqual(c["c"].leader_commit, c["a"].commit_index)
+        self.assertEqual(c["c"].commit_index, 0)
+        self.assertEqual(c["c"].status().leader_commit, c["a"].commit_index)
+
+    def test_the_leader_reports_a_follower_that_lost_its_log(self):
+        c = self.wiped()
+        c.run(1)
+        self.assertFalse(c["a"].status().peer("c").lost_log)  # once may be reordering
+        c.run(3)
+        status = c["a"].status().peer("c")
+        self.assertTrue(status.lost_log)
+        self.assertEqual(status.match_index, c["a"].commit_index)  # not refilled
+        self.assertEqual(c["c"].log.last_index, 0)
+
+    def test_one_reordered_rejection_is_not_a_lost_log(self):
+        """A "too short" answer overtaken by a later success (UDP reorders) counts
+        once and is forgotten at the next success."""
+        c = Cluster("abc")
+        c.elect("a")
+        c.deliver()
+        c.propose("a", b"x=1")
+        c.run(2)
+        pr = c["a"].progress["b"]
+        c["a"].step(AppendEntriesResponse(
+            c["a"].term, "b", "a", success=False, rejected_index=pr.match_index,
+            conflict_index=pr.match_index, conflict_term=0))
+        self.assertEqual(pr.short_rejections, 1)
+        c.run(2)
+        self.assertEqual(pr.short_rejections, 0)
+        self.assertFalse(c["a"].status().peer("b").lost_log)

@@ -61,6 +61,9 @@ class Progress:
     silent_ticks: int = 0
     #: A learner's consecutive ticks caught up (``RaftCore`` auto-promotion).
     caught_up_ticks: int = 0
+    #: Consecutive "log too short" answers to heartbeats at ``match_index``: the
+    #: follower no longer holds entries it acknowledged (its log was lost).
+    short_rejections: int = 0
 
     # ------------------------------------------------------------- transitions
 

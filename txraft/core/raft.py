@@ -52,6 +52,10 @@ from txraft.core.messages import (
 )
 from txraft.core.progress import PROBE, REPLICATE, SNAPSHOT, Progress
 
+#: Heartbeats at a follower's match_index it must answer "log too short" in a row before
+#: its leader reports that it lost its log (one or two can be reordered answers).
+LOST_LOG_REJECTIONS = 3
+
 FOLLOWER = "follower"
 PRE_CANDIDATE = "pre_candidate"
 CANDIDATE = "candidate"
@@ -207,6 +211,9 @@ class PeerStatus:
     recent_active: bool
     inflight: int
     voter: bool = True
+    #: The follower answers that its log ends before entries it acknowledged: it lost
+    #: its data (a wiped disk).  The leader reports it; it cannot repair a voter.
+    lost_log: bool = False
 
 
 @attrs.frozen
@@ -231,6 +238,9 @@ class CoreStatus:
     #: (0: the one the cluster was founded with).
     config_index: int = 0
     configuration: Optional[Configuration] = None
+    #: The highest commit index the leader of this term has told this node (on the
+    #: leader, its own): a node that applied less is behind.
+    leader_commit: int = 0
 
     def peer(self, peer_id: str) -> Optional[PeerStatus]:
         """The leader's view of ``peer_id``, or None (not a leader, not a peer)."""
@@ -255,6 +265,7 @@ class CoreStatus:
             "voters": list(self.voters),
             "learners": list(self.learners),
             "config_index": self.config_index,
+            "leader_commit": self.leader_commit,
         }
         if self.role == LEADER:
             out["progress"] = {pid: attrs.asdict(pr) for pid, pr in self.progress}
@@ -315,6 +326,7 @@ class RaftCore:
         self.last_applied = self.commit_index  # last index handed out to apply
         self.role = FOLLOWER
         self.leader_id: Optional[str] = None
+        self.leader_commit = 0
 
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
@@ -604,7 +616,8 @@ class RaftCore:
         if self.role == LEADER:
             progress = tuple(
                 (peer, PeerStatus(pr.match_index, pr.next_index, pr.state, pr.recent_active,
-                                  len(pr.inflight), voter=peer in self._voter_set))
+                                  len(pr.inflight), voter=peer in self._voter_set,
+                                  lost_log=pr.short_rejections >= LOST_LOG_REJECTIONS))
                 for peer, pr in sorted(self.progress.items())
             )
         return CoreStatus(
@@ -623,6 +636,7 @@ class RaftCore:
             learners=self.learners,
             config_index=self.config_index,
             configuration=self.configuration,
+            leader_commit=self.commit_index if self.role == LEADER else self.leader_commit,
         )
 
     def peer_state(self, peer: str) -> Optional[str]:
@@ -774,6 +788,7 @@ class RaftCore:
             self.term = term
             self.voted_for = None
         self.leader_id = None
+        self.leader_commit = 0
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self._reset_randomized_timeout()
@@ -953,9 +968,11 @@ class RaftCore:
         prev_term = self.log.term_at(prev)
         if prev_term is None:
             prev, prev_term = 0, 0
-        commit = min(self.commit_index, pr.match_index)
-        pr.commit_sent = max(pr.commit_sent, commit)
-        m = AppendEntries(self.term, self.id, peer, prev, prev_term, (), commit, self.read_seq)
+        # The leader's whole commit index: the follower commits only up to prev (what it
+        # provably shares), and learns how far behind it is (its /ready).
+        pr.commit_sent = max(pr.commit_sent, min(self.commit_index, pr.match_index))
+        m = AppendEntries(self.term, self.id, peer, prev, prev_term, (), self.commit_index,
+                          self.read_seq)
         if notice:
             self._notices.append(m)
         else:
@@ -1033,6 +1050,8 @@ class RaftCore:
         if self.role != FOLLOWER or self.leader_id != m.sender:
             self._become_follower(self.term, m.sender)
         self.election_elapsed = 0
+        if m.leader_commit > self.leader_commit:
+            self.leader_commit = m.leader_commit
         prev = m.prev_log_index
         entries = m.entries
         if prev < self.commit_index:
@@ -1110,6 +1129,7 @@ class RaftCore:
         if m.success:
             if m.match_index > self.log.last_index:
                 return  # cannot be a response to this leader's messages
+            pr.short_rejections = 0
             advanced = pr.acknowledge(m.match_index)
             if advanced and pr.gaps and pr.state == REPLICATE:
                 # The follower now ends at match_index: a rejected message that starts
@@ -1132,6 +1152,15 @@ class RaftCore:
                     if self.role != LEADER:
                         return  # its own removal committed: it stepped down
                 self._append_pending = True
+            return
+        if (not m.conflict_term and 0 < m.rejected_index == pr.match_index
+                and m.conflict_index <= pr.match_index):
+            # "Too short" at the very index it acknowledged in this term: its log now
+            # ends before entries it made durable and promised (a wiped disk).  Once is
+            # a reordered answer; again and again is a lost log, reported (status
+            # lost_log).  It is not repaired: a voter that forgot what it acknowledged
+            # must be replaced, not refilled.
+            pr.short_rejections += 1
             return
         # A rejection only counts if it answers a message sent since the last success:
         # a stale or duplicated one must not move next_index below match_index + 1.

@@ -29,6 +29,9 @@ STATUS_GAUGES = (
      "Writes accepted by this leader and waiting to be applied."),
     ("pending_reads", "txraft_pending_reads",
      "Linearizable reads waiting for this leader to confirm its leadership."),
+    ("leader_commit", "txraft_leader_commit_index",
+     "The commit index the leader last told this node (on the leader, its own); "
+     "txraft_applied_index below it: the node is behind."),
 )
 
 #: A leader's view of each peer: (``txraft.core.PeerStatus`` field, metric, help).
@@ -43,6 +46,9 @@ PEER_GAUGES = (
      "Leader only: AppendEntries sent to the peer and not yet acknowledged."),
     ("recent_active", "txraft_peer_recent_active",
      "Leader only: 1 when the peer was heard from within the last election timeout."),
+    ("lost_log", "txraft_peer_lost_log",
+     "Leader only: 1 when the peer answers that its log ends before entries it "
+     "acknowledged (it lost its data: replace it)."),
 )
 
 #: ``status()["counters"]``, as ``txraft_node_<name>_total``.

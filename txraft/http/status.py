@@ -1,6 +1,7 @@
 """The routes every node serves about itself, never forwarded: ``GET /raft/status``
 (``IRaftNode.status()`` as JSON), ``GET /health`` (200 while the process runs),
-``GET /ready`` (200 once a leader is known and this node has caught up, else 503) and
+``GET /ready`` (200 once a leader is known and this node has applied what the leader
+last said it had committed, else 503 with the reason) and
 ``GET /metrics`` (Prometheus, ``txraft.http.metrics``).
 
 They are fast routes: polled by clients, load balancers, orchestrators and scrapers,
@@ -30,8 +31,7 @@ def status_routes(node) -> Tuple[Route, ...]:
         if node.is_ready():
             return json_response(request, 200, {"ready": True})
         return render_error(request, HTTPError(
-            503, "not_ready", "no leader known or this node is still catching up",
-            headers=RETRY_SHORTLY))
+            503, "not_ready", node.status_view().not_ready_reason(), headers=RETRY_SHORTLY))
 
     def metrics(request):
         request.setResponseCode(200)

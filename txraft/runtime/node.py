@@ -348,10 +348,14 @@ class RaftNode(Service):
         return self.core.role == LEADER
 
     def is_ready(self) -> bool:
+        """A leader is known and this node applied everything it knows to be committed,
+        including what the leader last said it had committed: a node that lost its
+        data, or is catching up, is not ready."""
+        core = self.core
         return (
             self._dead is None
-            and self.core.leader_id is not None
-            and self.core.last_applied >= self.core.commit_index
+            and core.leader_id is not None
+            and core.last_applied >= max(core.commit_index, core.leader_commit)
         )
 
     def status_view(self) -> NodeStatus:
@@ -368,6 +372,7 @@ class RaftNode(Service):
             transport=tuple(self.transport.stats.items()) if self.transport is not None else None,
             snapshot_transfers=tuple(self.transfers.stats.items()),
             fatal_error=str(self._dead.value) if self._dead is not None else None,
+            ready=self.is_ready(),
         )
 
     def status(self) -> Dict[str, Any]:

@@ -33,6 +33,22 @@ class NodeStatus:
     snapshot_transfers: Counters = ()
     #: Why the node stopped, once a fatal error stopped it.
     fatal_error: Optional[str] = None
+    #: What ``GET /ready`` answers (``IRaftNode.is_ready``).
+    ready: bool = False
+
+    def not_ready_reason(self) -> str:
+        """Why ``ready`` is false, in one line for ``/ready``."""
+        core = self.core
+        if self.fatal_error is not None:
+            return "the node stopped after a fatal error (see /raft/status)"
+        if core.leader_id is None:
+            return "no leader known"
+        wanted = max(core.commit_index, core.leader_commit)
+        return (
+            "behind the leader: applied %d of the %d entries it has committed (catching "
+            "up; if this stays, the node may have lost its data: see /raft/status)"
+            % (self.applied_index, wanted)
+        )
 
     def to_json(self) -> Dict[str, Any]:
         """The document of ``GET /raft/status``."""
@@ -42,6 +58,7 @@ class NodeStatus:
         out["applied_index"] = self.applied_index
         out["pending_proposals"] = self.pending_proposals
         out["pending_reads"] = self.pending_reads
+        out["ready"] = self.ready
         out["counters"] = dict(self.counters)
         if self.transport is not None:
             out["transport"] = dict(self.transport)
