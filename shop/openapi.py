@@ -162,6 +162,36 @@ SCHEMAS: Dict[str, Any] = {
     "OrderList": _list_schema("Order"),
     "RaftStatus": {"type": "object", "description": "This node's Raft state: id, role, term, "
                    "leader, commit and applied index, last log index, peer progress."},
+    "RaftMembers": {
+        "type": "object",
+        "required": ["id", "leader_id", "from_leader", "config_index", "members"],
+        "properties": {
+            "id": {"type": "string"},
+            "leader_id": {"type": ["string", "null"]},
+            "from_leader": {"type": "boolean",
+                            "description": "True when this node leads: the progress "
+                                           "fields are then present."},
+            "config_index": {"type": "integer", "minimum": 0,
+                             "description": "Index of the entry holding the configuration "
+                                            "(0: the founding one)."},
+            "members": {"type": "array", "items": {
+                "type": "object",
+                "required": ["id", "role", "address", "http_url"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "role": {"enum": ["voter", "learner"]},
+                    "address": {"type": "string", "description": "host:port of its Raft UDP."},
+                    "http_url": {"type": "string"},
+                    "match_index": {"type": "integer"},
+                    "lag": {"type": "integer", "description": "Entries behind the leader."},
+                    "state": {"enum": ["probe", "replicate", "snapshot"]},
+                    "recent_active": {"type": "boolean"},
+                    "lost_log": {"type": "boolean"},
+                    "leader": {"type": "boolean"},
+                },
+            }},
+        },
+    },
 }
 
 HEADERS = {
@@ -391,6 +421,11 @@ def spec() -> dict:
     paths["/raft/status"] = {"get": {
         "operationId": "raft_status", "summary": "This node's Raft status (served locally).",
         "responses": {"200": _ok("Status.", "RaftStatus")}}}
+    paths["/raft/members"] = {"get": {
+        "operationId": "raft_members",
+        "summary": "The cluster configuration in this node's log (served locally); on the "
+                   "leader, each member's match index and lag.",
+        "responses": {"200": _ok("Members.", "RaftMembers")}}}
     paths["/metrics"] = {"get": {
         "operationId": "raft_metrics",
         "summary": "This node's status in the Prometheus text format 0.0.4 (served locally).",

@@ -198,6 +198,13 @@ class SnapshotProcessTests(ClusterTestMixin, SynchronousTestCase):
         metrics = http("GET", cluster.url(leader) + "/metrics").body.decode()
         self.assertIn('txraft_peer_lost_log{peer="%s"} 1' % follower, metrics)
         self.assertEqual(http("GET", cluster.url(other) + "/ready").status, 200)
+        members = http("GET", cluster.url(leader) + "/raft/members").json()
+        self.assertEqual((members["from_leader"], members["config_index"]), (True, 0))
+        by_id = {m["id"]: m for m in members["members"]}
+        self.assertEqual(sorted(by_id), sorted(cluster.nodes))
+        self.assertTrue(by_id[follower]["lost_log"])
+        self.assertEqual(by_id[follower]["address"], "127.0.0.1:%d" % cluster.nodes[follower].port)
+        self.assertEqual(by_id[other]["lag"], 0)
 
 
 class FiveNodeTests(ClusterTestMixin, SynchronousTestCase):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import os
 
+import attrs
 from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError
@@ -454,3 +455,35 @@ class HelperTests(SynchronousTestCase):
         error = errors.method_not_allowed(["PUT", "GET", "GET"])
         self.assertEqual(error.status, 405)
         self.assertEqual(dict(error.headers)[b"Allow"], b"GET, PUT")
+
+
+class MembersDocumentTests(SynchronousTestCase):
+    def test_members_on_a_leader_and_a_follower(self):
+        """GET /raft/members: the configuration in force (the latest one in the log),
+        each member's Raft address and URL; on the leader also its progress."""
+        from txraft.core import Configuration, CoreStatus, Member, PeerStatus
+        from txraft.http.status import members_document
+        from txraft.runtime.status import NodeStatus
+
+        conf = Configuration((Member("n1", address="h:1", http_url="http://h:1"),
+                              Member("n2", "learner", "h:2", "http://h:2")))
+        leader = CoreStatus(
+            id="n1", role="leader", term=3, voted_for="n1", leader_id="n1", commit_index=9,
+            last_applied=9, last_log_index=10, last_log_term=3, snapshot_index=0,
+            voters=("n1",), learners=("n2",), config_index=7, configuration=conf,
+            progress=(("n2", PeerStatus(4, 5, "probe", True, 0, voter=False, lost_log=True)),))
+        doc = members_document(NodeStatus(core=leader, applied_index=9))
+        self.assertEqual(doc["config_index"], 7)
+        self.assertTrue(doc["from_leader"])
+        self.assertEqual(doc["members"], [
+            {"id": "n1", "role": "voter", "address": "h:1", "http_url": "http://h:1",
+             "match_index": 10, "lag": 0, "leader": True},
+            {"id": "n2", "role": "learner", "address": "h:2", "http_url": "http://h:2",
+             "match_index": 4, "lag": 6, "state": "probe", "recent_active": True,
+             "lost_log": True},
+        ])
+        follower = attrs.evolve(leader, id="n2", role="follower", progress=())
+        doc = members_document(NodeStatus(core=follower, applied_index=9))
+        self.assertFalse(doc["from_leader"])
+        self.assertEqual([sorted(m) for m in doc["members"]],
+                         [["address", "http_url", "id", "role"]] * 2)

@@ -1,8 +1,9 @@
 """The routes every node serves about itself, never forwarded: ``GET /raft/status``
 (``IRaftNode.status()`` as JSON), ``GET /health`` (200 while the process runs),
 ``GET /ready`` (200 once a leader is known and this node has applied what the leader
-last said it had committed, else 503 with the reason) and
-``GET /metrics`` (Prometheus, ``txraft.http.metrics``).
+last said it had committed, else 503 with the reason),
+``GET /metrics`` (Prometheus, ``txraft.http.metrics``) and ``GET /raft/members`` (the
+configuration this node's log holds; on the leader, each member's progress).
 
 They are fast routes: polled by clients, load balancers, orchestrators and scrapers,
 answering them must not load Klein into an otherwise idle node.
@@ -19,7 +20,7 @@ from txraft.http.routing import Route
 
 
 def status_routes(node) -> Tuple[Route, ...]:
-    """The four routes for ``node`` (an ``IRaftNode``), for an application's table."""
+    """The routes for ``node`` (an ``IRaftNode``), for an application's table."""
 
     def raft_status(request):
         return json_response(request, 200, node.status())
@@ -33,6 +34,9 @@ def status_routes(node) -> Tuple[Route, ...]:
         return render_error(request, HTTPError(
             503, "not_ready", node.status_view().not_ready_reason(), headers=RETRY_SHORTLY))
 
+    def raft_members(request):
+        return json_response(request, 200, members_document(node.status_view()))
+
     def metrics(request):
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", PROMETHEUS_TYPE)
@@ -43,4 +47,29 @@ def status_routes(node) -> Tuple[Route, ...]:
         Route("GET", "/health", health, "raft_health", fast=True),
         Route("GET", "/ready", ready, "raft_ready", fast=True),
         Route("GET", "/metrics", metrics, "raft_metrics", fast=True),
+        Route("GET", "/raft/members", raft_members, "raft_members"),
     )
+
+
+def members_document(view) -> dict:
+    """``GET /raft/members``: the latest configuration in this node's log (the one in
+    force, dissertation 4.1) and, when this node leads, how far each member is."""
+    core = view.core
+    leading = core.role == "leader"
+    members = []
+    conf = core.configuration
+    for m in conf.members if conf is not None else ():
+        doc = {"id": m.id, "role": m.role, "address": m.address, "http_url": m.http_url}
+        if leading:
+            if m.id == core.id:
+                doc.update(match_index=core.last_log_index, lag=0, leader=True)
+            else:
+                peer = core.peer(m.id)
+                if peer is not None:
+                    doc.update(match_index=peer.match_index,
+                               lag=max(0, core.last_log_index - peer.match_index),
+                               state=peer.state, recent_active=peer.recent_active,
+                               lost_log=peer.lost_log)
+        members.append(doc)
+    return {"id": core.id, "leader_id": core.leader_id, "from_leader": leading,
+            "config_index": core.config_index, "members": members}

@@ -30,7 +30,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txraft.core import LEADER, Accepted, CoreConfig, RaftCore, SnapshotImage
-from txraft.core.config import Configuration
+from txraft.core.config import VOTER, Configuration
+from txraft.core.config import Member as ConfigMember
 from txraft.core.messages import ENTRY_CONFIG, ENTRY_NOOP, InstallSnapshot, SnapshotMeta
 from txraft.errors import CommitTimeout, NotLeader, Overloaded, ProposalDropped, ReadTimeout
 from txraft.interfaces import ILogStorage, IRaftNode, IStateMachine
@@ -62,6 +63,16 @@ class Member:
     @property
     def public_url(self) -> str:
         return (self.advertise_url or self.http_url).rstrip("/")
+
+
+def founding_configuration(members: Dict[str, Member]) -> Configuration:
+    """The configuration ``--members`` names: every member a voter, with its Raft
+    address (host:port) and the URL clients reach its HTTP API at."""
+    out = []
+    for m in members.values():
+        host = "[%s]" % (m.host,) if ":" in m.host else m.host
+        out.append(ConfigMember(m.node_id, VOTER, "%s:%d" % (host, m.port), m.public_url))
+    return Configuration(out)
 
 
 @attrs.frozen
@@ -143,7 +154,7 @@ class RaftNode(Service):
         hard_state, snapshot, entries, applied = self._recover()
         self.core = RaftCore(
             node_id,
-            sorted(members),
+            founding_configuration(members),
             core_config,
             rng,
             hard_state=hard_state,
