@@ -806,6 +806,31 @@ class SnapshotConfigurationTests(SynchronousTestCase):
         self.assertEqual((stored.configuration, stored.config_index), (conf, 2))
 
 
+class ConfigurationInForceTests(SynchronousTestCase):
+    def test_the_founding_configuration_names_addresses_and_urls(self):
+        node, storage, clock, fatal = lone_follower(self)
+        conf = node.core.configuration
+        self.assertEqual(conf.voters, ("n1", "n2", "n3"))
+        self.assertEqual((conf.get("n2").address, conf.get("n2").http_url),
+                         ("127.0.0.1:7002", "http://127.0.0.1:8002"))
+
+    def test_a_new_configuration_changes_who_the_transport_talks_to(self):
+        """Dissertation 4.1: a configuration is in force once appended, so the node
+        talks to a member added by an entry it has not committed yet."""
+        node, storage, clock, fatal = lone_follower(self)
+        peers = []
+        node.transport.set_peers = peers.append
+        conf = node.core.configuration.changed(
+            ADD_LEARNER, ConfigMember("n9", address="[::1]:7009", http_url="http://x:8009"))
+        node.receive(AppendEntries(1, "n1", "n2", 0, 0,
+                                   (Entry(1, 1, conf.to_bytes(), ENTRY_CONFIG),), 0, 0))
+        clock.advance(0)
+        self.assertEqual(fatal, [])
+        self.assertEqual(peers, [{"n1": ("127.0.0.1", 7001), "n2": ("127.0.0.1", 7002),
+                                  "n3": ("127.0.0.1", 7003), "n9": ("::1", 7009)}])
+        self.assertEqual(node.members["n9"].public_url, "http://x:8009")
+
+
 class SnapshotInstallOrderTests(SynchronousTestCase):
     def test_snapshot_inside_unsaved_entries(self):
         """Section 7: a follower whose unsaved log holds the snapshot's last entry keeps

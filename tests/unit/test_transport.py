@@ -41,6 +41,7 @@ from txraft.runtime.transport import (
     MAC_SIZE,
     NO_SECRET_WARNING,
     OUTBOUND_DROPS,
+    PEER_ID_RESERVE,
     STATS_NAMES,
     Faults,
     UDPTransport,
@@ -170,13 +171,38 @@ class InterfaceAndConfigTests(TransportTestMixin, SynchronousTestCase):
         self.assertEqual(set(transport.stats.values()), {0})
 
     def test_max_payload(self):
-        """max_payload is max_datagram less the envelope (header with the longest peer
-        id, and the MAC, counted even without a secret): for cluster "shop" and
-        one-letter ids, 10 + 2 + 2 + 28 + 32 = 74 bytes."""
+        """max_payload is max_datagram less the envelope (header with room for the
+        longest peer id, at least PEER_ID_RESERVE bytes so that members added later
+        fit, and the MAC, counted even without a secret): for cluster "shop" and
+        one-letter ids, 10 + 2 + (1 + 16) + 28 + 32 = 89 bytes."""
         transport = self.make()
-        self.assertEqual(transport.max_payload, 1400 - 74)
+        self.assertEqual(transport.max_payload, 1400 - 89)
         no_secret = self.make("c", secret=None, max_datagram=1000)
-        self.assertEqual(no_secret.max_payload, 1000 - 74)
+        self.assertEqual(no_secret.max_payload, 1000 - 89)
+
+    def test_peers_change_with_the_configuration(self):
+        """set_peers adds, moves and drops peers as membership changes: a dropped peer's
+        datagrams are refused (unknown_peer), and it is heard again once added back; an
+        id longer than the budget leaves room for is refused and nothing changes."""
+        a, c = self.make("a", peers=ADDR), self.make("c", peers=ADDR)
+        self.assertEqual(set(a.peer_addresses()), {"b", "c"})
+        a.set_peers({"a": ADDR["a"], "b": ADDR["b"]})
+        self.assertEqual(set(a.peer_addresses()), {"b"})
+        c.send(RequestVote(1, "c", "a", 0, 0))
+        self.carry(c, a)
+        self.assertEqual((self.inbox["a"], a.stats["dropped_unknown_peer"]), ([], 1))
+        a.send(RequestVote(1, "a", "c", 0, 0))
+        self.assertEqual((self.datagrams("a"), a.stats["dropped_unknown_receiver"]), ([], 1))
+        with self.assertRaises(ConfigError):
+            a.set_peers({"b": ADDR["b"], "x" * (PEER_ID_RESERVE + 1): ("10.0.0.9", 9000)})
+        self.assertEqual(set(a.peer_addresses()), {"b"})
+        a.set_peers({"b": ADDR["b"], "c": ADDR["c"], "d": ("10.0.0.4", 9000)})
+        c.send(RequestVote(2, "c", "a", 0, 0))
+        self.carry(c, a)
+        self.assertEqual([m.term for m in self.inbox["a"]], [2])
+        a.send(RequestVote(2, "a", "d", 0, 0))
+        [(_, address)] = self.datagrams("a")
+        self.assertEqual(address, ("10.0.0.4", 9000))
 
     def test_config_errors(self):
         """Bad ids, an empty secret, a bad peer address or a max_datagram too small for
@@ -272,7 +298,9 @@ class RoundTripTests(TransportTestMixin, SynchronousTestCase):
 
     def test_max_payload_fits_one_datagram(self):
         """A message encoding to exactly max_payload bytes goes in one datagram of at
-        most max_datagram bytes; one byte more and it is fragmented."""
+        most max_datagram bytes; one that does not fit the datagram to its peer is
+        fragmented (to a peer with a one-byte id, the room left for a longer id counts
+        as payload)."""
         a, b = self.make("a"), self.make("b")
 
         def snapshot(size):
@@ -283,13 +311,16 @@ class RoundTripTests(TransportTestMixin, SynchronousTestCase):
         self.assertEqual(len(encode_message(snapshot(size))), a.max_payload)
         a.send(snapshot(size))
         [(data, _)] = self.datagrams("a")
-        self.assertEqual(len(data), 1400)
-        a.send(snapshot(size + 1))
+        self.assertEqual(len(data), 1400 - (PEER_ID_RESERVE - 1))  # "b" is one byte
+        room = size + PEER_ID_RESERVE - 1
+        a.send(snapshot(room))
+        self.assertEqual([len(d) for d, _ in self.datagrams("a")], [1400])
+        a.send(snapshot(room + 1))
         written = self.datagrams("a")
         self.assertEqual(len(written), 2)
         for data, _ in written:
             b.datagramReceived(data, ADDR["a"])
-        self.assertEqual(self.inbox["b"], [snapshot(size + 1)])
+        self.assertEqual(self.inbox["b"], [snapshot(room + 1)])
 
 
 class GarbageTests(TransportTestMixin, SynchronousTestCase):

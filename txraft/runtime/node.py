@@ -65,6 +65,17 @@ class Member:
         return (self.advertise_url or self.http_url).rstrip("/")
 
 
+def parse_address(text: str) -> Optional[Tuple[str, int]]:
+    """``host:port`` or ``[v6]:port`` as ``(host, port)``; None when empty or malformed."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
+
+
 def founding_configuration(members: Dict[str, Member]) -> Configuration:
     """The configuration ``--members`` names: every member a voter, with its Raft
     address (host:port) and the URL clients reach its HTTP API at."""
@@ -162,6 +173,7 @@ class RaftNode(Service):
             entries=entries,
             applied_index=applied,
         )
+        self._config_index = self.core.config_index
         self._proposals: Dict[int, Tuple[int, Deferred, Any]] = {}
         self._reads: Dict[Hashable, Tuple[Deferred, Any]] = {}
         self._read_ids = itertools.count(1)
@@ -399,8 +411,31 @@ class RaftNode(Service):
         self._process_call = None
         try:
             self.executor.drain()
+            if self.core.config_index != self._config_index:
+                self._use_configuration()
         except Exception:
             self._fatal(Failure())
+
+    def _use_configuration(self) -> None:
+        """The latest configuration in the log changed (it is in force at once,
+        dissertation 4.1): talk to its members, and know where their HTTP APIs are."""
+        self._config_index = self.core.config_index
+        conf = self.core.configuration
+        peers = {}
+        for m in conf.members:
+            address = parse_address(m.address)
+            if address is None:
+                return  # a configuration without addresses (ids only): keep the peers
+            peers[m.id] = address
+            if m.id not in self.members:
+                self.members[m.id] = Member(m.id, address[0], address[1], address[1],
+                                            advertise_url=m.http_url or None)
+        set_peers = getattr(self.transport, "set_peers", None)
+        if set_peers is not None:
+            set_peers(peers)
+        self.log.info("{node}: configuration at index {index}: voters {voters}, "
+                      "learners {learners}", node=self.node_id, index=self._config_index,
+                      voters=",".join(conf.voters), learners=",".join(conf.learners) or "none")
 
     # The executor's callables, in the order it calls them.
 

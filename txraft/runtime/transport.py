@@ -62,7 +62,7 @@ import hashlib
 import hmac
 import struct
 from collections import OrderedDict
-from typing import Callable, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import attrs
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -191,6 +191,11 @@ class _Partial:
         self.size = 0
         self.cost = 0
         self.deadline = deadline
+
+
+#: Bytes of peer id the datagram budget always leaves room for, so that members added
+#: later (membership changes) with ids up to this long fit the budget set at start.
+PEER_ID_RESERVE = 16
 
 
 class _Peer:
@@ -355,44 +360,25 @@ class UDPTransport(DatagramProtocol):
         self._head_mac = MAGIC + bytes([VERSION, FLAG_MAC]) + cluster_part
         self._head_plain = MAGIC + bytes([VERSION, 0]) + cluster_part
         self._head_len = len(self._head_mac)
-        own_head = self._head_mac if secret is not None else self._head_plain
+        self._own_head = self._head_mac if secret is not None else self._head_plain
 
         self._peers = {}
         self._peers_by_bytes = {}
+        #: Peers that left (``set_peers``), kept with their replay state in case they
+        #: come back: a removed and re-added peer must not accept old datagrams again.
+        self._left: Dict[str, _Peer] = {}
         for peer_id, address in peers.items():
-            if peer_id == node_id:
-                continue
-            peer_bytes = _check_id("peer id", peer_id)
-            try:
-                host, port = address
-            except (TypeError, ValueError):
-                raise ConfigError("peer %r: address must be (host, port)" % (peer_id,))
-            if type(host) is not str or not host or type(port) is not int or not (
-                0 < port < 65536
-            ):
-                raise ConfigError("peer %r: bad address %r" % (peer_id, address))
-            peer = _Peer(peer_id, host, port)
-            # The receiver id sits between our id and our incarnation: build the whole
-            # constant part of the header once.
-            peer.prefix = (
-                own_head
-                + bytes([len(node_bytes)])
-                + node_bytes
-                + bytes([len(peer_bytes)])
-                + peer_bytes
-                + struct.pack(">Q", incarnation)
-            )
-            if self._mac_inner is not None:
-                peer.mac_inner = self._mac_inner.copy()
-                peer.mac_inner.update(peer.prefix)
-            peer.chunk_size = max_datagram - len(peer.prefix) - _TAIL.size - MAC_SIZE
-            self._peers[peer_id] = peer
-            self._peers_by_bytes[peer_bytes] = peer
+            if peer_id != node_id:
+                self._add_peer(peer_id, address)
 
-        # Count the MAC even without a secret, so the budget does not depend on it.
+        # Count the MAC even without a secret, so the budget does not depend on it; and
+        # room for the longest id a peer may have (peers come and go with membership
+        # changes, the budget must not shrink under messages already built).
         longest = max(
-            (len(p.id_bytes) for p in self._peers.values()), default=len(node_bytes)
+            [len(p.id_bytes) for p in self._peers.values()]
+            + [len(node_bytes), PEER_ID_RESERVE]
         )
+        self._longest_peer_id = longest
         overhead = (
             self._head_len + 1 + len(node_bytes) + 1 + longest + _FIELDS_SIZE + MAC_SIZE
         )
@@ -439,6 +425,80 @@ class UDPTransport(DatagramProtocol):
         for peer in self._peers.values():
             peer.partials.clear()
             peer.partial_cost = 0
+
+    def _add_peer(self, peer_id, address) -> None:
+        peer_bytes = _check_id("peer id", peer_id)
+        try:
+            host, port = address
+        except (TypeError, ValueError):
+            raise ConfigError("peer %r: address must be (host, port)" % (peer_id,))
+        if type(host) is not str or not host or type(port) is not int or not (
+            0 < port < 65536
+        ):
+            raise ConfigError("peer %r: bad address %r" % (peer_id, address))
+        longest = getattr(self, "_longest_peer_id", None)
+        if longest is not None and len(peer_bytes) > longest:
+            raise ConfigError(
+                "peer id %r is %d bytes in UTF-8; this node's datagram budget allows %d"
+                % (peer_id, len(peer_bytes), longest)
+            )
+        peer = self._left.pop(peer_id, None)
+        if peer is None or (peer.host, peer.port) != (host, port):
+            fresh = _Peer(peer_id, host, port)
+            if peer is not None:  # same peer, new address: keep its replay state
+                fresh.incarnation, fresh.top, fresh.window = peer.incarnation, peer.top, peer.window
+            peer = fresh
+        # The receiver id sits between our id and our incarnation: build the whole
+        # constant part of the header once.
+        node_bytes = self._node_bytes
+        peer.prefix = (
+            self._own_head
+            + bytes([len(node_bytes)])
+            + node_bytes
+            + bytes([len(peer_bytes)])
+            + peer_bytes
+            + struct.pack(">Q", self.incarnation)
+        )
+        if self._mac_inner is not None:
+            peer.mac_inner = self._mac_inner.copy()
+            peer.mac_inner.update(peer.prefix)
+        peer.chunk_size = self.max_datagram - len(peer.prefix) - _TAIL.size - MAC_SIZE
+        self._peers[peer_id] = peer
+        self._peers_by_bytes[peer_bytes] = peer
+        if self._running and peer.named:
+            self._resolve(peer)
+
+    def set_peers(self, peers: Mapping[str, Tuple[str, int]]) -> None:
+        """Make ``peers`` (id -> (host, port)) the nodes this one talks to, as the
+        cluster's configuration changes: new ones are added, gone ones dropped (with
+        their partial messages), moved ones get their new address.  An entry for this
+        node is ignored.  Raises ``ConfigError`` (and changes nothing) for a bad entry."""
+        wanted = {pid: tuple(addr) for pid, addr in peers.items() if pid != self.node_id}
+        for pid, addr in wanted.items():  # validate everything before changing anything
+            _check_id("peer id", pid)
+            if (len(addr) != 2 or type(addr[0]) is not str or not addr[0]
+                    or type(addr[1]) is not int or not 0 < addr[1] < 65536):
+                raise ConfigError("peer %r: bad address %r" % (pid, addr))
+            if len(pid.encode("utf-8")) > self._longest_peer_id:
+                raise ConfigError(
+                    "peer id %r is longer than this node's datagram budget allows (%d bytes)"
+                    % (pid, self._longest_peer_id)
+                )
+        for pid in [p for p in self._peers if p not in wanted]:
+            peer = self._peers.pop(pid)
+            del self._peers_by_bytes[peer.id_bytes]
+            peer.partials.clear()
+            peer.partial_cost = 0
+            self._left[pid] = peer
+        for pid, addr in wanted.items():
+            current = self._peers.get(pid)
+            if current is None:
+                self._add_peer(pid, addr)
+            elif (current.host, current.port) != addr:
+                del self._peers[pid]
+                del self._peers_by_bytes[current.id_bytes]
+                self._left[pid] = current
+                self._add_peer(pid, addr)
 
     def peer_addresses(self):
         """Return ``{peer_id: (ip, port) or None}``: where each peer is sent to now."""
