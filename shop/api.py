@@ -20,6 +20,7 @@ from txraft.http.node import RaftHTTP
 from txraft.http.requests import idempotency_key, query_arg
 from txraft.http.responses import dumps, json_response, render_result
 from txraft.http.routing import Route, RouteTable
+from txraft.http.membership import membership_routes
 from txraft.http.status import status_routes
 
 from shop import schema
@@ -90,7 +91,10 @@ class ShopAPI:
             ):
                 routes.append(Route(method, path, self._bind(handler, prefix), endpoint))
         routes.append(Route("GET", "/openapi.json", self.openapi, "openapi"))
-        self.routes = RouteTable(routes + list(status_routes(http.node)), http.answer_error)
+        self.routes = RouteTable(
+            routes + list(status_routes(http.node)) + list(membership_routes(http)),
+            http.answer_error,
+        )
         self.app = self.routes.klein()
 
     @staticmethod

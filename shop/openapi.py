@@ -426,6 +426,57 @@ def spec() -> dict:
         "summary": "The cluster configuration in this node's log (served locally); on the "
                    "leader, each member's match index and lag.",
         "responses": {"200": _ok("Members.", "RaftMembers")}}}
+    change_errors = {
+        "307": _ref("responses", "Redirect"),
+        "403": _error("forbidden: no cluster secret on this node, or a missing or wrong "
+                      "'Authorization: Bearer <secret>'."),
+        "404": _error("unknown_member."),
+        "409": _error("change_in_progress, not_caught_up, duplicate_member, "
+                      "duplicate_address, already_voter or config_changed."),
+        "422": _error("last_voter, malformed_address or invalid_change."),
+        "503": _error("leader_not_ready, or no leader known; nothing was done: retry.",
+                      "Retry-After"),
+        "504": _ref("responses", "CommitTimeout"),
+    }
+    add_errors = dict(change_errors, **{
+        "400": _ref("responses", "BadRequest"),
+        "413": _ref("responses", "TooLarge"),
+        "415": _ref("responses", "UnsupportedMediaType"),
+    })
+    del add_errors["404"]
+    expect = {"name": "expect_config_index", "in": "query", "required": False,
+              "schema": {"type": "integer", "minimum": 0},
+              "description": "Refuse (409 config_changed) unless the configuration is "
+                             "still the one at this index."}
+    member_id = {"name": "member_id", "in": "path", "required": True,
+                 "schema": {"type": "string"}}
+    committed = {"description": "The change committed.", "content": {"application/json": {
+        "schema": {"type": "object", "required": ["config_index"],
+                   "properties": {"config_index": {"type": "integer"}}}}}}
+    secured = [{"clusterSecret": []}]
+    paths["/raft/members"]["post"] = {
+        "operationId": "raft_members_add",
+        "summary": "Add a learner (needs the cluster secret; forwarded to the leader).",
+        "security": secured,
+        "parameters": [expect],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["id", "address"],
+            "properties": {"id": {"type": "string", "maxLength": 16},
+                           "address": {"type": "string",
+                                       "description": "Raft host:port (UDP)."},
+                           "http_url": {"type": "string"},
+                           "expect_config_index": {"type": "integer", "minimum": 0}}}}}},
+        "responses": dict({"200": committed}, **add_errors)}
+    paths["/raft/members/{member_id}/promote"] = {"post": {
+        "operationId": "raft_members_promote",
+        "summary": "Promote a caught-up learner to voter (needs the cluster secret).",
+        "security": secured, "parameters": [member_id, expect],
+        "responses": dict({"200": committed}, **change_errors)}}
+    paths["/raft/members/{member_id}"] = {"delete": {
+        "operationId": "raft_members_remove",
+        "summary": "Remove a voter or a learner (needs the cluster secret).",
+        "security": secured, "parameters": [member_id, expect],
+        "responses": dict({"200": committed}, **change_errors)}}
     paths["/metrics"] = {"get": {
         "operationId": "raft_metrics",
         "summary": "This node's status in the Prometheus text format 0.0.4 (served locally).",
@@ -455,5 +506,8 @@ def spec() -> dict:
         },
         "paths": paths,
         "components": {"schemas": SCHEMAS, "responses": RESPONSES, "parameters": PARAMETERS,
-                       "headers": HEADERS},
+                       "headers": HEADERS,
+                       "securitySchemes": {"clusterSecret": {
+                           "type": "http", "scheme": "bearer",
+                           "description": "The cluster secret (--secret-file)."}}},
     }

@@ -17,7 +17,15 @@ from typing import List, Optional
 from twisted.internet import defer
 from zope.interface import implementer
 
-from txraft.errors import CommitTimeout, NotLeader, ProposalDropped, ReadTimeout
+from txraft.core.config import ConfigChangeError, Configuration
+from txraft.core.config import Member as ConfigMember
+from txraft.errors import (
+    CommitTimeout,
+    MembershipRefused,
+    NotLeader,
+    ProposalDropped,
+    ReadTimeout,
+)
 from txraft.interfaces import IRaftNode
 from txraft.core.messages import ENTRY_NOOP, Entry
 
@@ -48,6 +56,10 @@ class FakeRaftNode:
         #: Every entry this node applied, in order (what a follower would replicate).
         self.log: List[Entry] = []
         self.ready = True
+        #: What membership changes over HTTP must present (``txraft.http.membership``).
+        self.secret: Optional[bytes] = b"cluster-secret"
+        self.configuration = Configuration.of_voters(["n1", "n2"])
+        self.config_index = 0
 
     # -- switches ---------------------------------------------------------------------
 
@@ -94,6 +106,24 @@ class FakeRaftNode:
 
     def _not_leader(self):
         return defer.fail(NotLeader(self.leader_id, self.leader_url, self.leader_public_url))
+
+    def change(self, op, member_id, address="", http_url="", expect_config_index=None):
+        """A membership change judged as the core judges it (``Configuration.changed``),
+        committed at once on a leader."""
+        self.calls["change"] += 1
+        if self.role != "leader":
+            return self._not_leader()
+        if expect_config_index is not None and expect_config_index != self.config_index:
+            return defer.fail(MembershipRefused("config_changed", "the configuration moved"))
+        try:
+            self.configuration = self.configuration.changed(
+                op, ConfigMember(member_id, address=address, http_url=http_url))
+        except ConfigChangeError as e:
+            return defer.fail(MembershipRefused(e.code, e.message))
+        if self.commit_timeout:
+            return defer.fail(CommitTimeout())
+        self.config_index = self.state_machine.applied_index() + 1
+        return defer.succeed(self.config_index)
 
     def propose(self, data: bytes):
         self.calls["propose"] += 1

@@ -65,6 +65,19 @@ class ReadTimeout(RaftError):
     """A linearizable read could not be confirmed in time (no effect)."""
 
 
+class MembershipRefused(RaftError):
+    """The leader will not make this configuration change now; nothing was appended.
+
+    ``code`` is the core's (``txraft.core.raft.ChangeRefused``): ``unknown_member``,
+    ``change_in_progress``, ``not_caught_up``, ``last_voter``, ``duplicate_member``, ...
+    """
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
 class StorageCorrupted(RaftError):
     """Durable state is damaged somewhere other than a torn tail; the node must stop."""
 

@@ -6,6 +6,7 @@ cleanup, whatever happened.  Waits are bounded; a failure prints the nodes' logs
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -25,6 +26,18 @@ def twistd(*args, cwd=None, timeout=30):
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"] + list(args),
         cwd=cwd or REPO_ROOT, env=env, capture_output=True, timeout=timeout, text=True,
     )
+
+
+def wipe(data_dir):
+    """Empty a node's data directory as a recreated volume would (its log file stays,
+    for the test's failure report)."""
+    for name in os.listdir(data_dir):
+        if name != "node.log":
+            path = os.path.join(data_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
 
 
 class ClusterTestMixin:
@@ -151,7 +164,8 @@ class SnapshotProcessTests(ClusterTestMixin, SynchronousTestCase):
         """A follower killed, its data directory emptied and started again with the same
         command (a recreated Docker volume) must not claim to be ready: /ready stays
         503 saying it is behind the leader, and the leader reports that the follower
-        lost its log instead of probing it silently (status lost_log, metrics)."""
+        lost its log instead of probing it silently (status lost_log, metrics).  Then
+        it is replaced: removed, started empty, added back, caught up, promoted."""
         cluster = self.make_cluster(3)
         cluster.start_all()
         leader = cluster.wait_for_leader(15)
@@ -165,13 +179,7 @@ class SnapshotProcessTests(ClusterTestMixin, SynchronousTestCase):
         follower, other = [n for n in cluster.nodes if n != leader]
         cluster.kill(follower)
         data_dir = cluster.nodes[follower].data_dir
-        for name in os.listdir(data_dir):
-            if name != "node.log":
-                path = os.path.join(data_dir, name)
-                if os.path.isdir(path):
-                    shutil.rmtree(path)
-                else:
-                    os.remove(path)
+        wipe(data_dir)
         cluster.start(follower)
         url = cluster.url(follower)
         started = time.monotonic()
@@ -205,6 +213,96 @@ class SnapshotProcessTests(ClusterTestMixin, SynchronousTestCase):
         self.assertTrue(by_id[follower]["lost_log"])
         self.assertEqual(by_id[follower]["address"], "127.0.0.1:%d" % cluster.nodes[follower].port)
         self.assertEqual(by_id[other]["lag"], 0)
+        # docs/operations.md's replacement: stop it, remove it, start it on its empty
+        # directory, add it back; it is sent a snapshot or the log as a learner and
+        # promoted once caught up, with the data.
+        cluster.kill(follower)
+        auth = {"Authorization": "Bearer %s" % cluster.secret}
+        removed = http("DELETE", cluster.url(leader) + "/raft/members/" + follower,
+                       headers=auth, timeout=10)
+        self.assertEqual(removed.status, 200, removed)
+        wipe(data_dir)
+        cluster.start(follower)
+        added = http("POST", cluster.url(leader) + "/raft/members",
+                     json.dumps({"id": follower, "http_url": url, "address": "127.0.0.1:%d"
+                                 % cluster.nodes[follower].port}).encode(),
+                     dict(auth, **{"Content-Type": "application/json"}), timeout=10)
+        self.assertEqual(added.status, 200, added)
+        deadline = time.monotonic() + 20
+        while http("GET", url + "/ready").status != 200:
+            if time.monotonic() > deadline:
+                self.fail_with_logs("the replaced follower never became ready")
+            time.sleep(0.2)
+        self.assertEqual(self.stale_get(follower, "k3").body, b"v3")
+        while {m["id"]: m["role"] for m in http(
+                "GET", cluster.url(leader) + "/raft/members").json()["members"]}.get(
+                    follower) != "voter":
+            if time.monotonic() > deadline:
+                self.fail_with_logs("the replaced follower was never promoted")
+            time.sleep(0.2)
+
+
+class MembershipProcessTests(ClusterTestMixin, SynchronousTestCase):
+    def change(self, method, node_id, path, body=None, token=None):
+        headers = {"Content-Type": "application/json"}
+        if token is not False:
+            headers["Authorization"] = "Bearer %s" % (token or self.cluster.secret,)
+        data = json.dumps(body).encode() if body is not None else None
+        return http(method, self.cluster.url(node_id) + path, data, headers, timeout=10)
+
+    def members(self, node_id):
+        return http("GET", self.cluster.url(node_id) + "/raft/members").json()
+
+    def test_remove_a_member_and_add_it_back(self):
+        """Dissertation chapter 4 with real processes: DELETE /raft/members/{id} sent to
+        a follower is forwarded to the leader and commits; the cluster goes on with two
+        voters (writes commit); the removed node, still running with its data, is
+        added back as a learner (POST /raft/members), catches up and is promoted
+        automatically.  Without the secret, or with a wrong one, nothing changes."""
+        cluster = self.make_cluster(3)
+        cluster.start_all()
+        leader = cluster.wait_for_leader(15)
+        follower, victim = [n for n in cluster.nodes if n != leader]
+        self.assertEqual(self.members(leader)["config_index"], 0)
+        for token in (False, "wrong"):
+            refused = self.change("DELETE", leader, "/raft/members/" + victim, token=token)
+            self.assertEqual((refused.status, refused.json()["error"]["code"]),
+                             (403, "forbidden"))
+        unknown = self.change("DELETE", leader, "/raft/members/nobody")
+        self.assertEqual((unknown.status, unknown.json()["error"]["code"]),
+                         (404, "unknown_member"))
+        removed = self.change("DELETE", follower, "/raft/members/" + victim)
+        if removed.status != 200:
+            self.fail_with_logs("remove failed: %r" % (removed,))
+        config_index = removed.json()["config_index"]
+        doc = self.members(leader)
+        self.assertEqual(doc["config_index"], config_index)
+        self.assertEqual(sorted(m["id"] for m in doc["members"]), sorted([leader, follower]))
+        result = self.put(leader, "after", b"removed")
+        self.assertEqual(result.status, 204)  # two voters commit it
+        stale = self.change("POST", leader, "/raft/members",
+                            {"id": victim, "address": "127.0.0.1:%d"
+                             % cluster.nodes[victim].port, "expect_config_index": 0})
+        self.assertEqual((stale.status, stale.json()["error"]["code"]),
+                         (409, "config_changed"))
+        added = self.change("POST", leader, "/raft/members",
+                            {"id": victim, "address": "127.0.0.1:%d"
+                             % cluster.nodes[victim].port,
+                             "http_url": cluster.url(victim),
+                             "expect_config_index": config_index})
+        if added.status != 200:
+            self.fail_with_logs("add failed: %r" % (added,))
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            roles = {m["id"]: m["role"] for m in self.members(leader)["members"]}
+            if roles.get(victim) == "voter":
+                break
+            time.sleep(0.2)
+        else:
+            self.fail_with_logs("%s was not promoted: %r" % (victim, self.members(leader)))
+        top = int(self.put(leader, "back", b"again").headers["X-Raft-Index"])
+        cluster.wait_for_applied(top, list(cluster.nodes))
+        self.assertEqual(self.stale_get(victim, "after").body, b"removed")
 
 
 class FiveNodeTests(ClusterTestMixin, SynchronousTestCase):

@@ -9,6 +9,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from shop.api import ShopAPI
 from shop.openapi import spec
+from txraft.core.config import Configuration
+from txraft.core.config import Member as ConfigMember
 from txraft.http.node import RaftHTTP
 
 from tests.unit.test_shop_api import ANN, MUG, ShopCluster
@@ -41,7 +43,13 @@ CONFLICT = {
 # A cluster serves requests until one succeeds (and may have changed the state).
 GENERATORS = ("redirect", "malformed", "not_found", "precondition", "too_large", "media",
               "invalid", "conflict", "no_leader", "commit_timeout", "read_timeout", "not_ready",
-              "ok")
+              "unauthorized", "ok")
+# Membership changes: (valid body, member id) per operation, and what "conflict" and
+# "invalid" change for them.
+MEMBERS = {
+    ("/raft/members", "post"): {"id": "n4", "address": "10.0.0.4:5001"},
+}
+MEMBER_CONFLICT = {("/raft/members", "post"): {"id": "n2", "address": "10.0.0.9:5001"}}
 
 
 def operations():
@@ -88,8 +96,40 @@ class OpenAPITests(SynchronousTestCase):
         node = "n1"
         query = ""
         headers = {"Content-Type": ["application/json"]}
+        membership = path.startswith("/raft/members") and method != "get"
+        if membership:
+            # A learner n3 to promote, voters n1 and n2 (n2 can go, n1 is the leader).
+            for n in cluster.nodes.values():
+                n.configuration = Configuration((ConfigMember("n1"), ConfigMember("n2"),
+                                                 ConfigMember("n3", "learner")))
+                n.config_index = 0
+            headers["Authorization"] = [b"Bearer cluster-secret"]
+            body = MEMBERS.get((path, method))
+            ident = "n3" if path.endswith("promote") else "n2"
         data = None if body is None else json.dumps(body).encode()
-        if generator == "redirect":
+        if membership and generator == "unauthorized":
+            headers["Authorization"] = [b"Bearer wrong"]
+        elif membership and generator == "not_found":
+            ident = "n999"
+            if body is not None:  # adding an unknown id is what adding is for: no 404
+                data = json.dumps(dict(body, address="nowhere")).encode()
+        elif membership and generator == "conflict":
+            if (path, method) in MEMBER_CONFLICT:
+                data = json.dumps(MEMBER_CONFLICT[(path, method)]).encode()
+            elif path.endswith("promote"):
+                ident = "n1"  # already a voter
+            else:
+                query = "?expect_config_index=7"
+        elif membership and generator == "invalid":
+            if body is not None:
+                data = b'{"zzz": 1}'
+            else:
+                ident = "n1"
+                for n in cluster.nodes.values():
+                    n.configuration = Configuration.of_voters(["n1"])  # the last voter
+                if path.endswith("promote"):
+                    query = "?expect_config_index=-1"
+        elif generator == "redirect":
             node, query = "n2", "?redirect=true"
         elif generator == "malformed":
             data = b"{"
@@ -121,7 +161,7 @@ class OpenAPITests(SynchronousTestCase):
             leader.read_timeout = True
         elif generator == "not_ready":
             leader.ready = False
-        url = path.replace("{id}", ident) + query
+        url = path.replace("{id}", ident).replace("{member_id}", ident) + query
         kwargs = {"headers": headers}
         if data is not None:
             kwargs["data"] = data
@@ -138,6 +178,8 @@ class OpenAPITests(SynchronousTestCase):
                 routes.add((path, method.lower()))
         described = {(path, method) for path, method, _ in operations()}
         self.assertEqual(routes, described)
+
+    maxDiff = None
 
     def test_documented_statuses_are_exactly_those_produced(self):
         """For every operation, the statuses a battery of requests (valid, redirected,

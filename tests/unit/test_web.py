@@ -4,6 +4,7 @@ driven through the kv application and StubTreq."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 
 import attrs
@@ -487,3 +488,56 @@ class MembersDocumentTests(SynchronousTestCase):
         self.assertFalse(doc["from_leader"])
         self.assertEqual([sorted(m) for m in doc["members"]],
                          [["address", "http_url", "id", "role"]] * 2)
+
+
+class MembershipRouteTests(SynchronousTestCase):
+    """POST/DELETE /raft/members: the cluster secret, and well-formed input, first."""
+
+    def setUp(self):
+        self.cluster = Cluster(self)
+        self.auth = {"Authorization": [b"Bearer cluster-secret"],
+                     "Content-Type": [b"application/json"]}
+
+    def add(self, http, body, headers=None):
+        return request(self, http, "POST", "http://n1/raft/members",
+                       data=json.dumps(body).encode(), headers=headers or self.auth)
+
+    def test_a_node_without_a_secret_refuses_every_change(self):
+        self.cluster.leader.secret = None
+        answer = self.add(self.cluster.leader_http, {"id": "n3", "address": "h:1"})
+        self.assertEqual((answer.code, answer.error_code), (403, "forbidden"))
+        self.assertIn("--secret-file", answer.json()["error"]["message"])
+        self.assertEqual(self.cluster.leader.calls["change"], 0)
+
+    def test_the_secret_is_checked_before_anything_else(self):
+        for value in (b"Bearer nope", b"Basic cluster-secret", b"cluster-secret", b""):
+            headers = dict(self.auth, Authorization=[value])
+            answer = self.add(self.cluster.leader_http, {"id": "n3", "address": "h:1"}, headers)
+            self.assertEqual((answer.code, answer.error_code), (403, "forbidden"), value)
+        answer = request(self, self.cluster.leader_http, "DELETE", "http://n1/raft/members/n2")
+        self.assertEqual(answer.code, 403)
+        self.assertEqual(self.cluster.leader.calls["change"], 0)
+
+    def test_malformed_members_are_refused_with_the_field(self):
+        for body, code, field in [
+            ({"id": "n3", "address": "nowhere"}, "malformed_address", "address"),
+            ({"id": "n3", "address": "h:99999"}, "malformed_address", "address"),
+            ({"id": "n3"}, "malformed_address", "address"),
+            ({"id": "", "address": "h:1"}, "invalid_change", "id"),
+            ({"id": "a/b", "address": "h:1"}, "invalid_change", "id"),
+            ({"id": "x" * 17, "address": "h:1"}, "invalid_change", "id"),
+            ({"id": "n3", "address": "h:1", "http_url": "ftp://x"}, "invalid_change", "http_url"),
+            ({"id": "n3", "address": "h:1", "expect_config_index": True}, "invalid_change",
+             "expect_config_index"),
+        ]:
+            answer = self.add(self.cluster.leader_http, body)
+            self.assertEqual((answer.code, answer.error_code), (422, code), body)
+            self.assertEqual(answer.json()["error"].get("field"), field, body)
+        self.assertEqual(self.cluster.leader.calls["change"], 0)
+
+    def test_a_follower_forwards_the_change_with_its_authorization(self):
+        answer = self.add(self.cluster.follower_http, {"id": "n3", "address": "h:1"})
+        self.assertEqual((answer.code, answer.json()), (200, {"config_index": 1}))
+        [(method, url, kwargs)] = self.cluster.to_leader.requests
+        self.assertEqual(kwargs["headers"][b"authorization"], [b"Bearer cluster-secret"])
+        self.assertEqual(self.cluster.leader.configuration.learners, ("n3",))

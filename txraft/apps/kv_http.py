@@ -24,6 +24,7 @@ from txraft.http.node import RaftHTTP
 from txraft.http.requests import idempotency_key
 from txraft.http.responses import json_response, render_result
 from txraft.http.routing import Route, RouteTable
+from txraft.http.membership import membership_routes
 from txraft.http.status import status_routes
 
 MAX_KEY_BYTES = 1024
@@ -40,7 +41,7 @@ class KVAPI:
                 Route("GET", "/kv/<path:key>", self.get, "kv_get", fast=True),
                 Route("PUT", "/kv/<path:key>", self.put, "kv_put", fast=True),
                 Route("DELETE", "/kv/<path:key>", self.delete, "kv_delete", fast=True),
-            ) + status_routes(http.node),
+            ) + status_routes(http.node) + membership_routes(http),
             http.answer_error,
         )
 

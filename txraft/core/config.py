@@ -40,10 +40,28 @@ PROMOTE = "promote"
 REMOVE = "remove"
 CHANGE_OPS = (ADD_LEARNER, PROMOTE, REMOVE)
 
+#: The longest id (UTF-8 bytes) a member added by a change may have: the datagram
+#: budget every node sets at start leaves room for this much (``txraft.runtime.transport``).
+MAX_MEMBER_ID_BYTES = 16
+
 _FORMAT = 1
 #: Bounds a decoded configuration must respect (they are also what a datagram can carry).
 MAX_MEMBERS = 64
 MAX_FIELD_BYTES = 512
+
+
+def parse_address(text: str) -> Optional[Tuple[str, int]]:
+    """A member's Raft ``host:port`` (or ``[v6]:port``) as ``(host, port)``; None when
+    empty or malformed."""
+    if not isinstance(text, str):
+        return None
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
 
 
 class ConfigChangeError(ValueError):

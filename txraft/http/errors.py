@@ -16,7 +16,14 @@ from __future__ import annotations
 from typing import Iterable, Optional, Tuple
 
 from txraft.results import Refusal
-from txraft.errors import CommitTimeout, Overloaded, ProposalDropped, RaftError, ReadTimeout
+from txraft.errors import (
+    CommitTimeout,
+    MembershipRefused,
+    Overloaded,
+    ProposalDropped,
+    RaftError,
+    ReadTimeout,
+)
 from txraft.http.responses import json_response
 
 RETRY_SHORTLY = ((b"Retry-After", b"1"),)
@@ -76,6 +83,21 @@ def internal_error() -> HTTPError:
     return HTTPError(500, "internal_error", "internal error; see the node's log")
 
 
+#: HTTP status of each refusal of a membership change (``MembershipRefused.code``).
+MEMBERSHIP_STATUS = {
+    "unknown_member": 404,
+    "change_in_progress": 409,
+    "not_caught_up": 409,
+    "duplicate_member": 409,
+    "duplicate_address": 409,
+    "already_voter": 409,
+    "config_changed": 409,
+    "last_voter": 422,
+    "invalid_change": 422,
+    "leader_not_ready": 503,
+}
+
+
 def raft_error(error: RaftError) -> HTTPError:
     """The answer to a ``RaftError`` other than ``NotLeader``."""
     if isinstance(error, (CommitTimeout, ProposalDropped)):
@@ -84,6 +106,10 @@ def raft_error(error: RaftError) -> HTTPError:
         return HTTPError(503, "read_timeout",
                          "the leader could not confirm its leadership in time; retry shortly",
                          headers=RETRY_SHORTLY)
+    if isinstance(error, MembershipRefused):
+        status = MEMBERSHIP_STATUS.get(error.code, 409)
+        return HTTPError(status, error.code, error.message,
+                         headers=RETRY_SHORTLY if status == 503 else ())
     if isinstance(error, Overloaded):
         return HTTPError(503, "overloaded", "this node has too much waiting work; retry "
                          "shortly", headers=RETRY_SHORTLY)

@@ -27,6 +27,7 @@ FORWARDED_BY = b"X-Raft-Forwarded-By"
 
 #: Request headers a forwarded request carries to the leader (besides the marker).
 FORWARDED_REQUEST_HEADERS = (
+    b"authorization",  # membership changes carry the cluster secret to the leader
     b"content-type",
     b"accept",
     b"idempotency-key",

@@ -371,6 +371,7 @@ class RaftNodeService(service.MultiService):
         )
         receivers.append(node.receive)
         node.transport = transport
+        node.secret = opts["secret"]  # membership changes over HTTP need it (Bearer)
         self.node = node
         self.udp_port = transport.listen(opts["port"], opts["bind"])
         http_client = _ForwardingClient(reactor, _QuietPool)

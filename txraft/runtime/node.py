@@ -29,11 +29,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txraft.core import LEADER, Accepted, CoreConfig, RaftCore, SnapshotImage
-from txraft.core.config import VOTER, Configuration
+from txraft.core import LEADER, Accepted, ChangeRefused, CoreConfig, RaftCore, SnapshotImage
+from txraft.core.config import VOTER, Configuration, parse_address
 from txraft.core.config import Member as ConfigMember
 from txraft.core.messages import ENTRY_CONFIG, ENTRY_NOOP, InstallSnapshot, SnapshotMeta
-from txraft.errors import CommitTimeout, NotLeader, Overloaded, ProposalDropped, ReadTimeout
+from txraft.errors import (
+    CommitTimeout,
+    ConfigError,
+    MembershipRefused,
+    NotLeader,
+    Overloaded,
+    ProposalDropped,
+    ReadTimeout,
+)
 from txraft.interfaces import ILogStorage, IRaftNode, IStateMachine
 from txraft.runtime.executor import Executor
 from txraft.runtime.snapshot import SnapshotStore
@@ -65,17 +73,6 @@ class Member:
         return (self.advertise_url or self.http_url).rstrip("/")
 
 
-def parse_address(text: str) -> Optional[Tuple[str, int]]:
-    """``host:port`` or ``[v6]:port`` as ``(host, port)``; None when empty or malformed."""
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-    else:
-        host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        return None
-    return host, int(port)
-
-
 def founding_configuration(members: Dict[str, Member]) -> Configuration:
     """The configuration ``--members`` names: every member a voter, with its Raft
     address (host:port) and the URL clients reach its HTTP API at."""
@@ -101,6 +98,9 @@ class Timing:
     snapshot_trailing_entries: int = 1000
     #: Proposals (and, separately, reads) waiting at once before new ones are refused.
     max_pending: int = 20000
+    #: The leader promotes a learner that has stayed caught up this long (0: never;
+    #: promote explicitly).
+    auto_promote_seconds: float = 2.0
 
     def core_ticks(self) -> Tuple[int, int]:
         election = max(2, round(self.election_timeout_seconds / self.tick_seconds))
@@ -148,14 +148,20 @@ class RaftNode(Service):
         self.reactor = reactor
         self.timing = timing
         election, heartbeat = timing.core_ticks()
+        promote = round(timing.auto_promote_seconds / timing.tick_seconds)
         if core_config is None:
-            core_config = CoreConfig(election_ticks=election, heartbeat_ticks=heartbeat)
+            core_config = CoreConfig(election_ticks=election, heartbeat_ticks=heartbeat,
+                                     auto_promote_ticks=promote)
         else:
             core_config = attrs.evolve(
-                core_config, election_ticks=election, heartbeat_ticks=heartbeat
+                core_config, election_ticks=election, heartbeat_ticks=heartbeat,
+                auto_promote_ticks=promote,
             )
         self._on_fatal = on_fatal
         self._dead: Optional[Failure] = None
+        #: The cluster secret (bytes), which membership changes over HTTP must present;
+        #: None: such changes are refused (``txraft.http.membership``).
+        self.secret: Optional[bytes] = None
 
         self.snapshots = snapshots
         # Runs a function in a worker thread, returning a Deferred (the composition root
@@ -337,6 +343,38 @@ class RaftNode(Service):
         self._schedule()
         return d
 
+    def change(
+        self,
+        op: str,
+        member_id: str,
+        address: str = "",
+        http_url: str = "",
+        expect_config_index: Optional[int] = None,
+    ) -> Deferred:
+        """Propose one single-server change (``txraft.core.config``: ``add_learner``,
+        ``promote``, ``remove``); fires with the index of its entry once that commits.
+        Fails with ``NotLeader`` (forward it), ``MembershipRefused`` (nothing appended)
+        or, as any proposal, ``CommitTimeout``/``ProposalDropped`` (outcome unknown)."""
+        if self._dead is not None:
+            return _failed(FatalNodeError("node stopped after a fatal error"))
+        if not self.running:
+            return _failed(ProposalDropped("the node is stopping"))
+        member = ConfigMember(member_id, address=address, http_url=http_url)
+        outcome = self.core.propose_change(op, member, expect_config_index)
+        if isinstance(outcome, ChangeRefused):
+            return _failed(MembershipRefused(outcome.code, outcome.message))
+        if not isinstance(outcome, Accepted):
+            return _failed(self._not_leader(outcome.leader_id))
+        self.log.info("{node}: proposed {op} {member} at index {index}", node=self.node_id,
+                      op=op, member=member_id, index=outcome.index)
+        d: Deferred = Deferred()
+        timeout = self.reactor.callLater(
+            self.timing.proposal_timeout_seconds, self._proposal_timed_out, outcome.index
+        )
+        self._proposals[outcome.index] = (outcome.term, d, timeout)
+        self._schedule()
+        return d.addCallback(lambda index_and_result: index_and_result[0])
+
     def read_barrier(self) -> Deferred:
         if self._dead is not None:
             return _failed(FatalNodeError("node stopped after a fatal error"))
@@ -432,7 +470,13 @@ class RaftNode(Service):
                                             advertise_url=m.http_url or None)
         set_peers = getattr(self.transport, "set_peers", None)
         if set_peers is not None:
-            set_peers(peers)
+            try:
+                set_peers(peers)
+            except ConfigError as e:
+                # A member this node cannot address (an id longer than its datagram
+                # budget): the rest of the cluster still works; say what to fix.
+                self.log.error("{node}: cannot talk to the configuration's members: "
+                               "{error}", node=self.node_id, error=e)
         self.log.info("{node}: configuration at index {index}: voters {voters}, "
                       "learners {learners}", node=self.node_id, index=self._config_index,
                       voters=",".join(conf.voters), learners=",".join(conf.learners) or "none")

@@ -70,6 +70,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from txraft.core.config import MAX_MEMBER_ID_BYTES
 from txraft.runtime.codec import MAX_ID_CHARS, CodecError, decode_message, encode_message
 from txraft.errors import ConfigError
 from txraft.interfaces import ITransport
@@ -195,7 +196,7 @@ class _Partial:
 
 #: Bytes of peer id the datagram budget always leaves room for, so that members added
 #: later (membership changes) with ids up to this long fit the budget set at start.
-PEER_ID_RESERVE = 16
+PEER_ID_RESERVE = MAX_MEMBER_ID_BYTES
 
 
 class _Peer:

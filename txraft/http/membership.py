@@ -1,0 +1,119 @@
+"""Membership changes over HTTP: ``POST /raft/members`` (add a learner),
+``POST /raft/members/{id}/promote`` and ``DELETE /raft/members/{id}``.
+
+Every node serves them; a follower forwards them to the leader like a write.  Each needs
+``Authorization: Bearer <the cluster secret>`` (compared in constant time): a node
+started without a secret refuses them all with 403, since anyone who can reach its HTTP
+port could otherwise reshape the cluster.  An optional ``expect_config_index`` (query
+parameter or JSON field) makes the change conditional on the configuration still being
+the one at that index (409 ``config_changed`` otherwise).
+
+The answer, once the change has committed, is 200 ``{"config_index": N}``; refusals are
+JSON errors with the configuration unchanged: 404 unknown id; 409 another change in
+progress, a learner not caught up, a duplicate id or address, or a moved configuration;
+422 the last voter, or a malformed id or address; 503 (retry) while the leader has not
+committed an entry of its term yet.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Optional, Tuple
+
+from twisted.internet import defer
+
+from txraft.core.config import ADD_LEARNER, MAX_MEMBER_ID_BYTES, PROMOTE, REMOVE, parse_address
+from txraft.http.errors import HTTPError
+from txraft.http.responses import json_response
+from txraft.http.routing import Route
+
+
+def _authorize(node, request) -> None:
+    secret = getattr(node, "secret", None)
+    if not secret:
+        raise HTTPError(403, "forbidden",
+                        "this node has no cluster secret, so it accepts no membership "
+                        "changes; start every node with --secret-file")
+    header = request.getHeader(b"authorization") or b""
+    scheme, _, token = header.partition(b" ")
+    if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), secret):
+        raise HTTPError(403, "forbidden",
+                        "membership changes need 'Authorization: Bearer <the cluster secret>'")
+
+
+def _expect(request, body: Optional[dict]) -> Optional[int]:
+    raw = None
+    values = request.args.get(b"expect_config_index")
+    if values:
+        raw = values[-1].decode("ascii", "replace")
+    elif body is not None and "expect_config_index" in body:
+        raw = body["expect_config_index"]
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        value = -1
+    if isinstance(raw, bool) or value < 0:
+        raise HTTPError(422, "invalid_change", "expect_config_index must be a non-negative "
+                        "integer", field="expect_config_index")
+    return value
+
+
+def _member_id(value) -> str:
+    if not isinstance(value, str) or not value or len(value.encode("utf-8")) > (
+        MAX_MEMBER_ID_BYTES
+    ) or any(c in value for c in "/,= \t\r\n"):
+        raise HTTPError(422, "invalid_change",
+                        "id must be 1 to %d bytes without '/', ',', '=' or spaces"
+                        % MAX_MEMBER_ID_BYTES, field="id")
+    return value
+
+
+def membership_routes(http) -> Tuple[Route, ...]:
+    """The change routes for ``http`` (a ``RaftHTTP``), for an application's table."""
+    node = http.node
+
+    def answered(index, request):
+        return json_response(request, 200, {"config_index": index})
+
+    def change(request, op, member_id, address="", http_url="", body=None):
+        expect = _expect(request, body)
+        d = defer.maybeDeferred(node.change, op, member_id, address, http_url, expect)
+        d.addCallbacks(answered, http.raft_failure, callbackArgs=(request,),
+                       errbackArgs=(request,))
+        return d
+
+    def add(request):
+        _authorize(node, request)
+        body = http.json_body(request)
+        if not isinstance(body, dict):
+            raise HTTPError(422, "invalid_change", 'the body must be {"id", "address", '
+                            '"http_url"?}')
+        member_id = _member_id(body.get("id"))
+        address = body.get("address")
+        if not isinstance(address, str) or parse_address(address) is None:
+            raise HTTPError(422, "malformed_address",
+                            "address must be the member's Raft host:port (or [v6]:port)",
+                            field="address")
+        http_url = body.get("http_url", "")
+        if not isinstance(http_url, str) or (
+            http_url and not http_url.startswith(("http://", "https://"))
+        ):
+            raise HTTPError(422, "invalid_change", "http_url must be an http(s) URL",
+                            field="http_url")
+        return change(request, ADD_LEARNER, member_id, address, http_url.rstrip("/"), body)
+
+    def promote(request, member_id):
+        _authorize(node, request)
+        return change(request, PROMOTE, _member_id(member_id))
+
+    def remove(request, member_id):
+        _authorize(node, request)
+        return change(request, REMOVE, _member_id(member_id))
+
+    return (
+        Route("POST", "/raft/members", add, "raft_members_add"),
+        Route("POST", "/raft/members/<member_id>/promote", promote, "raft_members_promote"),
+        Route("DELETE", "/raft/members/<member_id>", remove, "raft_members_remove"),
+    )
