@@ -10,14 +10,21 @@
     shopctl orders create --customer-id C --item PRODUCT:QTY [--item ...]
     shopctl orders update ID --status paid|shipped|cancelled   (or --item ... to replace)
     shopctl orders list [--customer-id C] [--status S] | get ID | delete ID
+    shopctl members list
+    shopctl members add ID --address HOST:PORT [--http-url URL] [--expect-config-index N]
+    shopctl members promote ID | remove ID [--expect-config-index N]
+
+Membership changes need the cluster secret: ``--secret-file FILE`` or $TXRAFT_SECRET.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Callable, List, Optional, Sequence, TextIO
+from urllib.parse import quote
 
 from twisted.internet import defer
 
@@ -42,6 +49,9 @@ COLUMNS = {
     "orders": (("ID", "id"), ("CUSTOMER", "customer_id"), ("STATUS", "status"),
                ("TOTAL", "total_cents"), ("LINES", "items"), ("VERSION", "version")),
 }
+MEMBER_COLUMNS = (("ID", "id"), ("ROLE", "role"), ("ADDRESS", "address"),
+                  ("HTTP", "http_url"), ("MATCH", "match_index"), ("LAG", "lag"),
+                  ("STATE", "state"), ("LOST LOG", "lost_log"))
 STATUS_COLUMNS = (("NODE", "id"), ("ROLE", "role"), ("TERM", "term"), ("LEADER", "leader_id"),
                   ("COMMIT", "commit_index"), ("APPLIED", "applied_index"),
                   ("LAST LOG", "last_log_index"))
@@ -118,7 +128,58 @@ def parser() -> argparse.ArgumentParser:
                                     help="fields as a JSON object (flags win)")
             update.add_argument("--clear", action="append", default=[], metavar="FIELD",
                                 help="set an optional field to null")
+    members = commands.add_parser("members", help="the cluster's members: list, add, "
+                                  "promote, remove (docs/operations.md)")
+    member_actions = members.add_subparsers(dest="action", required=True, metavar="ACTION")
+    member_actions.add_parser("list")
+    add = member_actions.add_parser("add", help="add a learner (promoted once caught up)")
+    add.add_argument("id")
+    add.add_argument("--address", required=True, metavar="HOST:PORT",
+                     help="its Raft address (UDP)")
+    add.add_argument("--http-url", metavar="URL")
+    promote = member_actions.add_parser("promote", help="make a caught-up learner a voter")
+    promote.add_argument("id")
+    remove = member_actions.add_parser("remove", help="remove a voter or a learner")
+    remove.add_argument("id")
+    for action in (add, promote, remove):
+        action.add_argument("--expect-config-index", type=int, metavar="N",
+                            help="refuse unless the configuration is still the one at N")
+        action.add_argument("--secret-file", metavar="FILE",
+                            help="the cluster secret (default: $TXRAFT_SECRET)")
     return top
+
+
+def _secret(args) -> str:
+    if args.secret_file:
+        try:
+            with open(args.secret_file) as f:
+                secret = f.read().strip()
+        except OSError as e:
+            raise SystemExit("shopctl: cannot read --secret-file %s: %s"
+                             % (args.secret_file, e.strerror))
+    else:
+        secret = os.environ.get("TXRAFT_SECRET", "").strip()
+    if not secret:
+        raise SystemExit("shopctl: membership changes need the cluster secret: "
+                         "--secret-file FILE or TXRAFT_SECRET")
+    return secret
+
+
+async def _members(args, client: ShopClient) -> Any:
+    if args.action == "list":
+        return await client.members()
+    secret = _secret(args)
+    if args.action == "add":
+        body = {"id": args.id, "address": args.address}
+        if args.http_url:
+            body["http_url"] = args.http_url
+        return await client.change_members("POST", "/raft/members", secret, body,
+                                           args.expect_config_index)
+    path = "/raft/members/" + quote(args.id, safe="")
+    if args.action == "promote":
+        path += "/promote"
+    return await client.change_members("POST" if args.action == "promote" else "DELETE",
+                                       path, secret, None, args.expect_config_index)
 
 
 def _fields(args, resource: str) -> dict:
@@ -137,6 +198,8 @@ async def execute(args, client: ShopClient) -> Any:
     resource = args.resource
     if resource == "status":
         return await client.cluster_status()
+    if resource == "members":
+        return await _members(args, client)
     action = args.action
     if action == "list":
         params = {name: getattr(args, name) for name, _ in FILTERS[resource]}
@@ -200,6 +263,16 @@ def render(args, result: Any) -> str:
                 rows.append([url, "-", "unreachable"] + ["-"] * (len(STATUS_COLUMNS) - 2))
                 problems.append("%s: %s" % (url, getattr(status, "message", status)))
         return "\n".join([table(["URL"] + [h for h, _ in STATUS_COLUMNS], rows)] + problems)
+    if args.resource == "members":
+        if args.action != "list":
+            return "%s %s: configuration at index %d" % (args.action, args.id,
+                                                         result["config_index"])
+        rows = [[_cell(m.get(key)) for _, key in MEMBER_COLUMNS] for m in result["members"]]
+        return "\n".join([
+            table([h for h, _ in MEMBER_COLUMNS], rows),
+            "configuration at index %d, leader %s%s" % (
+                result["config_index"], result["leader_id"] or "unknown",
+                "" if result["from_leader"] else " (asked a follower: no progress)")])
     if args.action == "list":
         columns = COLUMNS[args.resource]
         rows = [[_cell(item.get(key)) for _, key in columns] for item in result["items"]]

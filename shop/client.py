@@ -330,6 +330,38 @@ class ShopClient:
         """``GET /raft/status`` of every configured node: ``(url, status dict or error)``."""
         return defer.ensureDeferred(self._cluster_status())
 
+    async def members(self) -> dict:
+        """``GET /raft/members`` from the leader when one of the nodes is (it adds each
+        member's progress), else from the first node that answers."""
+        first = None
+        for url in self.urls:
+            try:
+                response, content = await self._send("GET", url + "/raft/members",
+                                                     {"Accept": ["application/json"]}, None)
+            except Exception as e:
+                first = first or Unavailable(0, "unreachable", "%s: %s" % (url, e))
+                continue
+            body = _decode(content, response)
+            if response.code != 200:
+                first = first or error_for(response.code, body)
+                continue
+            if body.get("from_leader"):
+                return body
+            if not isinstance(first, dict):
+                first = body
+        if isinstance(first, dict):
+            return first
+        raise first or Unavailable(0, "unreachable", "no node answered")
+
+    async def change_members(self, method: str, path: str, secret: str, body: Any = None,
+                             expect_config_index: Optional[int] = None) -> dict:
+        """A membership change (``POST /raft/members``, ``.../{id}/promote``,
+        ``DELETE /raft/members/{id}``) with the cluster secret; the answer's body."""
+        params = {"expect_config_index": expect_config_index}
+        answer = await self._request(method, path, body, params,
+                                     {"Authorization": "Bearer " + secret}, None)
+        return answer.body
+
     async def _cluster_status(self):
         results = []
         for url in self.urls:

@@ -184,7 +184,9 @@ class FakeRaftNode:
         core = CoreStatus(id=self.node_id, role=self.role, term=self.term, voted_for=None,
                           leader_id=self.leader_id, commit_index=applied,
                           last_applied=applied, last_log_index=applied, last_log_term=self.term,
-                          snapshot_index=0, voters=(self.node_id,))
+                          snapshot_index=0, voters=self.configuration.voters,
+                          learners=self.configuration.learners,
+                          config_index=self.config_index, configuration=self.configuration)
         return NodeStatus(core=core, applied_index=applied, leader_http_url=self.leader_url)
 
     def status(self) -> dict:

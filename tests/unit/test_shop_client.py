@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from urllib.parse import urlsplit
 
@@ -183,6 +184,40 @@ class CLITests(ClientCase):
             lambda urls, **kw: self.make_client(urls, **kw), out, err))
         status = self.result(d)
         return status, out.getvalue(), err.getvalue()
+
+    def test_members(self):
+        """members list prints the configuration (from the leader, with progress);
+        add, promote and remove send the cluster secret and print the new index; a
+        change without a secret is one line (SystemExit); a refusal exits 1."""
+        status, out, _ = self.shopctl("members", "list")
+        self.assertEqual(status, 0)
+        lines = out.splitlines()
+        self.assertEqual(lines[0].split()[:3], ["ID", "ROLE", "ADDRESS"])
+        self.assertEqual([line.split()[:2] for line in lines[1:3]],
+                         [["n1", "voter"], ["n2", "voter"]])
+        self.assertEqual(lines[3], "configuration at index 0, leader n1")
+        secret = self.mktemp()
+        with open(secret, "w") as f:
+            f.write("cluster-secret\n")
+        status, out, _ = self.shopctl("members", "add", "n3", "--address", "10.0.0.3:5001",
+                                      "--secret-file", secret)
+        self.assertEqual((status, out), (0, "add n3: configuration at index 1\n"))
+        leader = self.cluster.nodes["n1"]
+        self.assertEqual(leader.configuration.learners, ("n3",))
+        status, out, _ = self.shopctl("members", "promote", "n3", "--secret-file", secret)
+        self.assertEqual(status, 0)
+        self.assertEqual(leader.configuration.voters, ("n1", "n2", "n3"))
+        status, out, err = self.shopctl("members", "remove", "zz", "--secret-file", secret)
+        self.assertEqual(status, 1)
+        self.assertIn("unknown_member", err)
+        self.patch(os, "environ", {})
+        d = defer.ensureDeferred(cli.run(["--cluster", "http://n1.test", "members", "remove",
+                                          "n3"], self.make_client, io.StringIO(),
+                                         io.StringIO()))
+        failure = self.failureResultOf(self.wait(d), SystemExit)
+        self.assertIn("need the cluster secret", str(failure.value))
+        status, out, err = self.shopctl("--json", "members", "list")
+        self.assertEqual(json.loads(out)["members"][2]["role"], "voter")
 
     def test_products(self):
         """products create/list/get/update/delete print tables and key: value lines."""
