@@ -303,6 +303,16 @@ class MembershipProcessTests(ClusterTestMixin, SynchronousTestCase):
         top = int(self.put(leader, "back", b"again").headers["X-Raft-Index"])
         cluster.wait_for_applied(top, list(cluster.nodes))
         self.assertEqual(self.stale_get(victim, "after").body, b"removed")
+        # txraft-cluster's `remove` and `add` go through LocalCluster the same way.
+        for change in (cluster.remove_member, cluster.add_member):
+            result = change(victim)
+            if result.status != 200:
+                self.fail_with_logs("%s: %r" % (change.__name__, result))
+            deadline = time.monotonic() + 10
+            while self.members(leader)["config_index"] < result.json()["config_index"]:
+                if time.monotonic() > deadline:
+                    self.fail_with_logs("the change did not commit")
+                time.sleep(0.1)
 
 
 class FiveNodeTests(ClusterTestMixin, SynchronousTestCase):

@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txraft.tools import clustercmd
 from txraft.tools.clustercmd import Console, Row, exit_text, render_table, shutdown
+from txraft.tools.localcluster import HTTPResult
 
 # -- a fake cluster for the console -------------------------------------------------------
 
@@ -73,6 +74,7 @@ class FakeCluster:
         self.nodes = {"n%d" % i: FakeNode("n%d" % i, 5000 + i) for i in range(1, size + 1)}
         self.calls: List[str] = []
         self.next_pid = 100
+        self.change_answer = HTTPResult(200, {}, b'{"config_index": 7}')
 
     def start(self, node_id: str) -> FakeNode:
         self.calls.append("start " + node_id)
@@ -96,6 +98,14 @@ class FakeCluster:
     def resume(self, node_id: str) -> None:
         self.calls.append("resume " + node_id)
         self.nodes[node_id].paused = False
+
+    def remove_member(self, node_id: str):
+        self.calls.append("remove " + node_id)
+        return self.change_answer
+
+    def add_member(self, node_id: str):
+        self.calls.append("add " + node_id)
+        return self.change_answer
 
     def elect(self, leader: str, term: int, commit: int = 1) -> None:
         for node_id, node in self.nodes.items():
@@ -203,6 +213,24 @@ class ConsoleTests(ConsoleTestMixin, SynchronousTestCase):
         console.execute("kill leader")
         self.assertEqual(self.cluster.calls[-1], "kill n3")
         self.assertIn("killed n3 (pid 103)", self.output())
+
+    def test_remove_and_add_members(self):
+        """`remove` and `add` change the configuration through the nodes' HTTP API; a
+        refusal is answered with its message and code, and `add` needs a running node."""
+        console = self.make_console()
+        self.output()
+        console.execute("remove 3")
+        self.assertEqual(self.cluster.calls[-1], "remove n3")
+        self.assertIn("removed n3: configuration at index 7", self.output())
+        console.execute("add n3")
+        self.assertIn("added n3: configuration at index 7", self.output())
+        self.cluster.change_answer = HTTPResult(
+            409, {}, b'{"error": {"code": "change_in_progress", "message": "wait"}}')
+        console.execute("remove n2")
+        self.assertIn("remove: wait (change_in_progress)", self.output())
+        self.cluster.kill("n1")
+        console.execute("add n1")
+        self.assertIn("add: n1 is not running", self.output())
 
     def test_restart_kills_then_starts_with_a_new_pid(self):
         """`restart` is kill -9 then start; the new pid is printed like at startup."""

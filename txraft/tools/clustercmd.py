@@ -42,11 +42,15 @@ Commands (<id> is n1, 2, node3... or 'leader' for the current leader):
   restart <id>   kill -9 and start again: recovery from its data directory
   pause <id>     SIGSTOP: the process freezes (like a long GC pause or a partition)
   resume <id>    SIGCONT
+  remove <id>    remove it from the cluster's configuration (it stops counting)
+  add <id>       add a removed member back as a learner (it must be running; the
+                 leader promotes it once it has caught up)
   status         print the table and every node's URL, pid and log now
   help           this text
   quit           stop every node and exit (so do Ctrl-C and end of a SIGTERM)"""
 
-COMMANDS = ("kill", "stop", "start", "restart", "pause", "resume", "status", "help", "quit")
+COMMANDS = ("kill", "stop", "start", "restart", "pause", "resume", "remove", "add", "status",
+            "help", "quit")
 
 
 @attrs.frozen
@@ -299,6 +303,25 @@ class Console:
         self._require_alive(node_id)
         self.cluster.pause(node_id)
         self.say("paused %s (pid %s)" % (node_id, self._pid(node_id)))
+
+    def _changed(self, verb: str, node_id: str, result: Any) -> None:
+        if result.status == 200:
+            self.say("%s %s: configuration at index %d"
+                     % (verb, node_id, result.json()["config_index"]))
+            return
+        try:
+            error = result.json()["error"]
+            why = "%s (%s)" % (error["message"], error["code"])
+        except (ValueError, KeyError, TypeError):
+            why = result.error or "HTTP %d" % (result.status,)
+        raise ValueError(why)
+
+    def do_remove(self, node_id: str) -> None:
+        self._changed("removed", node_id, self.cluster.remove_member(node_id))
+
+    def do_add(self, node_id: str) -> None:
+        self._require_alive(node_id)
+        self._changed("added", node_id, self.cluster.add_member(node_id))
 
     def do_resume(self, node_id: str) -> None:
         node = self.cluster.nodes[node_id]

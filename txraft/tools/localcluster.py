@@ -253,6 +253,25 @@ class LocalCluster:
             except Exception:
                 self.kill(node_id)
 
+    def change_member(self, method: str, path: str, body: Any = None) -> HTTPResult:
+        """A membership change (``txraft.http.membership``) sent, with the cluster
+        secret, to the first running node (a follower forwards it to the leader)."""
+        headers = {"Authorization": "Bearer " + self.secret, "Content-Type": "application/json"}
+        data = json.dumps(body).encode("utf-8") if body is not None else None
+        for node in self.nodes.values():
+            if node.alive() and not node.paused:
+                return http(method, node.url + path, data, headers, timeout=10.0)
+        raise RuntimeError("no node is running")
+
+    def remove_member(self, node_id: str) -> HTTPResult:
+        return self.change_member("DELETE", "/raft/members/" + node_id)
+
+    def add_member(self, node_id: str) -> HTTPResult:
+        """Add ``node_id`` (which must run, with its data directory) back as a learner."""
+        node = self.nodes[node_id]
+        return self.change_member("POST", "/raft/members", {
+            "id": node_id, "address": "127.0.0.1:%d" % node.port, "http_url": node.url})
+
     def statuses(self) -> Dict[str, Optional[Dict[str, Any]]]:
         return {node_id: node.status() for node_id, node in self.nodes.items()}
 
