@@ -423,9 +423,14 @@ def spec() -> dict:
         "responses": {"200": _ok("Status.", "RaftStatus")}}}
     paths["/raft/members"] = {"get": {
         "operationId": "raft_members",
-        "summary": "The cluster configuration in this node's log (served locally); on the "
-                   "leader, each member's match index and lag.",
-        "responses": {"200": _ok("Members.", "RaftMembers")}}}
+        "summary": "The cluster configuration: from the leader (forwarded, with each "
+                   "member's match index and lag), or this node's own with "
+                   "?consistency=stale.",
+        "parameters": [_ref("parameters", "Consistency"), _ref("parameters", "Redirect")],
+        "responses": {"200": _ok("Members.", "RaftMembers", "X-Raft-Applied-Index"),
+                      "307": _ref("responses", "Redirect"),
+                      "422": _ref("responses", "Invalid"),
+                      "503": _ref("responses", "Unavailable")}}}
     change_errors = {
         "307": _ref("responses", "Redirect"),
         "403": _error("forbidden: no cluster secret on this node, or a missing or wrong "

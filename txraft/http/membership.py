@@ -1,5 +1,11 @@
-"""Membership changes over HTTP: ``POST /raft/members`` (add a learner),
-``POST /raft/members/{id}/promote`` and ``DELETE /raft/members/{id}``.
+"""The cluster's members over HTTP: ``GET /raft/members``, and the changes ``POST
+/raft/members`` (add a learner), ``POST /raft/members/{id}/promote`` and ``DELETE
+/raft/members/{id}``.
+
+``GET /raft/members`` is a read like the application's: linearizable by default (a
+follower forwards it to the leader, or redirects with ``?redirect=true``, and the leader
+answers after confirming its leadership, with each member's progress), or this node's
+own view with ``?consistency=stale``.
 
 Every node serves them; a follower forwards them to the leader like a write.  Each needs
 ``Authorization: Bearer <the cluster secret>`` (compared in constant time): a node
@@ -26,6 +32,7 @@ from txraft.core.config import ADD_LEARNER, MAX_MEMBER_ID_BYTES, PROMOTE, REMOVE
 from txraft.http.errors import HTTPError
 from txraft.http.responses import json_response
 from txraft.http.routing import Route
+from txraft.http.status import members_document
 
 
 def _authorize(node, request) -> None:
@@ -74,6 +81,10 @@ def membership_routes(http) -> Tuple[Route, ...]:
     """The change routes for ``http`` (a ``RaftHTTP``), for an application's table."""
     node = http.node
 
+    def members(request):
+        return http.read(
+            request, lambda: json_response(request, 200, members_document(node.status_view())))
+
     def answered(index, request):
         return json_response(request, 200, {"config_index": index})
 
@@ -113,6 +124,7 @@ def membership_routes(http) -> Tuple[Route, ...]:
         return change(request, REMOVE, _member_id(member_id))
 
     return (
+        Route("GET", "/raft/members", members, "raft_members"),
         Route("POST", "/raft/members", add, "raft_members_add"),
         Route("POST", "/raft/members/<member_id>/promote", promote, "raft_members_promote"),
         Route("DELETE", "/raft/members/<member_id>", remove, "raft_members_remove"),

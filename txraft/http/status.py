@@ -2,8 +2,8 @@
 (``IRaftNode.status()`` as JSON), ``GET /health`` (200 while the process runs),
 ``GET /ready`` (200 once a leader is known and this node has applied what the leader
 last said it had committed, else 503 with the reason),
-``GET /metrics`` (Prometheus, ``txraft.http.metrics``) and ``GET /raft/members`` (the
-configuration this node's log holds; on the leader, each member's progress).
+and ``GET /metrics`` (Prometheus, ``txraft.http.metrics``).  ``members_document`` is the
+body of ``GET /raft/members`` (``txraft.http.membership``).
 
 They are fast routes: polled by clients, load balancers, orchestrators and scrapers,
 answering them must not load Klein into an otherwise idle node.
@@ -34,9 +34,6 @@ def status_routes(node) -> Tuple[Route, ...]:
         return render_error(request, HTTPError(
             503, "not_ready", node.status_view().not_ready_reason(), headers=RETRY_SHORTLY))
 
-    def raft_members(request):
-        return json_response(request, 200, members_document(node.status_view()))
-
     def metrics(request):
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", PROMETHEUS_TYPE)
@@ -47,7 +44,6 @@ def status_routes(node) -> Tuple[Route, ...]:
         Route("GET", "/health", health, "raft_health", fast=True),
         Route("GET", "/ready", ready, "raft_ready", fast=True),
         Route("GET", "/metrics", metrics, "raft_metrics", fast=True),
-        Route("GET", "/raft/members", raft_members, "raft_members"),
     )
 
 
