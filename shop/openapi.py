@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Dict, Tuple
 
 from shop import schema
+from txraft.core.config import ADDRESS_PATTERN, MEMBER_ID_PATTERN
 from shop.state import (DEFAULT_IDEMPOTENCY_MAX_KEYS, DEFAULT_IDEMPOTENCY_RETENTION_MS)
 
 REF = "#/components/%s/%s"
@@ -195,6 +196,8 @@ SCHEMAS: Dict[str, Any] = {
 }
 
 HEADERS = {
+    "WWW-Authenticate": {"description": "Bearer: the cluster secret.",
+                         "schema": {"type": "string"}},
     "X-Raft-Index": {"description": "Log index at which the write (first) committed.",
                      "schema": {"type": "integer"}},
     "X-Raft-Applied-Index": {"description": "Applied index of the state this read reflects.",
@@ -433,8 +436,9 @@ def spec() -> dict:
                       "503": _ref("responses", "Unavailable")}}}
     change_errors = {
         "307": _ref("responses", "Redirect"),
-        "403": _error("forbidden: no cluster secret on this node, or a missing or wrong "
-                      "'Authorization: Bearer <secret>'."),
+        "401": _error("unauthorized: no 'Authorization: Bearer <the cluster secret>'.",
+                      "WWW-Authenticate"),
+        "403": _error("forbidden: not the cluster secret, or this node has none."),
         "404": _error("unknown_member."),
         "409": _error("change_in_progress, not_caught_up, duplicate_member, "
                       "duplicate_address, already_voter or config_changed."),
@@ -466,10 +470,10 @@ def spec() -> dict:
         "parameters": [expect],
         "requestBody": {"required": True, "content": {"application/json": {"schema": {
             "type": "object", "required": ["id", "address"],
-            "properties": {"id": {"type": "string", "maxLength": 16},
-                           "address": {"type": "string",
+            "properties": {"id": {"type": "string", "pattern": MEMBER_ID_PATTERN},
+                           "address": {"type": "string", "pattern": ADDRESS_PATTERN,
                                        "description": "Raft host:port (UDP)."},
-                           "http_url": {"type": "string"},
+                           "http_url": {"type": "string", "pattern": "^https?://"},
                            "expect_config_index": {"type": "integer", "minimum": 0}}}}}},
         "responses": dict({"200": committed}, **add_errors)}
     paths["/raft/members/{member_id}/promote"] = {"post": {

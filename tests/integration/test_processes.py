@@ -258,16 +258,16 @@ class MembershipProcessTests(ClusterTestMixin, SynchronousTestCase):
         a follower is forwarded to the leader and commits; the cluster goes on with two
         voters (writes commit); the removed node, still running with its data, is
         added back as a learner (POST /raft/members), catches up and is promoted
-        automatically.  Without the secret, or with a wrong one, nothing changes."""
+        automatically.  Without the secret (401), or with a wrong one (403), nothing
+        changes."""
         cluster = self.make_cluster(3)
         cluster.start_all()
         leader = cluster.wait_for_leader(15)
         follower, victim = [n for n in cluster.nodes if n != leader]
         self.assertEqual(self.members(leader)["config_index"], 0)
-        for token in (False, "wrong"):
+        for token, status, code in ((False, 401, "unauthorized"), ("wrong", 403, "forbidden")):
             refused = self.change("DELETE", leader, "/raft/members/" + victim, token=token)
-            self.assertEqual((refused.status, refused.json()["error"]["code"]),
-                             (403, "forbidden"))
+            self.assertEqual((refused.status, refused.json()["error"]["code"]), (status, code))
         unknown = self.change("DELETE", leader, "/raft/members/nobody")
         self.assertEqual((unknown.status, unknown.json()["error"]["code"]),
                          (404, "unknown_member"))

@@ -108,7 +108,9 @@ class OpenAPITests(SynchronousTestCase):
             ident = "n3" if path.endswith("promote") else "n2"
         data = None if body is None else json.dumps(body).encode()
         if membership and generator == "unauthorized":
-            headers["Authorization"] = [b"Bearer wrong"]
+            del headers["Authorization"]  # 401
+        elif membership and generator == "precondition":
+            headers["Authorization"] = [b"Bearer wrong"]  # 403 (If-Match means nothing here)
         elif membership and generator == "not_found":
             ident = "n999"
             if body is not None:  # adding an unknown id is what adding is for: no 404

@@ -510,12 +510,15 @@ class MembershipRouteTests(SynchronousTestCase):
         self.assertEqual(self.cluster.leader.calls["change"], 0)
 
     def test_the_secret_is_checked_before_anything_else(self):
-        for value in (b"Bearer nope", b"Basic cluster-secret", b"cluster-secret", b""):
+        """No credentials: 401 with a Bearer challenge; wrong ones: 403."""
+        for value, status in ((b"Bearer nope", 403), (b"Basic cluster-secret", 401),
+                              (b"cluster-secret", 401), (b"", 401), (b"Bearer ", 401)):
             headers = dict(self.auth, Authorization=[value])
             answer = self.add(self.cluster.leader_http, {"id": "n3", "address": "h:1"}, headers)
-            self.assertEqual((answer.code, answer.error_code), (403, "forbidden"), value)
+            self.assertEqual(answer.code, status, value)
         answer = request(self, self.cluster.leader_http, "DELETE", "http://n1/raft/members/n2")
-        self.assertEqual(answer.code, 403)
+        self.assertEqual((answer.code, answer.error_code), (401, "unauthorized"))
+        self.assertEqual(answer.header("WWW-Authenticate"), 'Bearer realm="txraft"')
         self.assertEqual(self.cluster.leader.calls["change"], 0)
 
     def test_malformed_members_are_refused_with_the_field(self):
@@ -525,6 +528,9 @@ class MembershipRouteTests(SynchronousTestCase):
             ({"id": "n3"}, "malformed_address", "address"),
             ({"id": "", "address": "h:1"}, "invalid_change", "id"),
             ({"id": "a/b", "address": "h:1"}, "invalid_change", "id"),
+            ({"id": "n3\n", "address": "h:1"}, "invalid_change", "id"),
+            ({"id": "n3", "address": "h:1\n"}, "malformed_address", "address"),
+            ({"id": "n3", "address": "a b:1"}, "malformed_address", "address"),
             ({"id": "x" * 17, "address": "h:1"}, "invalid_change", "id"),
             ({"id": "n3", "address": "h:1", "http_url": "ftp://x"}, "invalid_change", "http_url"),
             ({"id": "n3", "address": "h:1", "expect_config_index": True}, "invalid_change",

@@ -44,6 +44,14 @@ CHANGE_OPS = (ADD_LEARNER, PROMOTE, REMOVE)
 #: budget every node sets at start leaves room for this much (``txraft.runtime.transport``).
 MAX_MEMBER_ID_BYTES = 16
 
+#: A new member's id: what an operator types, a host name part, a Docker service name.
+MEMBER_ID_PATTERN = r"^[A-Za-z0-9._-]{1,%d}$" % MAX_MEMBER_ID_BYTES
+#: A member's Raft address: host:port or [v6]:port.
+ADDRESS_PATTERN = (
+    r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]/]+):([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}"
+    r"|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
+)
+
 _FORMAT = 1
 #: Bounds a decoded configuration must respect (they are also what a datagram can carry).
 MAX_MEMBERS = 64

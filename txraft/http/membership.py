@@ -8,9 +8,9 @@ answers after confirming its leadership, with each member's progress), or this n
 own view with ``?consistency=stale``.
 
 Every node serves them; a follower forwards them to the leader like a write.  Each needs
-``Authorization: Bearer <the cluster secret>`` (compared in constant time): a node
-started without a secret refuses them all with 403, since anyone who can reach its HTTP
-port could otherwise reshape the cluster.  An optional ``expect_config_index`` (query
+``Authorization: Bearer <the cluster secret>`` (compared in constant time; 401 without
+it, 403 with a wrong one): a node started without a secret refuses them all with 403,
+since anyone who can reach its HTTP port could otherwise reshape the cluster.  An optional ``expect_config_index`` (query
 parameter or JSON field) makes the change conditional on the configuration still being
 the one at that index (409 ``config_changed`` otherwise).
 
@@ -24,28 +24,46 @@ committed an entry of its term yet.
 from __future__ import annotations
 
 import hmac
+import re
 from typing import Optional, Tuple
 
 from twisted.internet import defer
 
-from txraft.core.config import ADD_LEARNER, MAX_MEMBER_ID_BYTES, PROMOTE, REMOVE, parse_address
+from txraft.core.config import (
+    ADD_LEARNER,
+    ADDRESS_PATTERN,
+    MAX_MEMBER_ID_BYTES,
+    MEMBER_ID_PATTERN,
+    PROMOTE,
+    REMOVE,
+    parse_address,
+)
 from txraft.http.errors import HTTPError
 from txraft.http.responses import json_response
 from txraft.http.routing import Route
 from txraft.http.status import members_document
 
 
+_MEMBER_ID = re.compile(MEMBER_ID_PATTERN)
+_ADDRESS = re.compile(ADDRESS_PATTERN)
+_CHALLENGE = ((b"WWW-Authenticate", b'Bearer realm="txraft"'),)
+
+
 def _authorize(node, request) -> None:
+    """401 without credentials, 403 with wrong ones or on a node without a secret."""
     secret = getattr(node, "secret", None)
     if not secret:
         raise HTTPError(403, "forbidden",
                         "this node has no cluster secret, so it accepts no membership "
                         "changes; start every node with --secret-file")
-    header = request.getHeader(b"authorization") or b""
-    scheme, _, token = header.partition(b" ")
-    if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), secret):
-        raise HTTPError(403, "forbidden",
-                        "membership changes need 'Authorization: Bearer <the cluster secret>'")
+    header = request.getHeader(b"authorization")
+    scheme, _, token = (header or b"").partition(b" ")
+    if header is None or scheme.lower() != b"bearer" or not token.strip():
+        raise HTTPError(401, "unauthorized",
+                        "membership changes need 'Authorization: Bearer <the cluster secret>'",
+                        headers=_CHALLENGE)
+    if not hmac.compare_digest(token.strip(), secret):
+        raise HTTPError(403, "forbidden", "that is not the cluster secret")
 
 
 def _expect(request, body: Optional[dict]) -> Optional[int]:
@@ -67,12 +85,10 @@ def _expect(request, body: Optional[dict]) -> Optional[int]:
     return value
 
 
-def _member_id(value) -> str:
-    if not isinstance(value, str) or not value or len(value.encode("utf-8")) > (
-        MAX_MEMBER_ID_BYTES
-    ) or any(c in value for c in "/,= \t\r\n"):
+def _new_member_id(value) -> str:
+    if not isinstance(value, str) or not _MEMBER_ID.fullmatch(value):
         raise HTTPError(422, "invalid_change",
-                        "id must be 1 to %d bytes without '/', ',', '=' or spaces"
+                        "id must be 1 to %d letters, digits, '.', '_' or '-'"
                         % MAX_MEMBER_ID_BYTES, field="id")
     return value
 
@@ -101,9 +117,10 @@ def membership_routes(http) -> Tuple[Route, ...]:
         if not isinstance(body, dict):
             raise HTTPError(422, "invalid_change", 'the body must be {"id", "address", '
                             '"http_url"?}')
-        member_id = _member_id(body.get("id"))
+        member_id = _new_member_id(body.get("id"))
         address = body.get("address")
-        if not isinstance(address, str) or parse_address(address) is None:
+        if (not isinstance(address, str) or not _ADDRESS.fullmatch(address)
+                or parse_address(address) is None):
             raise HTTPError(422, "malformed_address",
                             "address must be the member's Raft host:port (or [v6]:port)",
                             field="address")
@@ -115,13 +132,15 @@ def membership_routes(http) -> Tuple[Route, ...]:
                             field="http_url")
         return change(request, ADD_LEARNER, member_id, address, http_url.rstrip("/"), body)
 
+    # An existing member's id is whatever --members or an earlier change made it: an
+    # id that names none is 404 unknown_member, from the leader's configuration.
     def promote(request, member_id):
         _authorize(node, request)
-        return change(request, PROMOTE, _member_id(member_id))
+        return change(request, PROMOTE, member_id)
 
     def remove(request, member_id):
         _authorize(node, request)
-        return change(request, REMOVE, _member_id(member_id))
+        return change(request, REMOVE, member_id)
 
     return (
         Route("GET", "/raft/members", members, "raft_members"),
