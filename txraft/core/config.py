@@ -48,7 +48,7 @@ MAX_MEMBER_ID_BYTES = 16
 MEMBER_ID_PATTERN = r"^[A-Za-z0-9._-]{1,%d}$" % MAX_MEMBER_ID_BYTES
 #: A member's Raft address: host:port or [v6]:port.
 ADDRESS_PATTERN = (
-    r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]/]+):([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}"
+    r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}"
     r"|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
 )
 

@@ -66,23 +66,32 @@ def _authorize(node, request) -> None:
         raise HTTPError(403, "forbidden", "that is not the cluster secret")
 
 
-def _expect(request, body: Optional[dict]) -> Optional[int]:
-    raw = None
-    values = request.args.get(b"expect_config_index")
-    if values:
-        raw = values[-1].decode("ascii", "replace")
-    elif body is not None and "expect_config_index" in body:
-        raw = body["expect_config_index"]
-    if raw is None:
-        return None
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
+def _index(raw) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, (int, str)):
         value = -1
-    if isinstance(raw, bool) or value < 0:
+    else:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = -1
+    if value < 0:
         raise HTTPError(422, "invalid_change", "expect_config_index must be a non-negative "
                         "integer", field="expect_config_index")
     return value
+
+
+def _expect(request, body: Optional[dict]) -> Optional[int]:
+    """The precondition, from the query or the JSON body (both: they must agree)."""
+    found = []
+    values = request.args.get(b"expect_config_index")
+    if values:
+        found.append(_index(values[-1].decode("ascii", "replace")))
+    if body is not None and "expect_config_index" in body:
+        found.append(_index(body["expect_config_index"]))
+    if len(set(found)) > 1:
+        raise HTTPError(422, "invalid_change", "expect_config_index is given twice, with "
+                        "different values", field="expect_config_index")
+    return found[0] if found else None
 
 
 def _new_member_id(value) -> str:
