@@ -473,8 +473,8 @@ def spec() -> dict:
             "properties": {"id": {"type": "string", "pattern": MEMBER_ID_PATTERN},
                            "address": {"type": "string", "pattern": ADDRESS_PATTERN,
                                        "description": "Raft host:port (UDP)."},
-                           "http_url": {"type": "string", "pattern": "^https?://"},
-                           "expect_config_index": {"type": "integer", "minimum": 0}}}}}},
+                           "http_url": {"type": "string", "pattern": "^https?://"}},
+            "additionalProperties": False}}}},
         "responses": dict({"200": committed}, **add_errors)}
     paths["/raft/members/{member_id}/promote"] = {"post": {
         "operationId": "raft_members_promote",

@@ -280,16 +280,16 @@ class MembershipProcessTests(ClusterTestMixin, SynchronousTestCase):
         self.assertEqual(sorted(m["id"] for m in doc["members"]), sorted([leader, follower]))
         result = self.put(leader, "after", b"removed")
         self.assertEqual(result.status, 204)  # two voters commit it
-        stale = self.change("POST", leader, "/raft/members",
+        stale = self.change("POST", leader, "/raft/members?expect_config_index=0",
                             {"id": victim, "address": "127.0.0.1:%d"
-                             % cluster.nodes[victim].port, "expect_config_index": 0})
+                             % cluster.nodes[victim].port})
         self.assertEqual((stale.status, stale.json()["error"]["code"]),
                          (409, "config_changed"))
-        added = self.change("POST", leader, "/raft/members",
+        added = self.change("POST", leader,
+                            "/raft/members?expect_config_index=%d" % config_index,
                             {"id": victim, "address": "127.0.0.1:%d"
                              % cluster.nodes[victim].port,
-                             "http_url": cluster.url(victim),
-                             "expect_config_index": config_index})
+                             "http_url": cluster.url(victim)})
         if added.status != 200:
             self.fail_with_logs("add failed: %r" % (added,))
         deadline = time.monotonic() + 15

@@ -532,11 +532,9 @@ class MembershipRouteTests(SynchronousTestCase):
             ({"id": "n3", "address": "h:1\n"}, "malformed_address", "address"),
             ({"id": "n3", "address": "a b:1"}, "malformed_address", "address"),
             ({"id": "n3", "address": "a\x1fb:1"}, "malformed_address", "address"),
-            ({"id": "n3", "address": "h:1", "expect_config_index": -1}, "invalid_change",
-             "expect_config_index"),
             ({"id": "x" * 17, "address": "h:1"}, "invalid_change", "id"),
             ({"id": "n3", "address": "h:1", "http_url": "ftp://x"}, "invalid_change", "http_url"),
-            ({"id": "n3", "address": "h:1", "expect_config_index": True}, "invalid_change",
+            ({"id": "n3", "address": "h:1", "expect_config_index": 0}, "invalid_change",
              "expect_config_index"),
         ]:
             answer = self.add(self.cluster.leader_http, body)
@@ -544,15 +542,20 @@ class MembershipRouteTests(SynchronousTestCase):
             self.assertEqual(answer.json()["error"].get("field"), field, body)
         self.assertEqual(self.cluster.leader.calls["change"], 0)
 
-    def test_the_precondition_may_come_twice_only_if_it_agrees(self):
-        body = {"id": "n3", "address": "h:1", "expect_config_index": 0}
+    def test_the_precondition_is_a_non_negative_integer(self):
+        body = json.dumps({"id": "n3", "address": "h:1"}).encode()
+        for bad in ("-1", "x", "1.5"):
+            answer = request(self, self.cluster.leader_http, "POST",
+                             "http://n1/raft/members?expect_config_index=" + bad,
+                             data=body, headers=self.auth)
+            self.assertEqual((answer.code, answer.error_code), (422, "invalid_change"), bad)
         answer = request(self, self.cluster.leader_http, "POST",
-                         "http://n1/raft/members?expect_config_index=1",
-                         data=json.dumps(body).encode(), headers=self.auth)
-        self.assertEqual((answer.code, answer.error_code), (422, "invalid_change"))
+                         "http://n1/raft/members?expect_config_index=1", data=body,
+                         headers=self.auth)
+        self.assertEqual((answer.code, answer.error_code), (409, "config_changed"))
         answer = request(self, self.cluster.leader_http, "POST",
-                         "http://n1/raft/members?expect_config_index=0",
-                         data=json.dumps(body).encode(), headers=self.auth)
+                         "http://n1/raft/members?expect_config_index=0", data=body,
+                         headers=self.auth)
         self.assertEqual(answer.code, 200)
 
     def test_a_follower_forwards_the_change_with_its_authorization(self):

@@ -10,8 +10,7 @@ own view with ``?consistency=stale``.
 Every node serves them; a follower forwards them to the leader like a write.  Each needs
 ``Authorization: Bearer <the cluster secret>`` (compared in constant time; 401 without
 it, 403 with a wrong one): a node started without a secret refuses them all with 403,
-since anyone who can reach its HTTP port could otherwise reshape the cluster.  An optional ``expect_config_index`` (query
-parameter or JSON field) makes the change conditional on the configuration still being
+since anyone who can reach its HTTP port could otherwise reshape the cluster.  An optional ``?expect_config_index=N`` makes the change conditional on the configuration still being
 the one at that index (409 ``config_changed`` otherwise).
 
 The answer, once the change has committed, is 200 ``{"config_index": N}``; refusals are
@@ -80,18 +79,12 @@ def _index(raw) -> int:
     return value
 
 
-def _expect(request, body: Optional[dict]) -> Optional[int]:
-    """The precondition, from the query or the JSON body (both: they must agree)."""
-    found = []
+def _expect(request) -> Optional[int]:
+    """The precondition, from the query string."""
     values = request.args.get(b"expect_config_index")
-    if values:
-        found.append(_index(values[-1].decode("ascii", "replace")))
-    if body is not None and "expect_config_index" in body:
-        found.append(_index(body["expect_config_index"]))
-    if len(set(found)) > 1:
-        raise HTTPError(422, "invalid_change", "expect_config_index is given twice, with "
-                        "different values", field="expect_config_index")
-    return found[0] if found else None
+    if not values:
+        return None
+    return _index(values[-1].decode("ascii", "replace"))
 
 
 def _new_member_id(value) -> str:
@@ -113,8 +106,8 @@ def membership_routes(http) -> Tuple[Route, ...]:
     def answered(index, request):
         return json_response(request, 200, {"config_index": index})
 
-    def change(request, op, member_id, address="", http_url="", body=None):
-        expect = _expect(request, body)
+    def change(request, op, member_id, address="", http_url=""):
+        expect = _expect(request)
         d = defer.maybeDeferred(node.change, op, member_id, address, http_url, expect)
         d.addCallbacks(answered, http.raft_failure, callbackArgs=(request,),
                        errbackArgs=(request,))
@@ -126,6 +119,10 @@ def membership_routes(http) -> Tuple[Route, ...]:
         if not isinstance(body, dict):
             raise HTTPError(422, "invalid_change", 'the body must be {"id", "address", '
                             '"http_url"?}')
+        for name in body:
+            if name not in ("id", "address", "http_url"):
+                raise HTTPError(422, "invalid_change", "unknown field %r" % (name[:64],),
+                                field=name[:64])
         member_id = _new_member_id(body.get("id"))
         address = body.get("address")
         if (not isinstance(address, str) or not _ADDRESS.fullmatch(address)
@@ -139,7 +136,7 @@ def membership_routes(http) -> Tuple[Route, ...]:
         ):
             raise HTTPError(422, "invalid_change", "http_url must be an http(s) URL",
                             field="http_url")
-        return change(request, ADD_LEARNER, member_id, address, http_url.rstrip("/"), body)
+        return change(request, ADD_LEARNER, member_id, address, http_url.rstrip("/"))
 
     # An existing member's id is whatever --members or an earlier change made it: an
     # id that names none is 404 unknown_member, from the leader's configuration.
