@@ -473,7 +473,7 @@ def spec() -> dict:
             "properties": {"id": {"type": "string", "pattern": MEMBER_ID_PATTERN},
                            "address": {"type": "string", "pattern": ADDRESS_PATTERN,
                                        "description": "Raft host:port (UDP)."},
-                           "http_url": {"type": "string", "pattern": "^https?://"}},
+                           "http_url": {"type": "string", "pattern": "^(https?://.*)?$"}},
             "additionalProperties": False}}}},
         "responses": dict({"200": committed}, **add_errors)}
     paths["/raft/members/{member_id}/promote"] = {"post": {
