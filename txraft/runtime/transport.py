@@ -427,7 +427,8 @@ class UDPTransport(DatagramProtocol):
             peer.partials.clear()
             peer.partial_cost = 0
 
-    def _add_peer(self, peer_id, address) -> None:
+    def _check_peer(self, peer_id, address):
+        """``(id bytes, host, port)`` of a valid peer entry, or ``ConfigError``."""
         peer_bytes = _check_id("peer id", peer_id)
         try:
             host, port = address
@@ -443,6 +444,10 @@ class UDPTransport(DatagramProtocol):
                 "peer id %r is %d bytes in UTF-8; this node's datagram budget allows %d"
                 % (peer_id, len(peer_bytes), longest)
             )
+        return peer_bytes, host, port
+
+    def _add_peer(self, peer_id, address) -> None:
+        peer_bytes, host, port = self._check_peer(peer_id, address)
         peer = self._left.pop(peer_id, None)
         if peer is None or (peer.host, peer.port) != (host, port):
             fresh = _Peer(peer_id, host, port)
@@ -476,15 +481,7 @@ class UDPTransport(DatagramProtocol):
         node is ignored.  Raises ``ConfigError`` (and changes nothing) for a bad entry."""
         wanted = {pid: tuple(addr) for pid, addr in peers.items() if pid != self.node_id}
         for pid, addr in wanted.items():  # validate everything before changing anything
-            _check_id("peer id", pid)
-            if (len(addr) != 2 or type(addr[0]) is not str or not addr[0]
-                    or type(addr[1]) is not int or not 0 < addr[1] < 65536):
-                raise ConfigError("peer %r: bad address %r" % (pid, addr))
-            if len(pid.encode("utf-8")) > self._longest_peer_id:
-                raise ConfigError(
-                    "peer id %r is longer than this node's datagram budget allows (%d bytes)"
-                    % (pid, self._longest_peer_id)
-                )
+            self._check_peer(pid, addr)
         for pid in [p for p in self._peers if p not in wanted]:
             peer = self._peers.pop(pid)
             del self._peers_by_bytes[peer.id_bytes]
