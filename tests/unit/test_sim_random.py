@@ -131,6 +131,9 @@ COVERAGE = {
         "member_refused_change_in_progress", 0) > 0,
     "change refused (no-op not committed)": lambda r: r["stats"].get(
         "member_refused_leader_not_ready", 0) > 0,
+    "leadership transferred": lambda r: r["stats"].get("transfers_completed", 0) > 0,
+    "transfer refused (one at a time)": lambda r: r["stats"].get(
+        "transfer_refused_transfer_in_progress", 0) > 0,
 }
 
 # Minimum share of seeds reaching each path; the share observed over seeds 0-199 when
@@ -158,6 +161,8 @@ MINIMUM_SHARE = {
     "removed leader stepped down": 0.2,          # 33.5%
     "change refused (one at a time)": 0.2,       # 32.5%
     "change refused (no-op not committed)": 0.04,  # 8.5%
+    "leadership transferred": 0.25,              # 45.0%
+    "transfer refused (one at a time)": 0.1,     # 22.5%
 }
 
 

@@ -73,6 +73,9 @@ class RequestVote:
     """RequestVote RPC (Figure 2); with ``pre_vote`` it is the PreVote probe (section 9.6).
 
     A pre-vote carries the term the candidate *would* use, without having adopted it.
+    ``transfer``: the candidate campaigns because the leader handed it the leadership
+    (TimeoutNow, dissertation section 3.10), so a voter that heard from that leader
+    recently votes anyway instead of ignoring it (section 4.2.3's lease check).
     """
 
     term: int
@@ -81,6 +84,7 @@ class RequestVote:
     last_log_index: int
     last_log_term: int
     pre_vote: bool = attrs.field(default=False, kw_only=True)
+    transfer: bool = attrs.field(default=False, kw_only=True)
 
 
 @attrs.frozen(slots=True)
@@ -206,6 +210,16 @@ class SnapshotChunkAck:
 
 
 @attrs.frozen(slots=True)
+class TimeoutNow:
+    """Leadership transfer (dissertation section 3.10): the leader, having brought
+    ``receiver`` up to date, tells it to start an election at once (skipping PreVote)."""
+
+    term: int
+    sender: str
+    receiver: str
+
+
+@attrs.frozen(slots=True)
 class SnapshotStatus:
     """A local input (never on the wire): how the runtime's transfer of a snapshot to
     ``sender`` went, reported to the leader's core (etcd's ``ReportSnapshot``).
@@ -230,6 +244,7 @@ Message = Union[
     AppendEntriesResponse,
     InstallSnapshot,
     InstallSnapshotResponse,
+    TimeoutNow,
     SnapshotStatus,
 ]
 
@@ -240,6 +255,7 @@ MESSAGE_TYPES = (
     AppendEntriesResponse,
     InstallSnapshot,
     InstallSnapshotResponse,
+    TimeoutNow,
     SnapshotStatus,
 )
 
@@ -250,6 +266,7 @@ WireMessage = Union[
     AppendEntries,
     AppendEntriesResponse,
     InstallSnapshotResponse,
+    TimeoutNow,
     SnapshotChunk,
     SnapshotChunkAck,
 ]
@@ -260,6 +277,7 @@ WIRE_TYPES = (
     AppendEntries,
     AppendEntriesResponse,
     InstallSnapshotResponse,
+    TimeoutNow,
     SnapshotChunk,
     SnapshotChunkAck,
 )

@@ -49,6 +49,7 @@ from txraft.core.messages import (
     SnapshotChunkAck,
     SnapshotMeta,
     SnapshotStatus,
+    TimeoutNow,
 )
 from txraft.core.progress import PROBE, REPLICATE, SNAPSHOT, Progress
 
@@ -110,9 +111,13 @@ class Accepted:
 
 @attrs.frozen
 class NotLeaderOutcome:
-    """Refused: this node is not the leader; ``leader_id`` is the one it knows, or None."""
+    """Refused: this node is not the leader; ``leader_id`` is the one it knows, or None.
+
+    ``transferring_to``: this node still leads, but is handing the leadership to that
+    voter and takes no proposals meanwhile (dissertation 3.10); retry shortly."""
 
     leader_id: Optional[str]
+    transferring_to: Optional[str] = None
 
 
 @attrs.frozen
@@ -241,6 +246,8 @@ class CoreStatus:
     #: The highest commit index the leader of this term has told this node (on the
     #: leader, its own): a node that applied less is behind.
     leader_commit: int = 0
+    #: On a leader handing over its leadership: the voter it hands it to.
+    transferee: Optional[str] = None
 
     def peer(self, peer_id: str) -> Optional[PeerStatus]:
         """The leader's view of ``peer_id``, or None (not a leader, not a peer)."""
@@ -267,6 +274,8 @@ class CoreStatus:
             "config_index": self.config_index,
             "leader_commit": self.leader_commit,
         }
+        if self.transferee is not None:
+            out["transferee"] = self.transferee
         if self.role == LEADER:
             out["progress"] = {pid: attrs.asdict(pr) for pid, pr in self.progress}
         return out
@@ -334,6 +343,10 @@ class RaftCore:
         self._reset_randomized_timeout()
         self._votes: Dict[str, bool] = {}
         self.progress: Dict[str, Progress] = {}
+        # Leadership transfer (dissertation 3.10): the voter this leader hands over to,
+        # and for how many ticks it has tried.
+        self.transferee: Optional[str] = None
+        self._transfer_elapsed = 0
 
         # Durability bookkeeping: what is on disk, as far as this core knows.
         self._persisted_hard_state = HardState(self.term, self.voted_for)
@@ -391,6 +404,8 @@ class RaftCore:
         """Append ``data`` as a new entry if leader; returns ``Accepted`` or ``NotLeaderOutcome``."""
         if self.role != LEADER:
             return NotLeaderOutcome(self.leader_id)
+        if self.transferee is not None:
+            return NotLeaderOutcome(None, transferring_to=self.transferee)
         entry = Entry(self.log.last_index + 1, self.term, data)
         self._append_local(entry)
         return Accepted(entry.index, entry.term)
@@ -407,6 +422,11 @@ class RaftCore:
             return NotLeaderOutcome(self.leader_id)
         if isinstance(member, str):
             member = Member(member)
+        if self.transferee is not None:
+            return ChangeRefused(
+                "transfer_in_progress",
+                "the leadership is being handed to %r; retry" % self.transferee,
+            )
         refusal = self._change_refusal(expect_config_index)
         if refusal is not None:
             return refusal
@@ -433,6 +453,60 @@ class RaftCore:
                 break
             found = item
         return found
+
+    def transfer_leadership(self, target: Optional[str] = None) -> Any:
+        """Hand the leadership to the voter ``target`` (default: the most caught-up one
+        that answered lately), as in dissertation section 3.10: stop taking proposals,
+        bring it up to date, then send it ``TimeoutNow`` so that it campaigns at once.
+        Returns ``Accepted`` (the transfer started, or is already under way to
+        ``target``; ``Accepted.term`` is this term, which the new leader's exceeds),
+        ``NotLeaderOutcome`` or ``ChangeRefused`` (``not_voter``, ``unknown_member``,
+        ``no_target``, ``transfer_in_progress``).  It is abandoned after an election
+        timeout without a new leader; proposals are then taken again."""
+        if self.role != LEADER:
+            return NotLeaderOutcome(self.leader_id)
+        if target is None:
+            target = self._transfer_target()
+            if target is None:
+                return ChangeRefused(
+                    "no_target", "there is no other voter to hand the leadership to"
+                )
+        if target == self.id:
+            return ChangeRefused("already_leader", "%r already leads term %d" % (target, self.term))
+        if target not in self.configuration:
+            return ChangeRefused("unknown_member", "%r is not a member" % (target,))
+        if target not in self._voter_set:
+            return ChangeRefused(
+                "not_voter", "%r is a learner: only a voter can lead" % (target,)
+            )
+        if self.transferee is not None:
+            if self.transferee == target:
+                return Accepted(0, self.term)
+            return ChangeRefused(
+                "transfer_in_progress",
+                "the leadership is already being handed to %r" % (self.transferee,),
+            )
+        self.transferee = target
+        self._transfer_elapsed = 0
+        pr = self.progress[target]
+        if pr.match_index == self.log.last_index:
+            self._send(TimeoutNow(self.term, self.id, target))
+        else:
+            self._send_append(target)
+        return Accepted(0, self.term)
+
+    def _transfer_target(self) -> Optional[str]:
+        """The voter that has the most of the log, among those heard from lately."""
+        best: Optional[Tuple[bool, int, str]] = None
+        for peer in self._voter_peers:
+            pr = self.progress.get(peer)
+            if pr is None or pr.short_rejections >= LOST_LOG_REJECTIONS:
+                continue
+            alive = pr.silent_ticks <= 2 * self.config.heartbeat_ticks
+            key = (alive, pr.match_index, peer)
+            if best is None or key[:2] > best[:2]:
+                best = key
+        return best[2] if best is not None else None
 
     def read_index(self, ctx: Hashable) -> Any:
         """Queue a linearizable read; ``ctx`` comes back in ``Ready.reads`` when safe."""
@@ -470,7 +544,7 @@ class RaftCore:
             raise CoreError("the core takes whole snapshots, not %s" % type(m).__name__)
         if m.term > self.term:
             if isinstance(m, RequestVote):
-                if self._in_lease():
+                if self._in_lease() and not m.transfer:
                     # Section 4.2.3 / 9.6: a server that heard from a live leader within
                     # the minimum election timeout does not help depose it.
                     return
@@ -516,6 +590,8 @@ class RaftCore:
             self._handle_install_snapshot(m)
         elif isinstance(m, InstallSnapshotResponse):
             self._handle_snapshot_response(m)
+        elif isinstance(m, TimeoutNow):
+            self._handle_timeout_now(m)
 
     # ------------------------------------------------------------- ready/advance
 
@@ -637,6 +713,7 @@ class RaftCore:
             config_index=self.config_index,
             configuration=self.configuration,
             leader_commit=self.commit_index if self.role == LEADER else self.leader_commit,
+            transferee=self.transferee,
         )
 
     def peer_state(self, peer: str) -> Optional[str]:
@@ -755,7 +832,7 @@ class RaftCore:
         """Promote a learner that stayed caught up and heard from for
         ``auto_promote_ticks`` ticks in a row (one change at a time)."""
         wanted = self.config.auto_promote_ticks
-        if not wanted or not self.learners:
+        if not wanted or not self.learners or self.transferee is not None:
             return
         for learner in self.learners:
             pr = self.progress.get(learner)
@@ -794,6 +871,7 @@ class RaftCore:
         self._reset_randomized_timeout()
         self._votes = {}
         self.progress = {}
+        self.transferee = None
         self._append_pending = False
         self._read_broadcast_pending = False
         self._fail_all_reads()
@@ -819,7 +897,7 @@ class RaftCore:
                 )
             )
 
-    def _become_candidate(self) -> None:
+    def _become_candidate(self, transfer: bool = False) -> None:
         self._reset(self.term + 1)
         self.role = CANDIDATE
         self.voted_for = self.id
@@ -829,8 +907,17 @@ class RaftCore:
             return
         for peer in self._voter_peers:
             self._send(
-                RequestVote(self.term, self.id, peer, self.log.last_index, self.log.last_term)
+                RequestVote(self.term, self.id, peer, self.log.last_index, self.log.last_term,
+                            transfer=transfer)
             )
+
+    def _handle_timeout_now(self, m: TimeoutNow) -> None:
+        """Dissertation 3.10: the leader of this term hands over; campaign at once,
+        without PreVote (the leader's cooperation is the proof that it is gone), in a
+        new term, with the normal up-to-date check deciding the votes."""
+        if self.role != FOLLOWER or not self._is_voter or m.sender != self.leader_id:
+            return
+        self._become_candidate(transfer=True)
 
     def _become_leader(self) -> None:
         self._reset(self.term)
@@ -926,6 +1013,13 @@ class RaftCore:
                     pr.recent_active = False
         for pr in self.progress.values():
             pr.silent_ticks += 1
+        if self.transferee is not None:
+            self._transfer_elapsed += 1
+            if (self._transfer_elapsed >= self.config.election_ticks
+                    or self.transferee not in self._voter_set):
+                # Section 3.10: no new leader within an election timeout (or the target
+                # stopped being a voter): abort, and take proposals again.
+                self.transferee = None
         self._tick_learners()
         for peer, pr in self.progress.items():
             if pr.state == SNAPSHOT:
@@ -1152,6 +1246,8 @@ class RaftCore:
                     if self.role != LEADER:
                         return  # its own removal committed: it stepped down
                 self._append_pending = True
+            if m.sender == self.transferee and pr.match_index == self.log.last_index:
+                self._send(TimeoutNow(self.term, self.id, m.sender))
             return
         if (not m.conflict_term and 0 < m.rejected_index == pr.match_index
                 and m.conflict_index <= pr.match_index):

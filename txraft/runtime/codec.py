@@ -35,6 +35,7 @@ from txraft.core.messages import (
     RequestVoteResponse,
     SnapshotChunk,
     SnapshotChunkAck,
+    TimeoutNow,
 )
 
 MAX_UINT = 2**63 - 1
@@ -51,6 +52,7 @@ TAG_APPEND_ENTRIES_RESPONSE = 4
 TAG_INSTALL_SNAPSHOT_RESPONSE = 7
 TAG_SNAPSHOT_CHUNK = 8
 TAG_SNAPSHOT_CHUNK_ACK = 9
+TAG_TIMEOUT_NOW = 10
 
 _ENTRY_KINDS = frozenset(ENTRY_KINDS)
 
@@ -105,6 +107,7 @@ def encode_message(msg) -> bytes:
             msg.last_log_index,
             msg.last_log_term,
             msg.pre_vote,
+            msg.transfer,
         ]
     elif cls is RequestVoteResponse:
         fields = [
@@ -138,6 +141,8 @@ def encode_message(msg) -> bytes:
             msg.next_offset,
             msg.done,
         ]
+    elif cls is TimeoutNow:
+        fields = [TAG_TIMEOUT_NOW, msg.term, msg.sender, msg.receiver]
     elif cls is InstallSnapshotResponse:
         fields = [
             TAG_INSTALL_SNAPSHOT_RESPONSE,
@@ -268,16 +273,27 @@ def _decode_entries(raw, prev_log_index: int, prev_log_term: int, term: int):
 
 
 def _decode_request_vote(obj):
-    _arity(obj, 7, "RequestVote")
-    _, term, sender, receiver, last_log_index, last_log_term, pre_vote = obj
+    _arity(obj, 8, "RequestVote")
+    _, term, sender, receiver, last_log_index, last_log_term, pre_vote, transfer = obj
+    pre_vote, transfer = _bool(pre_vote), _bool(transfer)
+    if pre_vote and transfer:
+        # A transfer campaign skips PreVote (dissertation 3.10): never both.
+        raise CodecError("a RequestVote cannot be both a pre-vote and a transfer")
     return RequestVote(
         _uint(term),
         _id(sender),
         _id(receiver),
         _uint(last_log_index),
         _uint(last_log_term),
-        pre_vote=_bool(pre_vote),
+        pre_vote=pre_vote,
+        transfer=transfer,
     )
+
+
+def _decode_timeout_now(obj):
+    _arity(obj, 4, "TimeoutNow")
+    _, term, sender, receiver = obj
+    return TimeoutNow(_uint(term), _id(sender), _id(receiver))
 
 
 def _decode_request_vote_response(obj):
@@ -373,6 +389,7 @@ _DECODERS = {
     TAG_INSTALL_SNAPSHOT_RESPONSE: _decode_install_snapshot_response,
     TAG_SNAPSHOT_CHUNK: _decode_snapshot_chunk,
     TAG_SNAPSHOT_CHUNK_ACK: _decode_snapshot_chunk_ack,
+    TAG_TIMEOUT_NOW: _decode_timeout_now,
 }
 
 

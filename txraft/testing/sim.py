@@ -656,6 +656,10 @@ class SimNode:
                     and self.id not in self.core.configuration):
                 sim.stats["removed_leader_stepdowns"] += 1
             self._leading = rd.soft_state.role == LEADER
+            handed = sim._transfers.get(self.id)
+            if self._leading and handed is not None and rd.soft_state.term > handed:
+                del sim._transfers[self.id]
+                sim.stats["transfers_completed"] += 1
         self._persisted_in_batch = False
         self._strike("apply")
         return answers
@@ -863,6 +867,8 @@ class Simulation:
         self.founding = Configuration.of_voters(self.node_ids[: config.nodes])
         #: Nodes shut down for good: removed members, once the cluster is healed.
         self.retired: Set[str] = set()
+        #: Leadership transfers under way: target -> the term the old leader led.
+        self._transfers: Dict[str, int] = {}
         self.nodes: Dict[str, SimNode] = {nid: SimNode(self, nid) for nid in self.node_ids}
         self.node_list = list(self.nodes.values())
         self.clients = [SimClient(self, "c%d" % i) for i in range(1, config.clients + 1)]
@@ -978,6 +984,22 @@ class Simulation:
         elif isinstance(outcome, ChangeRefused):
             self.stats["member_refused_" + outcome.code] += 1
         self.record("change", leader.id, op, node_id, type(outcome).__name__)
+        leader.drain()
+        return outcome
+
+    def transfer(self, target: Optional[str] = None) -> Any:
+        """Ask the current leader (if any) to hand its leadership to ``target`` (None:
+        its own pick); returns the core's outcome, or None without a leader."""
+        leader = self.leader()
+        if leader is None or leader.paused_until > self.now:
+            return None
+        outcome = leader.core.transfer_leadership(target)
+        if isinstance(outcome, Accepted):
+            self.stats["transfers_started"] += 1
+            self._transfers[leader.core.transferee] = leader.core.term
+        elif isinstance(outcome, ChangeRefused):
+            self.stats["transfer_refused_" + outcome.code] += 1
+        self.record("transfer", leader.id, target, type(outcome).__name__)
         leader.drain()
         return outcome
 

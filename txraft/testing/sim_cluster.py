@@ -266,6 +266,13 @@ class Cluster:
         self.checker.after_event()
         return outcome
 
+    def transfer(self, node_id: str, target: Optional[str] = None) -> Any:
+        """``transfer_leadership`` on ``node_id``, its batches executed."""
+        outcome = self[node_id].transfer_leadership(target)
+        self.process(node_id)
+        self.checker.after_event()
+        return outcome
+
     def read(self, node_id: str, ctx: Any) -> Any:
         core = self[node_id]
         outcome = core.read_index(ctx)

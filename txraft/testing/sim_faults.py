@@ -46,6 +46,8 @@ class FaultMix:
     pauses: bool = False
     #: Membership changes (``Simulation.change``) among the actions.
     membership: bool = False
+    #: Leadership transfers (``Simulation.transfer``) among the actions.
+    transfers: bool = False
     #: Mean time between two fault actions.
     mean_gap_ms: int = 2000
     #: How often a fault aims at the current leader rather than any node.
@@ -53,7 +55,8 @@ class FaultMix:
 
     def actions(self) -> List[str]:
         names = []
-        for name in ("partitions", "one_way", "bridges", "crashes", "pauses", "membership"):
+        for name in ("partitions", "one_way", "bridges", "crashes", "pauses", "membership",
+                     "transfers"):
             if getattr(self, name):
                 names.append(name)
         return names
@@ -88,6 +91,12 @@ def membership_draw(seed: int) -> Tuple[bool, int, int]:
     if rng.random() >= 0.4:
         return False, 0, 20
     return True, rng.choice([1, 1, 2]), rng.choice([0, 10, 20, 60])
+
+
+def transfer_draw(seed: int) -> bool:
+    """Whether a seed hands the leadership over now and then, from its own source (so
+    that the other seeds keep the scenarios they named before transfers existed)."""
+    return random.Random("transfer-%d" % seed).random() < 0.4
 
 
 def random_config(rng: random.Random, nodes: int) -> SimConfig:
@@ -284,6 +293,21 @@ class Nemesis:
             # Another change at once: refused while the first has not committed.
             self._membership()
 
+    def _transfers(self) -> None:
+        """Dissertation 3.10: the leader hands over to a voter (named, or its own pick),
+        under whatever faults are in force; sometimes a second request at once."""
+        sim = self.sim
+        rng = sim.rng
+        leader = sim.leader()
+        if leader is None:
+            return
+        target = None
+        if rng.random() < 0.5:
+            target = rng.choice(leader.core.configuration.ids)
+        sim.transfer(target)
+        if rng.random() < 0.2:
+            sim.transfer(rng.choice(leader.core.configuration.ids))
+
 
 @attrs.frozen
 class SeedResult:
@@ -343,6 +367,8 @@ def run_seed(
     if membership:
         drawn = attrs.evolve(drawn, membership=True)
         config = attrs.evolve(config, spares=spares, auto_promote_ticks=auto_promote_ticks)
+    if transfer_draw(seed):
+        drawn = attrs.evolve(drawn, transfers=True)
     mix = drawn if mix is None else mix
     sim = Simulation(seed, config, rng=rng, replay=replay, record_trace=record_trace,
                      **simulation)
