@@ -13,8 +13,10 @@
     shopctl members list
     shopctl members add ID --address HOST:PORT [--http-url URL] [--expect-config-index N]
     shopctl members promote ID | remove ID [--expect-config-index N]
+    shopctl leader transfer [ID]
 
-Membership changes need the cluster secret: ``--secret-file FILE`` or $TXRAFT_SECRET.
+Membership changes and leadership transfers need the cluster secret: ``--secret-file
+FILE`` or $TXRAFT_SECRET.
 """
 
 from __future__ import annotations
@@ -144,6 +146,14 @@ def parser() -> argparse.ArgumentParser:
     for action in (add, promote, remove):
         action.add_argument("--expect-config-index", type=int, metavar="N",
                             help="refuse unless the configuration is still the one at N")
+    leader = commands.add_parser("leader", help="hand the leadership over "
+                                 "(docs/operations.md)")
+    leader_actions = leader.add_subparsers(dest="action", required=True, metavar="ACTION")
+    transfer = leader_actions.add_parser(
+        "transfer", help="make ID (default: the most caught-up voter) the leader; "
+        "returns once it leads")
+    transfer.add_argument("id", nargs="?")
+    for action in (add, promote, remove, transfer):
         action.add_argument("--secret-file", metavar="FILE",
                             help="the cluster secret (default: $TXRAFT_SECRET)")
     return top
@@ -160,7 +170,8 @@ def _secret(args) -> str:
     else:
         secret = os.environ.get("TXRAFT_SECRET", "").strip()
     if not secret:
-        raise SystemExit("shopctl: membership changes need the cluster secret: "
+        raise SystemExit("shopctl: membership changes and leadership transfers need the "
+                         "cluster secret: "
                          "--secret-file FILE or TXRAFT_SECRET")
     return secret
 
@@ -200,6 +211,9 @@ async def execute(args, client: ShopClient) -> Any:
         return await client.cluster_status()
     if resource == "members":
         return await _members(args, client)
+    if resource == "leader":
+        body = {"id": args.id} if args.id else {}
+        return await client.change_members("POST", "/raft/leader", _secret(args), body)
     action = args.action
     if action == "list":
         params = {name: getattr(args, name) for name, _ in FILTERS[resource]}
@@ -263,6 +277,9 @@ def render(args, result: Any) -> str:
                 rows.append([url, "-", "unreachable"] + ["-"] * (len(STATUS_COLUMNS) - 2))
                 problems.append("%s: %s" % (url, getattr(status, "message", status)))
         return "\n".join([table(["URL"] + [h for h, _ in STATUS_COLUMNS], rows)] + problems)
+    if args.resource == "leader":
+        return "%s leads term %d (was %s)" % (result["leader"], result["term"],
+                                              result["previous_leader"])
     if args.resource == "members":
         if args.action != "list":
             return "%s %s: configuration at index %d" % (args.action, args.id,

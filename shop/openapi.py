@@ -486,6 +486,32 @@ def spec() -> dict:
         "summary": "Remove a voter or a learner (needs the cluster secret).",
         "security": secured, "parameters": [member_id, expect],
         "responses": dict({"200": committed}, **change_errors)}}
+    transfer_errors = dict(change_errors, **{
+        "400": _ref("responses", "BadRequest"),
+        "413": _ref("responses", "TooLarge"),
+        "415": _ref("responses", "UnsupportedMediaType"),
+        "409": _error("not_voter (a learner), no_target (no other voter), "
+                      "transfer_in_progress, or another_leader (another voter won)."),
+        "422": _error("invalid_change: the body is not empty, {} or {\"id\": ...}."),
+        "504": _error("transfer_timeout: no new leader within twice the election timeout; "
+                      "the transfer was abandoned.", "Retry-After"),
+    })
+    paths["/raft/leader"] = {"post": {
+        "operationId": "raft_leader_transfer",
+        "summary": "Hand the leadership to a voter (default: the most caught-up one); "
+                   "answers once it leads (needs the cluster secret; forwarded to the "
+                   "leader).",
+        "security": secured,
+        "requestBody": {"required": False, "content": {"application/json": {"schema": {
+            "type": "object",
+            "properties": {"id": {"type": "string", "pattern": MEMBER_ID_PATTERN}},
+            "additionalProperties": False}}}},
+        "responses": dict({"200": {"description": "The target leads.", "content": {
+            "application/json": {"schema": {
+                "type": "object", "required": ["leader", "term", "previous_leader"],
+                "properties": {"leader": {"type": "string"}, "term": {"type": "integer"},
+                               "previous_leader": {"type": "string"}}}}}}},
+            **transfer_errors)}}
     paths["/metrics"] = {"get": {
         "operationId": "raft_metrics",
         "summary": "This node's status in the Prometheus text format 0.0.4 (served locally).",

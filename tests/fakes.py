@@ -25,6 +25,7 @@ from txraft.errors import (
     NotLeader,
     ProposalDropped,
     ReadTimeout,
+    TransferFailed,
 )
 from txraft.interfaces import IRaftNode
 from txraft.core.messages import ENTRY_NOOP, Entry
@@ -60,6 +61,8 @@ class FakeRaftNode:
         self.secret: Optional[bytes] = b"cluster-secret"
         self.configuration = Configuration.of_voters(["n1", "n2"])
         self.config_index = 0
+        #: ``(code, message)``: fail leadership transfers with ``TransferFailed``.
+        self.transfer_failure = None
 
     # -- switches ---------------------------------------------------------------------
 
@@ -124,6 +127,29 @@ class FakeRaftNode:
             return defer.fail(CommitTimeout())
         self.config_index = self.state_machine.applied_index() + 1
         return defer.succeed(self.config_index)
+
+    def transfer_leadership(self, target=None):
+        """A leadership transfer judged by the configuration: to another voter it
+        succeeds at once (this node then follows it); ``transfer_failure`` fails it."""
+        self.calls["transfer"] += 1
+        if self.role != "leader":
+            return self._not_leader()
+        if target == self.node_id:
+            return defer.succeed((self.node_id, self.term))
+        voters = [v for v in self.configuration.voters if v != self.node_id]
+        if target is None:
+            if not voters:
+                return defer.fail(TransferFailed("no_target", "no other voter"))
+            target = voters[0]
+        if target not in self.configuration:
+            return defer.fail(TransferFailed("unknown_member", "%r is not a member" % target))
+        if target not in voters:
+            return defer.fail(TransferFailed("not_voter", "%r is a learner" % target))
+        if self.transfer_failure is not None:
+            return defer.fail(TransferFailed(*self.transfer_failure))
+        self.term += 1
+        self.follow(target, None)
+        return defer.succeed((target, self.term))
 
     def propose(self, data: bytes):
         self.calls["propose"] += 1

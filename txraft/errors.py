@@ -27,14 +27,20 @@ class NotLeader(RaftError):
         leader_id: Optional[str] = None,
         leader_url: Optional[str] = None,
         leader_public_url: Optional[str] = None,
+        transferring_to: Optional[str] = None,
     ):
         self.leader_id = leader_id
+        #: This node still leads, but is handing the leadership to that voter.
+        self.transferring_to = transferring_to
         #: Where other nodes reach the leader's HTTP API (for forwarding).
         self.leader_url = leader_url
         #: Where clients reach it (for redirects); the same unless advertised otherwise.
         self.leader_public_url = leader_public_url or leader_url
         if leader_id is None:
             msg = "this node is not the leader and no leader is known"
+            if transferring_to is not None:
+                msg = ("this node is handing its leadership to %s and takes no writes "
+                       "meanwhile; retry shortly" % (transferring_to,))
         else:
             msg = "this node is not the leader; the leader is %s" % (leader_id,)
             if leader_url:
@@ -90,3 +96,13 @@ class StorageCorrupted(RaftError):
 
 class ConfigError(RaftError):
     """The node's configuration is wrong; the message is one line a person can act on."""
+
+
+class TransferFailed(MembershipRefused):
+    """A leadership transfer that was refused (nothing changed) or did not complete.
+
+    ``code``: the core's refusal (``not_voter``, ``unknown_member``, ``no_target``,
+    ``transfer_in_progress``), ``another_leader`` (an election made another voter the
+    leader) or ``transfer_timeout`` (no new leader within the election timeout; the
+    transfer was abandoned and this node still leads, or the cluster is electing).
+    """

@@ -107,6 +107,10 @@ class FakeCluster:
         self.calls.append("add " + node_id)
         return self.change_answer
 
+    def transfer_leader(self, target=None):
+        self.calls.append("transfer %s" % (target,))
+        return self.transfer_answer
+
     def elect(self, leader: str, term: int, commit: int = 1) -> None:
         for node_id, node in self.nodes.items():
             node.answer = {
@@ -231,6 +235,25 @@ class ConsoleTests(ConsoleTestMixin, SynchronousTestCase):
         self.cluster.kill("n1")
         console.execute("add n1")
         self.assertIn("add: n1 is not running", self.output())
+
+    def test_transfer_the_leadership(self):
+        """`transfer [<id>]` asks for a hand-over and prints who leads; a refusal is its
+        message and code."""
+        console = self.make_console()
+        self.output()
+        self.cluster.transfer_answer = HTTPResult(
+            200, {}, b'{"leader": "n2", "term": 4, "previous_leader": "n1"}')
+        console.execute("transfer")
+        self.assertEqual(self.cluster.calls[-1], "transfer None")
+        self.assertIn("n2 leads term 4 (was n1)", self.output())
+        console.execute("transfer 2")
+        self.assertEqual(self.cluster.calls[-1], "transfer n2")
+        self.cluster.transfer_answer = HTTPResult(
+            409, {}, b'{"error": {"code": "not_voter", "message": "n3 is a learner"}}')
+        console.execute("transfer n3")
+        self.assertIn("transfer: n3 is a learner (not_voter)", self.output())
+        console.execute("transfer n1 n2")
+        self.assertIn("usage: transfer [<id>]", self.output())
 
     def test_restart_kills_then_starts_with_a_new_pid(self):
         """`restart` is kill -9 then start; the new pid is printed like at startup."""

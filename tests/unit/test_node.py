@@ -16,7 +16,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from txraft.errors import CommitTimeout, NotLeader, Overloaded, ProposalDropped, ReadTimeout
+from txraft.errors import (
+    CommitTimeout,
+    NotLeader,
+    Overloaded,
+    ProposalDropped,
+    ReadTimeout,
+    TransferFailed,
+)
 from txraft.interfaces import IRaftNode, IStateMachine
 from txraft.core.messages import (
     ENTRY_CONFIG,
@@ -909,3 +916,68 @@ class StoppedNodeTests(SynchronousTestCase):
         node.stopService()
         self.failureResultOf(node.propose(b"x"), ProposalDropped)
         self.failureResultOf(node.read_barrier(), NotLeader)
+
+
+class LeadershipTransferTests(SynchronousTestCase):
+    """``RaftNode.transfer_leadership`` (dissertation 3.10) over the node's executor."""
+
+    def setUp(self):
+        self.cluster = Cluster(self, 3)
+        self.cluster.run(1.0)
+        self.leader = self.cluster.leader()
+        self.others = sorted(n for n in self.cluster.nodes if n != self.leader.node_id)
+
+    def test_fires_with_the_new_leader_once_it_leads(self):
+        cluster, leader = self.cluster, self.leader
+        term = leader.core.term
+        target = self.others[1]
+        out = result_of(leader.transfer_leadership(target))
+        self.assertEqual(out, [])
+        cluster.run(0.05)
+        self.assertEqual(out, [(target, term + 1)])
+        self.assertIs(cluster.leader(), cluster.nodes[target])
+        # The new leader takes writes; the old one names it.
+        write = result_of(cluster.nodes[target].propose(b"after"))
+        cluster.run(0.2)
+        self.assertEqual(write[0][1], b"retfa")
+        self.assertEqual(leader.leader()[0], target)
+
+    def test_writes_are_refused_while_the_leadership_moves(self):
+        cluster, leader = self.cluster, self.leader
+        target = self.others[0]
+        cluster.network.cut.add(target)  # it cannot catch up: the transfer waits
+        leader.propose(b"behind")
+        cluster.run(0.02)
+        out = result_of(leader.transfer_leadership(target))
+        refused = result_of(leader.propose(b"during"))
+        error = refused[0].trap(NotLeader) and refused[0].value
+        self.assertEqual(error.transferring_to, target)
+        self.assertIn("handing its leadership to %s" % target, str(error))
+        cluster.run(0.5)  # twice the election timeout: abandoned, still the leader
+        failure = out[0]
+        failure.trap(TransferFailed)
+        self.assertEqual(failure.value.code, "transfer_timeout")
+        self.assertIn("still leads", failure.value.message)
+        self.assertTrue(leader.is_leader())
+        accepted = result_of(leader.propose(b"again"))
+        cluster.run(0.2)
+        self.assertEqual(accepted[0][1], b"niaga")
+
+    def test_refusals_and_the_leader_itself(self):
+        leader = self.leader
+        out = result_of(leader.transfer_leadership("nobody"))
+        self.assertEqual(out[0].trap(TransferFailed) and out[0].value.code, "unknown_member")
+        self.assertEqual(result_of(leader.transfer_leadership(leader.node_id)),
+                         [(leader.node_id, leader.core.term)])
+        follower = self.cluster.nodes[self.others[0]]
+        out = result_of(follower.transfer_leadership())
+        self.assertEqual(out[0].trap(NotLeader) and out[0].value.leader_id, leader.node_id)
+
+    def test_stopping_fails_a_waiting_transfer(self):
+        cluster, leader = self.cluster, self.leader
+        cluster.network.cut.add(self.others[0])
+        leader.propose(b"behind")
+        cluster.run(0.02)
+        out = result_of(leader.transfer_leadership(self.others[0]))
+        leader.stopService()
+        self.assertTrue(out[0].check(NotLeader))

@@ -219,6 +219,20 @@ class CLITests(ClientCase):
         status, out, err = self.shopctl("--json", "members", "list")
         self.assertEqual(json.loads(out)["members"][2]["role"], "voter")
 
+    def test_leader_transfer(self):
+        """leader transfer [ID] sends the secret, prints who leads now; a refusal exits
+        1 with its code."""
+        secret = self.mktemp()
+        with open(secret, "w") as f:
+            f.write("cluster-secret\n")
+        status, out, _ = self.shopctl("leader", "transfer", "--secret-file", secret)
+        self.assertEqual((status, out), (0, "n2 leads term 2 (was n1)\n"))
+        self.assertEqual(self.cluster.nodes["n1"].leader_id, "n2")
+        self.cluster.elect("n2")
+        status, out, err = self.shopctl("leader", "transfer", "n7", "--secret-file", secret)
+        self.assertEqual(status, 1)
+        self.assertIn("unknown_member", err)
+
     def test_products(self):
         """products create/list/get/update/delete print tables and key: value lines."""
         status, out, _ = self.shopctl("products", "create", "--name", "Mug", "--price-cents",

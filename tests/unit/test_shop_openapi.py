@@ -48,6 +48,7 @@ GENERATORS = ("redirect", "malformed", "not_found", "precondition", "too_large",
 # "invalid" change for them.
 MEMBERS = {
     ("/raft/members", "post"): {"id": "n4", "address": "10.0.0.4:5001"},
+    ("/raft/leader", "post"): {"id": "n2"},
 }
 MEMBER_CONFLICT = {("/raft/members", "post"): {"id": "n2", "address": "10.0.0.9:5001"}}
 
@@ -87,6 +88,7 @@ class OpenAPITests(SynchronousTestCase):
             leader = cluster.nodes["n1"]
             leader.commit_timeout = leader.read_timeout = False
             leader.ready = True
+            leader.transfer_failure = None
 
     def _produce(self, cluster, path: str, method: str, generator: str) -> int:
         leader = cluster.nodes["n1"]
@@ -96,7 +98,8 @@ class OpenAPITests(SynchronousTestCase):
         node = "n1"
         query = ""
         headers = {"Content-Type": ["application/json"]}
-        membership = path.startswith("/raft/members") and method != "get"
+        membership = path.startswith(("/raft/members", "/raft/leader")) and method != "get"
+        transfer = path == "/raft/leader"
         if membership:
             # A learner n3 to promote, voters n1 and n2 (n2 can go, n1 is the leader).
             for n in cluster.nodes.values():
@@ -111,6 +114,10 @@ class OpenAPITests(SynchronousTestCase):
             del headers["Authorization"]  # 401
         elif membership and generator == "precondition":
             headers["Authorization"] = [b"Bearer wrong"]  # 403 (If-Match means nothing here)
+        elif transfer and generator in ("not_found", "conflict"):
+            data = json.dumps({"id": "n999" if generator == "not_found" else "n3"}).encode()
+        elif transfer and generator == "commit_timeout":
+            leader.transfer_failure = ("transfer_timeout", "no new leader in time")
         elif membership and generator == "not_found":
             ident = "n999"
             if body is not None:  # adding an unknown id is what adding is for: no 404

@@ -20,6 +20,7 @@ from zope.interface.verify import verifyObject
 import txraft
 from txraft.apps import kv, kv_http
 from txraft.apps.application import Application
+from txraft.core.config import Member as ConfigMember
 from txraft.http import errors, forwarding, requests, responses
 from txraft.http.node import RaftHTTP
 from txraft.http.routing import Route, RouteTable
@@ -564,3 +565,68 @@ class MembershipRouteTests(SynchronousTestCase):
         [(method, url, kwargs)] = self.cluster.to_leader.requests
         self.assertEqual(kwargs["headers"][b"authorization"], [b"Bearer cluster-secret"])
         self.assertEqual(self.cluster.leader.configuration.learners, ("n3",))
+
+
+class LeadershipTransferRouteTests(SynchronousTestCase):
+    """POST /raft/leader: the cluster secret, an optional target, errors as JSON."""
+
+    def setUp(self):
+        self.cluster = Cluster(self)
+        self.auth = {"Authorization": [b"Bearer cluster-secret"],
+                     "Content-Type": [b"application/json"]}
+
+    def transfer(self, http, body=None, headers=None):
+        data = b"" if body is None else json.dumps(body).encode()
+        return request(self, http, "POST", "http://n1/raft/leader", data=data,
+                       headers=self.auth if headers is None else headers)
+
+    def test_hands_over_and_names_the_new_leader(self):
+        for body in (None, {}, {"id": "n2"}):
+            self.cluster.leader.lead()
+            answer = self.transfer(self.cluster.leader_http, body)
+            self.assertEqual(answer.code, 200, body)
+            doc = answer.json()
+            self.assertEqual((doc["leader"], doc["previous_leader"]), ("n2", "n1"))
+            self.assertEqual(doc["term"], self.cluster.leader.term)
+        # An empty body needs no Content-Type.
+        self.cluster.leader.lead()
+        answer = self.transfer(self.cluster.leader_http, None,
+                               {"Authorization": [b"Bearer cluster-secret"]})
+        self.assertEqual(answer.code, 200)
+
+    def test_needs_the_secret(self):
+        answer = self.transfer(self.cluster.leader_http, {}, {})
+        self.assertEqual((answer.code, answer.error_code), (401, "unauthorized"))
+        answer = self.transfer(self.cluster.leader_http, {},
+                               dict(self.auth, Authorization=[b"Bearer nope"]))
+        self.assertEqual((answer.code, answer.error_code), (403, "forbidden"))
+        self.cluster.leader.secret = None
+        answer = self.transfer(self.cluster.leader_http, {})
+        self.assertEqual((answer.code, answer.error_code), (403, "forbidden"))
+        self.assertEqual(self.cluster.leader.calls["transfer"], 0)
+
+    def test_malformed_bodies(self):
+        for body in ([], {"id": ""}, {"id": 3}, {"target": "n2"}, {"id": "n2", "x": 1}, "n2"):
+            answer = self.transfer(self.cluster.leader_http, body)
+            self.assertEqual((answer.code, answer.error_code), (422, "invalid_change"), body)
+        self.assertEqual(self.cluster.leader.calls["transfer"], 0)
+
+    def test_refusals_are_json_errors(self):
+        node = self.cluster.leader
+        node.configuration = node.configuration.changed("add_learner", ConfigMember("n3"))
+        for body, status, code in [({"id": "n9"}, 404, "unknown_member"),
+                                   ({"id": "n3"}, 409, "not_voter")]:
+            answer = self.transfer(self.cluster.leader_http, body)
+            self.assertEqual((answer.code, answer.error_code), (status, code), body)
+        node.transfer_failure = ("transfer_timeout", "no new leader within 0.3s")
+        answer = self.transfer(self.cluster.leader_http, {})
+        self.assertEqual((answer.code, answer.error_code), (504, "transfer_timeout"))
+        self.assertEqual(answer.header("Retry-After"), "1")
+        self.assertTrue(node.is_leader())
+
+    def test_a_follower_forwards_it_to_the_leader(self):
+        answer = self.transfer(self.cluster.follower_http, {"id": "n2"})
+        self.assertEqual((answer.code, answer.json()["leader"]), (200, "n2"))
+        [(method, url, kwargs)] = self.cluster.to_leader.requests
+        self.assertEqual(url, "http://n1.test:5001/raft/leader")
+        self.assertEqual(kwargs["headers"][b"authorization"], [b"Bearer cluster-secret"])

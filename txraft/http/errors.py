@@ -95,6 +95,12 @@ MEMBERSHIP_STATUS = {
     "last_voter": 422,
     "invalid_change": 422,
     "leader_not_ready": 503,
+    # Leadership transfer (``TransferFailed``).
+    "not_voter": 409,
+    "no_target": 409,
+    "transfer_in_progress": 409,
+    "another_leader": 409,
+    "transfer_timeout": 504,
 }
 
 
@@ -109,7 +115,7 @@ def raft_error(error: RaftError) -> HTTPError:
     if isinstance(error, MembershipRefused):
         status = MEMBERSHIP_STATUS.get(error.code, 409)
         return HTTPError(status, error.code, error.message,
-                         headers=RETRY_SHORTLY if status == 503 else ())
+                         headers=RETRY_SHORTLY if status in (503, 504) else ())
     if isinstance(error, Overloaded):
         return HTTPError(503, "overloaded", "this node has too much waiting work; retry "
                          "shortly", headers=RETRY_SHORTLY)

@@ -18,6 +18,14 @@ JSON errors with the configuration unchanged: 404 unknown id; 409 another change
 progress, a learner not caught up, a duplicate id or address, or a moved configuration;
 422 the last voter, or a malformed id or address; 503 (retry) while the leader has not
 committed an entry of its term yet.
+
+``POST /raft/leader`` (body empty, ``{}`` or ``{"id": "<voter>"}``; the same secret)
+hands the leadership over (dissertation 3.10): the leader stops taking writes, brings the
+target (default: the most caught-up voter) up to date and tells it to campaign at once.
+The answer comes when the target leads: 200 ``{"leader", "term", "previous_leader"}``;
+or a JSON error: 404 unknown id, 409 a learner target, no other voter, another transfer
+under way or another voter won, 504 ``transfer_timeout`` when no new leader was known
+within twice the election timeout (the transfer was abandoned).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from txraft.core.config import (
     parse_address,
 )
 from txraft.http.errors import HTTPError
+from txraft.http.requests import read_body
 from txraft.http.responses import json_response
 from txraft.http.routing import Route
 from txraft.http.status import members_document
@@ -148,9 +157,30 @@ def membership_routes(http) -> Tuple[Route, ...]:
         _authorize(node, request)
         return change(request, REMOVE, member_id)
 
+    def transfer(request):
+        _authorize(node, request)
+        body = http.json_body(request) if read_body(request, http.body_limit).strip() else {}
+        if not isinstance(body, dict) or any(name != "id" for name in body):
+            raise HTTPError(422, "invalid_change", 'the body must be empty, {} or {"id": '
+                            '"<a voter>"}')
+        target = body.get("id")
+        if target is not None:
+            target = _new_member_id(target)
+        previous = node.node_id
+
+        def led(leader_and_term):
+            leader, term = leader_and_term
+            return json_response(request, 200, {"leader": leader, "term": term,
+                                                "previous_leader": previous})
+
+        d = defer.maybeDeferred(node.transfer_leadership, target)
+        d.addCallbacks(led, http.raft_failure, errbackArgs=(request,))
+        return d
+
     return (
         Route("GET", "/raft/members", members, "raft_members"),
         Route("POST", "/raft/members", add, "raft_members_add"),
         Route("POST", "/raft/members/<member_id>/promote", promote, "raft_members_promote"),
         Route("DELETE", "/raft/members/<member_id>", remove, "raft_members_remove"),
+        Route("POST", "/raft/leader", transfer, "raft_leader_transfer"),
     )

@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from txraft.results import Refusal
 from txraft.errors import NotLeader, RaftError
-from txraft.http.errors import internal_error, raft_error, render_error
+from txraft.http.errors import internal_error, no_leader, raft_error, render_error
 from txraft.http.forwarding import DEFAULT_FORWARD_TIMEOUT_SECONDS, Forwarder
 from txraft.http.requests import DEFAULT_BODY_LIMIT, is_stale, read_body, read_json
 
@@ -96,6 +96,8 @@ class RaftHTTP:
         any other failure passes on."""
         error = failure.value
         if isinstance(error, NotLeader):
+            if error.transferring_to is not None:
+                raise no_leader(str(error))
             return self.forwarder.forward(
                 request, error.leader_id, error.leader_url, error.leader_public_url
             )

@@ -401,7 +401,11 @@ class RaftNodeService(service.MultiService):
         )
 
     def stopService(self):
-        d = super().stopService()
+        # SIGTERM (docker stop, a Kubernetes rollout): a leader hands its leadership
+        # over before it goes, so the cluster has a leader again within a round trip
+        # instead of an election timeout (dissertation 3.10).
+        d = self._hand_over()
+        d.addBoth(lambda _: service.MultiService.stopService(self))
 
         def close(result):
             self.udp_port.stopListening()
@@ -409,7 +413,30 @@ class RaftNodeService(service.MultiService):
             self.storage.close()
             return result
 
-        return d.addBoth(close) if d is not None else close(None)
+        return d.addBoth(close)
+
+    def _hand_over(self):
+        from twisted.internet import defer
+
+        node = getattr(self, "node", None)
+        if node is None or not node.running or not node.is_leader() or not [
+            v for v in node.core.voters if v != node.node_id
+        ]:
+            return defer.succeed(None)
+        started = self.reactor.seconds()
+        log.info("stopping: handing the leadership over first")
+        d = node.transfer_leadership()
+
+        def done(leader_and_term):
+            log.info("stopping: {leader} leads term {term} ({ms:.0f} ms after the request)",
+                     leader=leader_and_term[0], term=leader_and_term[1],
+                     ms=1000 * (self.reactor.seconds() - started))
+
+        def failed(failure):
+            log.warn("stopping without handing the leadership over: {error}",
+                     error=failure.value)
+
+        return d.addCallbacks(done, failed)
 
     def _fatal(self, failure) -> None:
         log.critical("stopping the process: {error}", error=failure.value)

@@ -19,11 +19,11 @@ injects it, and tests drive this class with ``twisted.internet.task.Clock``.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Dict, Hashable, Optional, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -41,6 +41,7 @@ from txraft.errors import (
     Overloaded,
     ProposalDropped,
     ReadTimeout,
+    TransferFailed,
 )
 from txraft.interfaces import ILogStorage, IRaftNode, IStateMachine
 from txraft.runtime.executor import Executor
@@ -182,6 +183,9 @@ class RaftNode(Service):
         self._config_index = self.core.config_index
         self._proposals: Dict[int, Tuple[int, Deferred, Any]] = {}
         self._reads: Dict[Hashable, Tuple[Deferred, Any]] = {}
+        # Leadership transfers waiting for a new leader: (target or None, the term
+        # they started in, the Deferred, its timeout).
+        self._handovers: List[Tuple[Optional[str], int, Deferred, Any]] = []
         self._read_ids = itertools.count(1)
         self._process_call: Any = None
         self._ticker: Optional[LoopingCall] = None
@@ -333,7 +337,7 @@ class RaftNode(Service):
             ))
         outcome = self.core.propose(data)
         if not isinstance(outcome, Accepted):
-            return _failed(self._not_leader(outcome.leader_id))
+            return _failed(self._not_leader(outcome.leader_id, outcome.transferring_to))
         self.counters["proposals"] += 1
         d: Deferred = Deferred()
         timeout = self.reactor.callLater(
@@ -374,6 +378,62 @@ class RaftNode(Service):
         self._proposals[outcome.index] = (outcome.term, d, timeout)
         self._schedule()
         return d.addCallback(lambda index_and_result: index_and_result[0])
+
+    def transfer_leadership(self, target: Optional[str] = None) -> Deferred:
+        """Hand this node's leadership to the voter ``target`` (default: the most
+        caught-up one; dissertation 3.10).  Fires with ``(leader_id, term)`` once this
+        node hears from the new leader; fails with ``NotLeader`` (forward it),
+        ``TransferFailed`` (refused, nothing changed; or ``transfer_timeout`` within
+        twice the election timeout, or ``another_leader``).  Proposals are refused
+        meanwhile, so that the target has the whole log when it campaigns."""
+        if self._dead is not None:
+            return _failed(FatalNodeError("node stopped after a fatal error"))
+        if not self.running:
+            return _failed(NotLeader(None, None))
+        outcome = self.core.transfer_leadership(target)
+        if isinstance(outcome, ChangeRefused):
+            if outcome.code == "already_leader":
+                return succeed((self.node_id, self.core.term))
+            return _failed(TransferFailed(outcome.code, outcome.message))
+        if not isinstance(outcome, Accepted):
+            return _failed(self._not_leader(outcome.leader_id))
+        self.log.info("{node}: handing the leadership of term {term} to {target}",
+                      node=self.node_id, term=outcome.term, target=self.core.transferee)
+        d: Deferred = Deferred()
+        seconds = 2 * self.timing.election_timeout_seconds
+        timeout = self.reactor.callLater(seconds, self._handover_timed_out, d, seconds)
+        entry = (target, outcome.term, d, timeout)
+        self._handovers.append(entry)
+        self._schedule()
+        return d
+
+    def _handover_timed_out(self, d: Deferred, seconds: float) -> None:
+        for item in list(self._handovers):
+            if item[2] is d:
+                self._handovers.remove(item)
+                still = " (this node still leads)" if self.core.role == LEADER else ""
+                d.errback(TransferFailed(
+                    "transfer_timeout",
+                    "no new leader within %gs%s; retry, or check the target's /raft/status"
+                    % (seconds, still)))
+
+    def _handover_done(self, soft: Any, outcomes: list) -> None:
+        """A new leader is known: answer the transfers that were waiting for one."""
+        if soft.leader_id is None or soft.leader_id == self.node_id:
+            return
+        waiting, self._handovers = self._handovers, []
+        for target, term, d, timeout in waiting:
+            if soft.term <= term:
+                self._handovers.append((target, term, d, timeout))
+                continue
+            _cancel(timeout)
+            if target is None or target == soft.leader_id:
+                outcomes.append((d, (soft.leader_id, soft.term)))
+            else:
+                outcomes.append((d, Failure(TransferFailed(
+                    "another_leader",
+                    "%s won the election of term %d instead of %s"
+                    % (soft.leader_id, soft.term, target)))))
 
     def read_barrier(self) -> Deferred:
         if self._dead is not None:
@@ -586,6 +646,8 @@ class RaftNode(Service):
         if soft.leader_id is not None and soft.leader_id != self._last_leader:
             self.counters["leader_changes_seen"] += 1
             self._last_leader = soft.leader_id
+        if self._handovers:
+            self._handover_done(soft, outcomes)
         # Proposals of an earlier leadership may still be committed by the next leader
         # (or may have been overwritten): the outcome is unknown, and the client must
         # retry with its idempotency key.
@@ -683,10 +745,11 @@ class RaftNode(Service):
 
     # -------------------------------------------------------------- failures
 
-    def _not_leader(self, leader_id: Optional[str]) -> NotLeader:
+    def _not_leader(self, leader_id: Optional[str],
+                    transferring_to: Optional[str] = None) -> NotLeader:
         member = self.members.get(leader_id) if leader_id is not None else None
         if member is None:
-            return NotLeader(leader_id, None)
+            return NotLeader(leader_id, None, transferring_to=transferring_to)
         return NotLeader(leader_id, member.http_url, member.public_url)
 
     def _proposal_timed_out(self, index: int) -> None:
@@ -716,6 +779,10 @@ class RaftNode(Service):
             d.errback(write_error)
         reads, self._reads = self._reads, {}
         for d, timeout in reads.values():
+            _cancel(timeout)
+            d.errback(read_error)
+        handovers, self._handovers = self._handovers, []
+        for _, _, d, timeout in handovers:
             _cancel(timeout)
             d.errback(read_error)
 

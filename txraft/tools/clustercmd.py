@@ -45,12 +45,14 @@ Commands (<id> is n1, 2, node3... or 'leader' for the current leader):
   remove <id>    remove it from the cluster's configuration (it stops counting)
   add <id>       add a removed member back as a learner (it must be running; the
                  leader promotes it once it has caught up)
+  transfer [<id>] hand the leadership to <id> (default: the most caught-up voter);
+                 returns once it leads
   status         print the table and every node's URL, pid and log now
   help           this text
   quit           stop every node and exit (so do Ctrl-C and end of a SIGTERM)"""
 
-COMMANDS = ("kill", "stop", "start", "restart", "pause", "resume", "remove", "add", "status",
-            "help", "quit")
+COMMANDS = ("kill", "stop", "start", "restart", "pause", "resume", "remove", "add",
+            "transfer", "status", "help", "quit")
 
 
 @attrs.frozen
@@ -254,8 +256,16 @@ class Console:
         if command not in COMMANDS:
             self.say("unknown command %r; type 'help'" % (command,))
             return
+        if command == "transfer" and len(args) <= 1:
+            try:
+                self.do_transfer(self.resolve(args[0]) if args else None)
+            except (ValueError, RuntimeError, OSError) as e:
+                self.say("%s: %s" % (command, e))
+                return
+            self.refresh()
+            return
         if len(args) != 1:
-            self.say("usage: %s <id>" % (command,))
+            self.say("usage: %s %s" % (command, "[<id>]" if command == "transfer" else "<id>"))
             return
         try:
             node_id = self.resolve(args[0])
@@ -309,12 +319,24 @@ class Console:
             self.say("%s %s: configuration at index %d"
                      % (verb, node_id, result.json()["config_index"]))
             return
+        raise ValueError(self._why(result))
+
+    def do_transfer(self, node_id: Optional[str]) -> None:
+        result = self.cluster.transfer_leader(node_id)
+        if result.status != 200:
+            raise ValueError(self._why(result))
+        doc = result.json()
+        self.say("%s leads term %d (was %s)" % (doc["leader"], doc["term"],
+                                                doc["previous_leader"]))
+
+    @staticmethod
+    def _why(result: Any) -> str:
         try:
             error = result.json()["error"]
             why = "%s (%s)" % (error["message"], error["code"])
         except (ValueError, KeyError, TypeError):
             why = result.error or "HTTP %d" % (result.status,)
-        raise ValueError(why)
+        return why
 
     def do_remove(self, node_id: str) -> None:
         self._changed("removed", node_id, self.cluster.remove_member(node_id))

@@ -272,6 +272,11 @@ class LocalCluster:
         return self.change_member("POST", "/raft/members", {
             "id": node_id, "address": "127.0.0.1:%d" % node.port, "http_url": node.url})
 
+    def transfer_leader(self, target: Optional[str] = None) -> HTTPResult:
+        """``POST /raft/leader``: hand the leadership to ``target`` (default: the leader's
+        pick); answers once the new leader leads, or with a JSON error."""
+        return self.change_member("POST", "/raft/leader", {"id": target} if target else {})
+
     def statuses(self) -> Dict[str, Optional[Dict[str, Any]]]:
         return {node_id: node.status() for node_id, node in self.nodes.items()}
 
