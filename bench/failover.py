@@ -13,11 +13,18 @@ The same is done with etcd 3.4 when it is installed (``--election-timeout 150``,
 also randomizes over [T, 2T); heartbeat 30 ms because etcd wants the timeout to be at least
 5 heartbeats), writing through its HTTP/JSON gateway.  Systems alternate trial by trial.
 
+With ``--signal term`` (or ``both``, alternating) the leader is stopped with SIGTERM
+instead, as ``docker stop`` or a Kubernetes rollout does: a txraft leader then hands its
+leadership to the most caught-up voter first (dissertation 3.10), and so does etcd
+(its leadership transfer on shutdown).  The downtime is measured the same way, from the
+signal; the difference is the election-timeout gap that a rolling restart saves.
+
 Usage::
 
     python bench/failover.py                  # 100 trials per system
     python bench/failover.py --trials 300
     python bench/failover.py --quick          # 10 trials per system
+    python bench/failover.py --signal both --trials 30   # SIGTERM hand-over vs kill -9
 
 Prints median, p90, p99, max and a histogram; writes JSON to ``bench/results``.
 """
@@ -123,7 +130,11 @@ class TxraftTarget(Target):
     def kill(self, node: str) -> None:
         self.cluster.nodes[node].process.kill()
 
+    def terminate(self, node: str) -> None:
+        self.cluster.nodes[node].process.terminate()
+
     def reap(self, node: str) -> None:
+        wait_exit(self.cluster.nodes[node].process)
         self.cluster.kill(node)
 
     def restart(self, node: str) -> None:
@@ -166,7 +177,11 @@ class EtcdTarget(Target):
     def kill(self, node: str) -> None:
         self.cluster.members[node].process.kill()
 
+    def terminate(self, node: str) -> None:
+        self.cluster.members[node].process.terminate()
+
     def reap(self, node: str) -> None:
+        wait_exit(self.cluster.members[node].process)
         self.cluster.kill(node)
 
     def restart(self, node: str) -> None:
@@ -195,6 +210,14 @@ class EtcdTarget(Target):
 
     def stop(self) -> None:
         self.cluster.stop_all()
+
+
+def wait_exit(process: Any, timeout: float = 10.0) -> None:
+    """Let a process stopped with SIGTERM finish its shutdown (a hand-over) first."""
+    try:
+        process.wait(timeout)
+    except Exception:
+        pass
 
 
 class Client:
@@ -227,7 +250,7 @@ class Client:
             w.join(5)
 
 
-def trial(target: Target, client: Client, args) -> Dict[str, Any]:
+def trial(target: Target, client: Client, args, how: str = "kill") -> Dict[str, Any]:
     leader = target.leader()
     term_before = target.term(leader)
     client.take()
@@ -235,7 +258,10 @@ def trial(target: Target, client: Client, args) -> Dict[str, Any]:
     time.sleep(args.lead_in + random.uniform(0, 0.05))
     before = client.take()
     t_kill = time.monotonic()
-    target.kill(leader)
+    if how == "term":
+        target.terminate(leader)
+    else:
+        target.kill(leader)
     downtime = None
     deadline = t_kill + args.trial_timeout
     after: List[Tuple[float, float]] = []
@@ -259,7 +285,7 @@ def trial(target: Target, client: Client, args) -> Dict[str, Any]:
     target.restart(leader)
     target.wait_caught_up(timeout=60)
     time.sleep(args.settle)
-    return {"killed": leader, "new_leader": new_leader, "downtime_ms":
+    return {"killed": leader, "signal": how, "new_leader": new_leader, "downtime_ms":
             None if downtime is None else round(downtime * 1000, 1),
             "writes_before_kill": len(before), "term_increase": terms}
 
@@ -318,6 +344,9 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=0.5,
                         help="seconds of quiet after the restarted node caught up")
     parser.add_argument("--trial-timeout", type=float, default=10.0)
+    parser.add_argument("--signal", choices=("kill", "term", "both"), default="kill",
+                        help="stop the leader with SIGKILL (an election), SIGTERM (a "
+                             "hand-over), or both, alternating [kill]")
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--txraft-args", default="")
     parser.add_argument("--max-load", type=float, default=1.5)
@@ -330,7 +359,8 @@ def main() -> None:
     if args.quick:
         args.trials = 10
     txraft_app = "kv"
-    name = args.name or ("failover" + ("-quick" if args.quick else ""))
+    name = args.name or ("failover" + ("" if args.signal == "kill" else "-" + args.signal)
+                         + ("-quick" if args.quick else ""))
     random.seed(args.seed)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if "etcd" in systems and require("etcd", needed=False) is None:
@@ -344,7 +374,11 @@ def main() -> None:
     root = common.scratch_dir("txraft-bench-failover-")
     targets: Dict[str, Target] = {}
     clients: Dict[str, Client] = {}
-    results: Dict[str, List[Dict[str, Any]]] = {s: [] for s in systems}
+    signals = ["kill", "term"] if args.signal == "both" else [args.signal]
+    runs = [(s, how) for s in systems for how in signals]
+    label = {(s, how): s + (" (SIGTERM)" if how == "term" else
+                            " (kill -9)" if len(signals) > 1 else "") for s, how in runs}
+    results: Dict[str, List[Dict[str, Any]]] = {label[r]: [] for r in runs}
     started = time.time()
     try:
         for s in systems:
@@ -357,14 +391,15 @@ def main() -> None:
                                         args.etcd_heartbeat_ms)
             clients[s] = Client(targets[s], args.client_timeout, args.pause_ms / 1000.0)
         for i in range(args.trials):
-            for s in (systems if i % 2 == 0 else list(reversed(systems))):
-                t = trial(targets[s], clients[s], args)
+            for s, how in (runs if i % 2 == 0 else list(reversed(runs))):
+                t = trial(targets[s], clients[s], args, how)
                 t["trial"] = i
                 t["loadavg"] = common.loadavg()[0]
-                results[s].append(t)
-                print("  %-6s trial %3d: killed %s -> %s, downtime %s ms (terms +%s, %d writes "
+                results[label[(s, how)]].append(t)
+                print("  %-6s trial %3d: %s %s -> %s, downtime %s ms (terms +%s, %d writes "
                       "in the lead-in, load %.1f)" % (
-                          s, i + 1, t["killed"], t["new_leader"], fmt(t["downtime_ms"]),
+                          s, i + 1, "SIGTERM" if how == "term" else "killed", t["killed"],
+                          t["new_leader"], fmt(t["downtime_ms"]),
                           t["term_increase"], t["writes_before_kill"], t["loadavg"]), flush=True)
     finally:
         for c in clients.values():
@@ -372,7 +407,8 @@ def main() -> None:
         for t in targets.values():
             t.stop()
         shutil.rmtree(root, ignore_errors=True)
-    summaries = [summarize(s, results[s], args.trial_timeout) for s in systems if results[s]]
+    summaries = [summarize(label[r], results[label[r]], args.trial_timeout) for r in runs
+                 if results[label[r]]]
     print()
     print_table(
         ["system", "trials", "median", "p90", "p99", "max", "> 600", "no write", "multi-term"],
@@ -380,11 +416,12 @@ def main() -> None:
           fmt(s.get("p99_ms")), fmt(s.get("max_ms")), s.get("over_600ms", "-"),
           s["no_write_within_timeout"], s.get("trials_needing_more_than_one_term", "-")]
          for s in summaries],
-        title="downtime after kill -9 of the leader, ms (%d nodes, election timeout %d-%d ms)"
-              % (args.nodes, args.election_ms, 2 * args.election_ms))
+        title="downtime after %s of the leader, ms (%d nodes, election timeout %d-%d ms)"
+              % ({"kill": "kill -9", "term": "SIGTERM"}.get(args.signal, "kill -9 or SIGTERM"),
+                 args.nodes, args.election_ms, 2 * args.election_ms))
     hist = histogram(summaries) if summaries else ""
     goals = {}
-    tx = next((s for s in summaries if s["system"] == "txraft"), None)
+    tx = next((s for s in summaries if s["system"] in ("txraft", "txraft (kill -9)")), None)
     if tx and "median_ms" in tx:
         goals["failover"] = {"median_ms": tx["median_ms"], "max_ms": tx["max_ms"],
                              "trials": tx["trials"],
