@@ -838,6 +838,29 @@ class ConfigurationInForceTests(SynchronousTestCase):
         self.assertEqual(node.members["n9"].public_url, "http://x:8009")
 
 
+    def test_a_restarted_node_talks_to_the_members_its_log_names(self):
+        """The configuration in force after a restart is the log's (dissertation 4.1),
+        not the one the node was started with: its transport is told at once."""
+        node, storage, clock, fatal = lone_follower(self)
+        conf = node.core.configuration.changed(
+            ADD_LEARNER, ConfigMember("n9", address="127.0.0.1:7009"))
+        node.receive(AppendEntries(1, "n1", "n2", 0, 0,
+                                   (Entry(1, 1, conf.to_bytes(), ENTRY_CONFIG),), 0, 0))
+        clock.advance(0)
+        node.stopService()
+        again = RaftNode("n2", members(3), storage, JournalStateMachine([], "n2"), clock,
+                         random.Random(2), on_fatal=fatal.append)
+        again.transport = RecordingTransport()
+        peers = []
+        again.transport.set_peers = peers.append
+        again.startService()
+        self.addCleanup(lambda: again.running and again.stopService())
+        clock.advance(0)
+        self.assertEqual(fatal, [])
+        self.assertEqual(sorted(peers[-1]), ["n1", "n2", "n3", "n9"])
+        self.assertEqual(again.members["n9"].port, 7009)
+
+
 class SnapshotInstallOrderTests(SynchronousTestCase):
     def test_snapshot_inside_unsaved_entries(self):
         """Section 7: a follower whose unsaved log holds the snapshot's last entry keeps

@@ -180,7 +180,9 @@ class RaftNode(Service):
             entries=entries,
             applied_index=applied,
         )
-        self._config_index = self.core.config_index
+        # Not yet told to the transport: the first batch does (a node restarted after
+        # membership changes must talk to the members its log names, not --members).
+        self._config_index = -1
         self._proposals: Dict[int, Tuple[int, Deferred, Any]] = {}
         self._reads: Dict[Hashable, Tuple[Deferred, Any]] = {}
         # Leadership transfers waiting for a new leader: (target or None, the term
@@ -517,7 +519,7 @@ class RaftNode(Service):
     def _use_configuration(self) -> None:
         """The latest configuration in the log changed (it is in force at once,
         dissertation 4.1): talk to its members, and know where their HTTP APIs are."""
-        self._config_index = self.core.config_index
+        self._config_index = -1
         conf = self.core.configuration
         peers = {}
         for m in conf.members:
