@@ -112,7 +112,7 @@ class WorkloadLoadingTests(SynchronousTestCase):
             self.assertIn(repr(name), str(raised.exception))
 
 
-class ScriptedContext:
+class ScriptedContext(workload_module.Context):
     """A harness stand-in whose nodes answer from a script, recording every request."""
 
     node_ids = ["n1", "n2", "n3"]

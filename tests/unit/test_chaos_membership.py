@@ -1,16 +1,27 @@
-"""The chaos harness's membership client without processes: ``MembershipClient``
-against scripted HTTP answers (retries while the cluster is busy, an unknown outcome
-settled by reading the configuration, the deadline, an unsupported ``POST /raft/leader``).
+"""The chaos harness's membership actions without processes.
+
+``MembershipClient`` against scripted HTTP answers (retries while the cluster is busy, an
+unknown outcome settled by reading the configuration, the deadline, an unsupported
+``POST /raft/leader``), and the nemesis's schedule with the new kinds against
+``FakeCluster``, a cluster of pretend nodes whose configuration changes the way the
+HTTP API says it does, on a fake clock: the same seed gives the same schedule, each
+action takes its documented steps in order, a member out of the configuration gets no
+client traffic, a removed server that campaigns is caught, and a failed action is
+repaired.  The real-process round is ``tests.integration.test_chaos``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from txraft.tools.chaos.harness import Config, Report
 from txraft.tools.chaos.membership import MembershipClient, wipe
+from txraft.tools.chaos.nemesis import (DEFAULT_WEIGHTS, FAULT_KINDS, MEMBERSHIP_KINDS,
+                                        MEMBERSHIP_WEIGHTS, Nemesis)
 from txraft.tools.localcluster import HTTPResult
 
 
@@ -29,6 +40,235 @@ class FakeClock:
 
     def advance(self, seconds):
         self.now += seconds
+
+
+class FakeNode:
+    def __init__(self, cluster, node_id, data_dir):
+        self.cluster = cluster
+        self.node_id = node_id
+        self.port = 7000 + int(node_id[1:])
+        self.http_port = self.port
+        self.url = "http://%s.test" % node_id
+        self.data_dir = data_dir
+        self.paused = False
+        self.running = True
+        self.term_seen = 1  # the term it last heard of (frozen once out)
+        self.snapshots_installed = 0
+        os.makedirs(data_dir)
+        self.touch()
+
+    def touch(self):
+        with open(os.path.join(self.data_dir, "raft.log"), "w") as f:
+            f.write("entries")
+        with open(os.path.join(self.data_dir, "node.log"), "a") as f:
+            f.write("log line\n")
+
+    def alive(self):
+        return self.running
+
+    def status(self, timeout=1.0):
+        if not self.running or self.paused:
+            return None
+        c = self.cluster
+        c.tick()
+        member = self.node_id in c.roles
+        if member:
+            self.term_seen = c.term
+        elif c.removed_campaign:
+            self.term_seen = c.term + 1
+        return {"id": self.node_id, "term": self.term_seen,
+                "role": "leader" if c.leader == self.node_id else "follower",
+                "leader_id": c.leader if member else None,
+                "voters": c.voters(), "learners": c.learners(),
+                "commit_index": c.index, "applied_index": c.index,
+                "counters": {"snapshots_installed": self.snapshots_installed}}
+
+
+class FakeCluster:
+    """Pretend nodes and the membership API's behaviour, on ``clock``.
+
+    A learner whose process runs is promoted two seconds after it was added (the
+    leader's auto-promotion), unless ``promote`` is false; removing the leader elects
+    the lowest other voter in the next term.  ``POST /raft/leader`` answers
+    ``transfer`` (default: 404, the route does not exist).
+    """
+
+    secret = "s3cret"
+
+    def __init__(self, root, clock, size=3):
+        self.clock = clock
+        self.nodes = {"n%d" % i: FakeNode(self, "n%d" % i, os.path.join(root, "n%d" % i))
+                      for i in range(1, size + 1)}
+        self.roles = {i: "voter" for i in self.nodes}
+        self.added_at = {}
+        self.leader = "n1"
+        self.term = 1
+        self.index = 10
+        self.config_index = 0
+        self.promote = True
+        self.removed_campaign = False
+        self.transfer = answer(404, code="not_found")
+        self.requests = []
+        self.actions = []
+        self.started_empty = []
+
+    def voters(self):
+        return sorted(i for i, r in self.roles.items() if r == "voter")
+
+    def learners(self):
+        return sorted(i for i, r in self.roles.items() if r == "learner")
+
+    def tick(self):
+        for node_id, at in list(self.added_at.items()):
+            if self.promote and self.nodes[node_id].running and self.clock() >= at + 2.0:
+                self.roles[node_id] = "voter"
+                self._changed()
+                del self.added_at[node_id]
+
+    def _changed(self):
+        self.index += 1
+        self.config_index = self.index
+
+    # LocalCluster's process control
+    def kill(self, node_id):
+        self.actions.append(("kill", node_id))
+        self.nodes[node_id].running = False
+
+    def stop(self, node_id):
+        self.actions.append(("stop", node_id))
+        self.nodes[node_id].running = False
+
+    def start(self, node_id):
+        self.actions.append(("start", node_id))
+        node = self.nodes[node_id]
+        node.running = True
+        if os.listdir(node.data_dir) == ["node.log"]:
+            self.started_empty.append(node_id)
+            node.snapshots_installed = 1
+            node.term_seen = 0
+
+    # the HTTP API
+    def request(self, method, url, body=None, headers=None, timeout=5.0):
+        node_id = url.split("//")[1].split(".")[0]
+        path = url.split(".test", 1)[1]
+        self.requests.append((method, path, node_id))
+        if not self.nodes[node_id].running:
+            return HTTPResult(0, {}, b"", error="connection refused")
+        self.tick()
+        if method == "GET" and path == "/raft/members":
+            return answer(200, {"from_leader": True, "config_index": self.config_index,
+                                "members": [{"id": i, "role": r, "address": "127.0.0.1:%d"
+                                             % self.nodes[i].port, "http_url": self.nodes[i].url}
+                                            for i, r in sorted(self.roles.items())]})
+        if headers.get("Authorization") != "Bearer " + self.secret:
+            return answer(401, code="unauthorized")
+        if method == "POST" and path == "/raft/leader":
+            return self.transfer(json.loads(body)) if callable(self.transfer) else self.transfer
+        if method == "DELETE":
+            victim = path.rsplit("/", 1)[1]
+            if victim not in self.roles:
+                return answer(404, code="unknown_member")
+            del self.roles[victim]
+            self._changed()
+            if victim == self.leader:
+                self.leader = self.voters()[0]
+                self.term += 1
+            return answer(200, {"config_index": self.config_index})
+        if method == "POST" and path == "/raft/members":
+            doc = json.loads(body)
+            if doc["id"] in self.roles:
+                return answer(409, code="duplicate_member")
+            self.roles[doc["id"]] = "learner"
+            self.added_at[doc["id"]] = self.clock()
+            self._changed()
+            return answer(200, {"config_index": self.config_index})
+        if method == "POST" and path.endswith("/promote"):
+            member = path.split("/")[3]
+            self.roles[member] = "voter"
+            self.added_at.pop(member, None)
+            self._changed()
+            return answer(200, {"config_index": self.config_index})
+        return answer(404, code="not_found")
+
+
+class FakeNetwork:
+    def cut(self, cuts):
+        pass
+
+    def lossy(self, nodes, rate):
+        pass
+
+    def heal(self):
+        pass
+
+
+def make_nemesis(test, seed=5, weights=None, size=3, until=60.0, **kwargs):
+    clock = FakeClock()
+    cluster = FakeCluster(test.mktemp(), clock, size)
+    outs = []  # serving() whenever the schedule sleeps
+
+    def wait(seconds):
+        outs.append((clock(), tuple(nemesis.serving())))
+        clock.advance(seconds)
+        if clock() >= until:
+            nemesis.stop.set()
+        return nemesis.stop.is_set()
+
+    def membership(log, serving, pause):
+        return MembershipClient(cluster, cluster.secret, log, serving, request=cluster.request,
+                                clock=clock, pause=pause, deadline_seconds=kwargs.get(
+                                    "membership_seconds", 30.0))
+
+    nemesis = Nemesis(cluster, seed, "token", 0.15, clock=clock,
+                      weights=weights or dict(MEMBERSHIP_WEIGHTS),
+                      network=lambda log: FakeNetwork(), membership=membership,
+                      pause=clock.advance, wait=wait, **kwargs)
+    nemesis.outs = outs
+    return nemesis, cluster
+
+
+def run_schedule(nemesis):
+    if nemesis.membership_enabled:
+        test_remembered = nemesis.members.remember()
+        assert test_remembered
+    nemesis._run()
+    return [e for e in nemesis.events if e["action"] != "member_request"]
+
+
+class ConfigTests(SynchronousTestCase):
+    def test_membership_mix(self):
+        """--membership adds every membership action to the mix (default or named); the
+        default mix alone has none; membership kinds can be named like any other."""
+        self.assertEqual(Config().weights(), None)
+        self.assertFalse(set(DEFAULT_WEIGHTS) & set(MEMBERSHIP_KINDS))
+        self.assertEqual(Config().membership_actions(), [])
+        config = Config(membership=True, workload="shop", nodes=5, duration=1800, seed=8)
+        self.assertEqual(config.weights(), dict(DEFAULT_WEIGHTS, **MEMBERSHIP_WEIGHTS))
+        self.assertEqual(config.membership_actions(), list(MEMBERSHIP_KINDS))
+        self.assertTrue(config.command().endswith("--membership"))
+        self.assertEqual(Config(faults="kill,wipe_replace").weights(),
+                         {"kill": 3, "wipe_replace": MEMBERSHIP_WEIGHTS["wipe_replace"]})
+        self.assertEqual(Config(faults="pause", membership=True).weights(),
+                         dict({"pause": 3}, **MEMBERSHIP_WEIGHTS))
+        self.assertEqual(FAULT_KINDS[-3:], MEMBERSHIP_KINDS)
+
+    def test_report_rows(self):
+        """The table counts each membership action by outcome and shows the final
+        configuration; a run without them shows no such rows."""
+        report = Report(Config(membership=True), faults={"remove_add": 3, "transfer": 2},
+                        membership={"remove_add": {"done": 2, "failed": 1},
+                                    "wipe_replace": {}, "transfer": {"unsupported": 2}},
+                        final_configuration="n1,n2,n3 voters, no learners (config index 9)")
+        rows = dict(m.groups() for m in map(re.compile(r"\s*(\S.*?)\s{2,}(\S.*)$").match,
+                                             report.table().splitlines()) if m)
+        self.assertEqual(rows["remove_add"], "3 (done 2, failed 1)")
+        self.assertEqual(rows["wipe_replace"], "0 (done 0, failed 0)")
+        self.assertEqual(rows["transfer"], "2 (done 0, failed 0, unsupported 2)")
+        self.assertEqual(rows["members after heal"],
+                         "n1,n2,n3 voters, no learners (config index 9)")
+        plain = Report(Config()).table()
+        self.assertNotIn("remove_add", plain)
+        self.assertNotIn("members after heal", plain)
 
 
 class ScriptedRequests:
@@ -142,3 +382,125 @@ class ClientTests(SynchronousTestCase):
                 f.write("x")
         self.assertEqual(wipe(root), ["raft.db", "snapshots"])
         self.assertEqual(os.listdir(root), ["node.log"])
+
+
+class ScheduleTests(SynchronousTestCase):
+    """The nemesis with membership actions, on ``FakeCluster``."""
+
+    def test_same_seed_same_schedule(self):
+        """Kinds, shapes and timing come from the seed (the nodes are picked from what
+        the cluster says at run time, the same here)."""
+        weights = dict(DEFAULT_WEIGHTS, **MEMBERSHIP_WEIGHTS)
+        for kind in DEFAULT_WEIGHTS:  # the network and process faults need real nodes
+            weights[kind] = 0
+        first, _ = make_nemesis(self, seed=11, weights=weights)
+        second, _ = make_nemesis(self, seed=11, weights=weights)
+        self.assertEqual(run_schedule(first), run_schedule(second))
+        other, _ = make_nemesis(self, seed=12, weights=weights)
+        self.assertNotEqual(run_schedule(other), run_schedule(first))
+        kinds = {e["action"] for e in first.events}
+        self.assertTrue({"remove_add", "wipe_replace", "transfer"} <= kinds, kinds)
+
+    def test_actions_follow_the_documented_steps(self):
+        """remove_add: removed (leader or follower), out for a while, wiped, started,
+        added, promoted by the leader; wipe_replace: killed, wiped, removed while down,
+        started empty, added, promoted.  Until promoted it gets no client traffic;
+        afterwards every node is a voter again and nothing is reported."""
+        nemesis, cluster = make_nemesis(self, seed=3)
+        events = run_schedule(nemesis)
+        steps = {"remove_add": ["remove_add", "member_remove", "leader_without", "out", "wipe",
+                                "start_empty", "member_add", "promoted", "remove_add_done"],
+                 "wipe_replace": ["wipe_replace", "kill", "wipe", "member_remove",
+                                  "start_empty", "member_add", "promoted",
+                                  "wipe_replace_done"]}
+        groups = []
+        for e in events:
+            if e["action"] in MEMBERSHIP_KINDS or e["action"].endswith("_skipped"):
+                groups.append([])
+            if groups and e["action"] not in ("stop", "kill") or e["action"] == "kill" \
+                    and groups[-1][0]["action"] == "wipe_replace":
+                groups[-1].append(e)
+        done = {kind: 0 for kind in steps}
+        for group in groups:
+            kind, victim = group[0]["action"], group[0].get("node")
+            if kind not in steps:
+                continue
+            self.assertEqual([e["action"] for e in group], steps[kind], group)
+            done[kind] += 1
+            promoted = [e["t"] for e in group if e["action"] == "promoted"][0]
+            # (event times are rounded to 0.1 ms)
+            window = [out for t, out in nemesis.outs
+                      if group[0]["t"] - 1e-3 <= t < promoted - 1e-3]
+            self.assertTrue(window)
+            self.assertTrue(all(victim not in out for out in window), (victim, window))
+        self.assertGreater(done["remove_add"], 0)
+        self.assertGreater(done["wipe_replace"], 0)
+        self.assertEqual(nemesis.membership_summary()["remove_add"]["done"], done["remove_add"])
+        self.assertTrue(any(g[0]["action"] == "remove_add" and g[0]["was_leader"] for g in groups))
+        self.assertTrue(any(g[0]["action"] == "remove_add" and not g[0]["was_leader"]
+                            for g in groups))
+        self.assertEqual(len(cluster.started_empty),
+                         sum(1 for e in events if e["action"] == "start_empty"))
+        self.assertEqual((nemesis.errors, nemesis.anomalies), ([], []))
+        self.assertEqual(cluster.voters(), ["n1", "n2", "n3"])
+        self.assertEqual(nemesis.serving(), ["n1", "n2", "n3"])
+
+    def test_unsupported_transfer(self):
+        """Nodes without POST /raft/leader: said once, counted as unsupported, and later
+        transfers send nothing."""
+        said = []
+        nemesis, cluster = make_nemesis(self, seed=1, weights={"transfer": 1}, until=20.0,
+                                        say=said.append)
+        run_schedule(nemesis)
+        summary = nemesis.membership_summary()["transfer"]
+        self.assertGreater(summary["unsupported"], 1)
+        self.assertEqual((summary["done"], summary["failed"]), (0, 0))
+        self.assertEqual(len(said), 1)
+        self.assertIn("POST /raft/leader answered 404", said[0])
+        self.assertEqual(sum(1 for m, p, _ in cluster.requests if p == "/raft/leader"), 1)
+        self.assertEqual(nemesis.errors, [])
+
+    def test_transfer_checks_the_answer(self):
+        """A 200 must name the asked target, and the cluster must then agree on it; an
+        answer that does not is reported."""
+        nemesis, cluster = make_nemesis(self, seed=1, weights={"transfer": 1}, until=5.0)
+
+        def moved(body):
+            wanted = body.get("id") or "n2"
+            cluster.leader, cluster.term = wanted, cluster.term + 1
+            return answer(200, {"leader": wanted, "term": cluster.term, "took_ms": 120})
+
+        cluster.transfer = moved
+        run_schedule(nemesis)
+        self.assertGreater(nemesis.membership_summary()["transfer"]["done"], 0)
+        self.assertEqual((nemesis.anomalies, nemesis.errors), ([], []))
+        liar, cluster = make_nemesis(self, seed=1, weights={"transfer": 1}, until=5.0)
+        cluster.transfer = answer(200, {"leader": "n3", "term": 1})  # nothing moved
+        run_schedule(liar)
+        self.assertTrue(liar.anomalies)
+        self.assertEqual(liar.membership_summary()["transfer"]["done"], 0)
+
+    def test_a_removed_server_that_campaigns_is_caught(self):
+        """Dissertation 4.2.3: a removed server still running must not start elections;
+        one seen in a higher term than the others is a violation."""
+        nemesis, cluster = make_nemesis(self, seed=3, weights={"remove_add": 1}, until=10.0)
+        cluster.removed_campaign = True
+        events = run_schedule(nemesis)
+        running = [e for e in events if e["action"] == "remove_add" and e["keep_running"]]
+        self.assertTrue(running, events)
+        self.assertTrue(any("a removed server ran an election" in e for e in nemesis.errors),
+                        nemesis.errors)
+
+    def test_a_failed_action_is_repaired(self):
+        """A learner the leader never promotes fails the action (an error of the run);
+        the nemesis then promotes it itself so the run goes on with every member."""
+        nemesis, cluster = make_nemesis(self, seed=3, weights={"wipe_replace": 1}, until=5.0,
+                                        membership_seconds=4.0)
+        cluster.promote = False
+        events = run_schedule(nemesis)
+        self.assertTrue(any(e.startswith("membership: wipe_replace of") and "promotion" in e
+                            for e in nemesis.errors), nemesis.errors)
+        self.assertIn("repair", [e["action"] for e in events])
+        self.assertEqual(cluster.voters(), ["n1", "n2", "n3"])
+        self.assertEqual(nemesis.serving(), ["n1", "n2", "n3"])
+        self.assertEqual(nemesis.restore(), [])

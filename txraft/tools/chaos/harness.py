@@ -37,7 +37,8 @@ import attrs
 
 from txraft.tools.chaos.checker import DEFAULT_MAX_STEPS, FAIL, OK, UNKNOWN, check_partitions
 from txraft.tools.chaos.history import History
-from txraft.tools.chaos.nemesis import DEFAULT_WEIGHTS, FAULT_KINDS, Nemesis
+from txraft.tools.chaos.nemesis import (DEFAULT_WEIGHTS, FAULT_KINDS, MEMBERSHIP_KINDS,
+                                        MEMBERSHIP_WEIGHTS, OUTCOMES, WEIGHTS, Nemesis)
 from txraft.tools.chaos import netns
 from txraft.tools.chaos.workload import Context
 from txraft.tools.localcluster import LocalCluster
@@ -74,7 +75,8 @@ class Config:
     snapshot_entries: int = 400
     snapshot_trailing_entries: int = 50
     nemesis: bool = True
-    faults: Optional[str] = None  # comma-separated fault kinds; None: all of them
+    faults: Optional[str] = None  # comma-separated fault kinds; None: the default mix
+    membership: bool = False  # add the membership actions (MEMBERSHIP_KINDS) to the mix
     leader_deadline: float = 2.0
     catchup_deadline: float = 10.0
     max_steps: int = DEFAULT_MAX_STEPS
@@ -105,19 +107,33 @@ class Config:
             parts.append("--no-nemesis")
         if self.faults:
             parts.append("--faults %s" % self.faults)
+        if self.membership:
+            parts.append("--membership")
         if self.net != defaults.net:
             parts.append("--net %s" % self.net)
         return " ".join(parts)
 
     def weights(self) -> Optional[Dict[str, int]]:
-        if not self.faults:
+        """The nemesis's mix: ``faults`` (default: ``DEFAULT_WEIGHTS``), plus every
+        membership action with ``membership``; None for the default mix alone."""
+        if not self.faults and not self.membership:
             return None
-        kinds = [k.strip() for k in self.faults.split(",") if k.strip()]
-        unknown = set(kinds) - set(FAULT_KINDS)
-        if unknown:
-            raise ValueError("unknown fault kinds: %s (known: %s)"
-                             % (", ".join(sorted(unknown)), ", ".join(FAULT_KINDS)))
-        return {k: DEFAULT_WEIGHTS[k] for k in kinds}
+        if self.faults:
+            kinds = [k.strip() for k in self.faults.split(",") if k.strip()]
+            unknown = set(kinds) - set(FAULT_KINDS)
+            if unknown:
+                raise ValueError("unknown fault kinds: %s (known: %s)"
+                                 % (", ".join(sorted(unknown)), ", ".join(FAULT_KINDS)))
+            weights = {k: WEIGHTS[k] for k in kinds}
+        else:
+            weights = dict(DEFAULT_WEIGHTS)
+        if self.membership:
+            weights.update(MEMBERSHIP_WEIGHTS)
+        return weights
+
+    def membership_actions(self) -> List[str]:
+        """The membership actions in this run's mix."""
+        return [k for k in MEMBERSHIP_KINDS if k in (self.weights() or DEFAULT_WEIGHTS)]
 
 
 @attrs.define
@@ -125,6 +141,10 @@ class Report:
     config: Config
     operations: Dict[str, Dict[str, int]] = attrs.field(factory=dict)
     faults: Dict[str, int] = attrs.field(factory=dict)
+    #: ``{action: {outcome: count}}`` for the membership actions in the mix.
+    membership: Dict[str, Dict[str, int]] = attrs.field(factory=dict)
+    #: The configuration once healed, as the leader has it (membership runs only).
+    final_configuration: Optional[str] = None
     leader_changes: int = 0
     max_term: int = 0
     unknown: int = 0
@@ -152,7 +172,17 @@ class Report:
         rows.append(("network faults", NETWORK_FAULTS[self.config.net]))
         rows.append(("faults", "%d" % sum(self.faults.values())))
         for kind in FAULT_KINDS:
-            rows.append(("  " + kind, "%d" % self.faults.get(kind, 0)))
+            if kind in MEMBERSHIP_KINDS:
+                if kind not in self.membership:
+                    continue
+                counts = self.membership[kind]
+                rows.append(("  " + kind, "%d (%s)" % (self.faults.get(kind, 0), ", ".join(
+                    "%s %d" % (o, counts.get(o, 0)) for o in OUTCOMES
+                    if counts.get(o, 0) or o in ("done", "failed")))))
+            else:
+                rows.append(("  " + kind, "%d" % self.faults.get(kind, 0)))
+        if self.final_configuration is not None:
+            rows.append(("members after heal", self.final_configuration))
         rows += [
             ("leader changes", "%d (highest term %d)" % (self.leader_changes, self.max_term)),
             ("unknown outcomes", "%d" % self.unknown),
@@ -267,12 +297,21 @@ class ChaosRun(Context):
         self.workload = workload
         self.cluster: Optional[LocalCluster] = None
         self.node_ids: List[str] = []
+        self.nemesis: Optional[Nemesis] = None
         self._leader_cache = (0.0, None)
 
     # -- Context ----------------------------------------------------------------------------
 
     def url(self, node_id: str) -> str:
         return self.cluster.url(node_id)
+
+    def targets(self) -> List[str]:
+        """Members in the configuration, caught up: a node the nemesis took out (removed,
+        or being replaced) gets no client requests until the leader promoted it again."""
+        nemesis = self.nemesis
+        if nemesis is None:
+            return self.node_ids
+        return nemesis.serving() or self.node_ids
 
     def leader(self) -> Optional[str]:
         at, leader = self._leader_cache
@@ -350,14 +389,16 @@ class ChaosRun(Context):
                 backend = None
                 if network is not None:
                     backend = lambda log: netns.NetnsFaults(network, cluster, token, log)
-                nemesis = Nemesis(cluster, config.seed, token,
-                                  config.election_timeout_ms / 1000.0,
-                                  weights=config.weights(), network=backend)
+                nemesis = self.nemesis = Nemesis(cluster, config.seed, token,
+                                                 config.election_timeout_ms / 1000.0,
+                                                 weights=config.weights(), network=backend,
+                                                 say=self.say)
                 nemesis.start()
             time.sleep(config.duration)
             if nemesis is not None:
                 nemesis.finish()
                 report.faults = nemesis.summary()
+                report.membership = nemesis.membership_summary()
             healed = time.monotonic()
             self._liveness(report, healed)
             # Stop new operations; let pending ones settle with their retries.
@@ -394,6 +435,7 @@ class ChaosRun(Context):
             report.anomalies = list(self.anomalies)
             if nemesis is not None:
                 report.violations.extend(nemesis.errors)
+                report.anomalies.extend(nemesis.anomalies)
             report.operations = self.history.counts()
             report.unknown = sum(c.get(UNKNOWN, 0) for c in report.operations.values())
             cluster.stop_all()
