@@ -7,6 +7,9 @@ workload, run the clients against all nodes while the nemesis injects faults for
 
 * liveness: a leader within ``leader_deadline`` seconds of healing and every node caught up
   with the leader's commit index within ``catchup_deadline`` seconds;
+* membership: after healing the configuration is the founding one (every founding node a
+  voter, no learner; with membership actions in the mix the nemesis put them back), and
+  once the clients stop every member of it has applied the leader's commit index;
 * safety seen from outside while running (a monitor polls ``/raft/status``): at most one
   leader per term, commit and applied indexes never going back within one process;
 * the history is linearizable (``txraft.tools.chaos.checker``), per key or per product;
@@ -461,15 +464,39 @@ class ChaosRun(Context):
         return {i: n.status(timeout=1.0) for i, n in self.cluster.nodes.items()}
 
     def _agreed_leader(self, statuses) -> Optional[Dict[str, Any]]:
-        """A leader that a majority of nodes (itself included) follow in its term."""
-        majority = len(self.cluster.nodes) // 2 + 1
+        """A leader that a majority of its configuration's voters (itself included)
+        follow in its term."""
         for node_id, s in statuses.items():
             if s and s["role"] == "leader":
-                followers = sum(1 for t in statuses.values()
-                                if t and t["term"] == s["term"] and t["leader_id"] == node_id)
-                if followers >= majority:
+                voters = s.get("voters") or list(self.cluster.nodes)
+                followers = sum(1 for v in voters if statuses.get(v)
+                                and statuses[v]["term"] == s["term"]
+                                and statuses[v]["leader_id"] == node_id)
+                if followers >= len(voters) // 2 + 1:
                     return s
         return None
+
+    @staticmethod
+    def _final_members(leader: Dict[str, Any]) -> List[str]:
+        """Every member of the configuration the leader has in force."""
+        return sorted(set(leader.get("voters") or ()) | set(leader.get("learners") or ()))
+
+    def _configuration_problem(self, leader: Dict[str, Any]) -> Optional[str]:
+        """Why the leader's configuration is not the founding one, every node a voter
+        (what every run must end with: membership runs too, since the nemesis puts every
+        member back while healing)."""
+        voters = sorted(leader.get("voters") or ())
+        learners = sorted(leader.get("learners") or ())
+        if voters == self.node_ids and not learners:
+            return None
+        missing = sorted(set(self.node_ids) - set(voters) - set(learners))
+        return ("the configuration is not the founding one with every node a voter: "
+                "voters %s, learners %s, missing %s (config index %s, leader %s, term %s)"
+                % (voters, learners, missing, leader.get("config_index"), leader.get("id"),
+                   leader.get("term")))
+
+    def _membership_run(self) -> bool:
+        return bool(self.config.nemesis and self.config.membership_actions())
 
     def _liveness(self, report: Report, healed: float) -> None:
         config = self.config
@@ -486,37 +513,57 @@ class ChaosRun(Context):
                                         _seconds(report.leader_after_heal)))
         if leader is None:
             return
+        if self._membership_run():
+            report.final_configuration = "%s voters, %s learners (config index %d)" % (
+                ",".join(leader.get("voters") or ()) or "no",
+                ",".join(leader.get("learners") or ()) or "no", leader.get("config_index", 0))
+        problem = self._configuration_problem(leader)
+        if problem:
+            report.violations.append("membership after heal: " + problem)
+        members = self._final_members(leader) or sorted(self.cluster.nodes)
         target = leader["commit_index"]
         while time.monotonic() - healed < config.catchup_deadline + 20:
             statuses = self._statuses()
-            if all(s is not None and s["applied_index"] >= target for s in statuses.values()):
+            if all(statuses.get(i) is not None and statuses[i]["applied_index"] >= target
+                   for i in members):
                 report.caught_up_after_heal = time.monotonic() - healed
                 break
             time.sleep(0.1)
         if report.caught_up_after_heal is None or \
                 report.caught_up_after_heal > config.catchup_deadline:
             report.violations.append(
-                "liveness: not every node applied index %d within %.1f s of healing (took %s): %r"
-                % (target, config.catchup_deadline, _seconds(report.caught_up_after_heal),
+                "liveness: not every member of the final configuration (%s) applied index %d "
+                "within %.1f s of healing (took %s): %r"
+                % (",".join(members), target, config.catchup_deadline,
+                   _seconds(report.caught_up_after_heal),
                    {i: s and (s["role"], s["term"], s["applied_index"])
                     for i, s in self._statuses().items()}))
 
     def _settle(self, report: Report) -> None:
-        """With the clients stopped, wait until every node applied everything committed."""
+        """With the clients stopped, wait until every member of the final configuration
+        applied everything committed (applied == commit == the leader's commit), and that
+        configuration is the founding one."""
         deadline = time.monotonic() + 30
+        leader = None
         while time.monotonic() < deadline:
             statuses = self._statuses()
             leader = self._agreed_leader(statuses)
             if leader is not None and all(
-                    s is not None and s["applied_index"] >= leader["commit_index"]
-                    and s["commit_index"] == leader["commit_index"]
-                    for s in statuses.values()):
+                    statuses.get(i) is not None
+                    and statuses[i]["applied_index"] >= leader["commit_index"]
+                    and statuses[i]["commit_index"] == leader["commit_index"]
+                    for i in self._final_members(leader) or statuses):
+                problem = self._configuration_problem(leader)
+                if problem:
+                    report.violations.append("membership once settled: " + problem)
                 return
             time.sleep(0.1)
         report.violations.append("the nodes did not settle within 30 s after the clients "
-                                 "stopped: %r" % ({i: s and (s["role"], s["term"], s["commit_index"],
-                                                              s["applied_index"])
-                                                          for i, s in self._statuses().items()},))
+                                 "stopped (final configuration %s): %r" % (
+                                     leader and self._final_members(leader),
+                                     {i: s and (s["role"], s["term"], s["commit_index"],
+                                                s["applied_index"])
+                                      for i, s in self._statuses().items()},))
 
     def settle(self) -> List[str]:
         """Wait until every node applied everything committed; the problems, if not."""
