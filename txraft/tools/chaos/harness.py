@@ -422,6 +422,9 @@ class ChaosRun(Context):
             report.leader_changes = monitor.leader_changes
             report.max_term = monitor.max_term
             records = self.history.records()
+            # The workload's invariants on the state ``final`` read (the shop's: stock
+            # never negative, sold + left = stocked, every acknowledged order there once).
+            report.violations.extend(self.workload.verify(self, records))
             if hasattr(self.workload, "replay_keys"):
                 report.violations.extend(self.workload.replay_keys(self, records, rng))
             self._check(report, records)
