@@ -499,8 +499,9 @@ class ChaosRoundTests(SynchronousTestCase):
         docs/operations.md says (removed while down, started empty, added as a learner,
         promoted by the leader).  Nothing lost or inconsistent, every action done, and
         the run ends with the founding configuration, every node a voter, caught up.
-        (Seed 16's schedule: remove_add of the leader, wipe_replace, remove_add of a
-        follower, per the unit tests' pretend cluster.)"""
+        (Seed 16's schedule: remove_add of the leader, paused while its removal is
+        sent, wipe_replace, remove_add of a follower, per the unit tests' pretend
+        cluster.)"""
         report = self.run_round(nodes=3, duration=20, seed=16, workload_name="shop",
                                 faults="remove_add,wipe_replace")
         self.assertPassed(report)
@@ -508,8 +509,10 @@ class ChaosRoundTests(SynchronousTestCase):
             counts = report.membership[kind]
             self.assertGreaterEqual(counts["done"], 1, report.table())
             self.assertEqual((counts["failed"], counts["skipped"]), (0, 0), report.table())
-        starts = [e for e in self.chaos_run.nemesis.events if e["action"] == "remove_add"]
+        events = self.chaos_run.nemesis.events
+        starts = [e for e in events if e["action"] == "remove_add"]
         self.assertTrue(starts[0]["was_leader"], starts)
+        self.assertTrue(any(e.get("during") == "membership change" for e in events), events)
         self.assertTrue(report.final_configuration.startswith("n1,n2,n3 voters, no learners"),
                         report.table())
         self.assertIsNotNone(report.caught_up_after_heal)

@@ -132,6 +132,14 @@ class FakeCluster:
         self.config_index = self.index
 
     # LocalCluster's process control
+    def pause(self, node_id):
+        self.actions.append(("pause", node_id))
+        self.nodes[node_id].paused = True
+
+    def resume(self, node_id):
+        self.actions.append(("resume", node_id))
+        self.nodes[node_id].paused = False
+
     def kill(self, node_id):
         self.actions.append(("kill", node_id))
         self.nodes[node_id].running = False
@@ -156,6 +164,8 @@ class FakeCluster:
         self.requests.append((method, path, node_id))
         if not self.nodes[node_id].running:
             return HTTPResult(0, {}, b"", error="connection refused")
+        if self.nodes[node_id].paused:
+            return HTTPResult(0, {}, b"", error="timed out")
         self.tick()
         if method == "GET" and path == "/raft/members":
             return answer(200, {"from_leader": True, "config_index": self.config_index,
@@ -204,7 +214,8 @@ class FakeNetwork:
         pass
 
 
-def make_nemesis(test, seed=5, weights=None, size=3, until=60.0, **kwargs):
+def make_nemesis(test, seed=5, weights=None, size=3, until=60.0, failover_chance=0.0,
+                 **kwargs):
     clock = FakeClock()
     cluster = FakeCluster(test.mktemp(), clock, size)
     outs = []  # serving() whenever the schedule sleeps
@@ -224,7 +235,8 @@ def make_nemesis(test, seed=5, weights=None, size=3, until=60.0, **kwargs):
     nemesis = Nemesis(cluster, seed, "token", 0.15, clock=clock,
                       weights=weights or dict(MEMBERSHIP_WEIGHTS),
                       network=lambda log: FakeNetwork(), membership=membership,
-                      pause=clock.advance, wait=wait, **kwargs)
+                      pause=clock.advance, wait=wait, failover_chance=failover_chance,
+                      **kwargs)
     nemesis.outs = outs
     return nemesis, cluster
 
@@ -408,7 +420,7 @@ class ScheduleTests(SynchronousTestCase):
         added, promoted by the leader; wipe_replace: killed, wiped, removed while down,
         started empty, added, promoted.  Until promoted it gets no client traffic;
         afterwards every node is a voter again and nothing is reported."""
-        nemesis, cluster = make_nemesis(self, seed=3)
+        nemesis, cluster = make_nemesis(self, seed=1)
         events = run_schedule(nemesis)
         steps = {"remove_add": ["remove_add", "member_remove", "leader_without", "out", "wipe",
                                 "start_empty", "member_add", "promoted", "remove_add_done"],
@@ -485,13 +497,29 @@ class ScheduleTests(SynchronousTestCase):
     def test_a_removed_server_that_campaigns_is_caught(self):
         """Dissertation 4.2.3: a removed server still running must not start elections;
         one seen in a higher term than the others is a violation."""
-        nemesis, cluster = make_nemesis(self, seed=3, weights={"remove_add": 1}, until=10.0)
+        nemesis, cluster = make_nemesis(self, seed=1, weights={"remove_add": 1}, until=10.0)
         cluster.removed_campaign = True
         events = run_schedule(nemesis)
         running = [e for e in events if e["action"] == "remove_add" and e["keep_running"]]
         self.assertTrue(running, events)
         self.assertTrue(any("a removed server ran an election" in e for e in nemesis.errors),
                         nemesis.errors)
+
+    def test_removal_during_a_leader_pause(self):
+        """With ``failover_chance`` 1 every removal meets a leader pause: the leader is
+        resumed before the action goes on, and every change is still done."""
+        nemesis, cluster = make_nemesis(self, seed=1, until=30.0, failover_chance=1.0)
+        events = run_schedule(nemesis)
+        pauses = [e for e in events if e["action"] == "pause"]
+        actions = [e for e in events if e["action"] in ("remove_add", "wipe_replace")]
+        self.assertEqual(len(pauses), len(actions))
+        self.assertTrue(any(e["action"] == "remove_add" and e["was_leader"] for e in actions))
+        self.assertTrue(all(e["during"] == "membership change" for e in pauses))
+        self.assertEqual([a for a, _ in cluster.actions if a in ("pause", "resume")],
+                         ["pause", "resume"] * len(pauses))
+        self.assertFalse(any(node.paused for node in cluster.nodes.values()))
+        self.assertEqual(nemesis.errors, [])
+        self.assertEqual(cluster.voters(), ["n1", "n2", "n3"])
 
     def test_a_failed_action_is_repaired(self):
         """A learner the leader never promotes fails the action (an error of the run);

@@ -30,6 +30,9 @@ in ``--faults``, or all of them added by ``--membership``):
 * ``wipe_replace``: ``kill -9`` of a follower, its data directory emptied, then the
   documented replacement: removed from the configuration while down, started empty,
   added back as a learner, caught up (snapshot or log) and promoted by the leader;
+* in a third of these two, the leader is paused (SIGSTOP, two to eight election
+  timeouts) just after the removal was sent: the change meets no answer, 503s or a new
+  leader, is retried, and must still happen once;
 * ``transfer``: ``POST /raft/leader`` with ``{}`` or ``{"id": <a follower>}``; the
   200 answer must name the leader the cluster then agrees on (and the asked one).  Nodes
   without the route (404 ``not_found``, 405) make it "unsupported": logged and said
@@ -155,8 +158,9 @@ class Nemesis:
     ``network(log)`` makes the backend for cuts and loss, given the nemesis's ``log``
     (default: ``TransportFaults``).  Membership actions use ``membership(log, serving,
     pause)`` (default: a ``MembershipClient`` with the cluster's secret), ``pause`` for
-    their polls (real time by default: they must finish even once stopped) and
-    ``membership_seconds`` as each step's deadline.  ``say`` prints one line for the
+    their polls (real time by default: they must finish even once stopped),
+    ``membership_seconds`` as each step's deadline, and pause the leader during a
+    removal with ``failover_chance``.  ``say`` prints one line for the
     operator (an unsupported transfer).  ``wait(seconds)`` is how the schedule sleeps:
     True when stopped meanwhile (default: on the ``stop`` event, in real time).
     """
@@ -169,7 +173,7 @@ class Nemesis:
                  membership: Optional[Callable[..., Any]] = None,
                  pause: Callable[[float], Any] = time.sleep, membership_seconds: float = 30.0,
                  say: Callable[[str], Any] = lambda line: None,
-                 wait: Optional[Callable[[float], bool]] = None):
+                 wait: Optional[Callable[[float], bool]] = None, failover_chance: float = 1 / 3):
         self.cluster = cluster
         self.rng = random.Random(seed)
         self.token = admin_token
@@ -205,6 +209,7 @@ class Nemesis:
         self.pause = pause
         self.say = say
         self.transfer_unsupported = False
+        self.failover_chance = failover_chance
         if membership is None:
             membership = lambda log, serving, pause: MembershipClient(
                 cluster, cluster.secret, log, serving, clock=clock, pause=pause,
@@ -501,6 +506,7 @@ class Nemesis:
         keep_running = self.rng.random() < 0.5
         out_seconds = self.rng.uniform(1.0, 4.0)
         pick = self.rng.random()
+        failover = self._failover_plan()
         self.counts["remove_add"] += 1
         started = self.clock()
         agreed = self._agreed_leader(10.0)
@@ -513,7 +519,7 @@ class Nemesis:
         self.log("remove_add", node=victim, was_leader=victim == leader, leader=leader, term=term,
                  keep_running=keep_running, out_seconds=round(out_seconds, 3))
         self._take_out(victim)
-        removed = self.members.remove(victim)
+        removed = self._during_failover(failover, lambda: self.members.remove(victim))
         if not removed.ok:
             self._failed("remove_add", victim, "remove", started, removed)
             return
@@ -533,6 +539,42 @@ class Nemesis:
         self._start_empty(victim)
         if self._rejoin("remove_add", victim, started):
             self._done("remove_add", victim, started)
+
+    def _failover_plan(self) -> Optional[Tuple[float, int]]:
+        """Whether this action's removal meets a leader pause (a third of the time):
+        ``(delay before the pause, its length in election timeouts)``; drawn whatever
+        the answer, so that the schedule does not depend on it."""
+        meets = self.rng.random() < self.failover_chance
+        delay, timeouts = self.rng.uniform(0.0, 0.05), self.rng.randint(2, 8)
+        return (delay, timeouts) if meets else None
+
+    def _during_failover(self, plan: Optional[Tuple[float, int]],
+                         change: Callable[[], Outcome]) -> Outcome:
+        """``change()``, with the leader paused (SIGSTOP) ``plan[0]`` seconds after it
+        was sent, for ``plan[1]`` election timeouts: the change then meets no answer,
+        503s or a new leader, and must still happen exactly once (the client retries,
+        reading the configuration after an unknown outcome).  The pause is over before
+        this returns."""
+        leader = self.leader() if plan is not None else None  # also a leader being removed
+        if leader is None:
+            return change()
+        delay, timeouts = plan
+
+        def pause_leader():
+            self.pause(delay)
+            self.cluster.pause(leader)
+            self.log("pause", nodes=[leader], election_timeouts=timeouts,
+                     during="membership change")
+            self.pause(timeouts * self.election_timeout)
+            self.cluster.resume(leader)
+            self.log("resume", nodes=[leader])
+
+        thread = threading.Thread(target=pause_leader, name="nemesis-failover", daemon=True)
+        thread.start()
+        try:
+            return change()
+        finally:
+            thread.join()
 
     def _watch_out(self, victim: str, seconds: float, leader: str, term: int) -> None:
         """For ``seconds``, poll every node: a removed server must not disturb the others
@@ -565,6 +607,7 @@ class Nemesis:
     def _wipe_replace(self) -> None:
         down_seconds = self.rng.uniform(0.2, 2.0)
         pick = self.rng.random()
+        failover = self._failover_plan()
         self.counts["wipe_replace"] += 1
         started = self.clock()
         agreed = self._agreed_leader(10.0)
@@ -588,7 +631,7 @@ class Nemesis:
         self._sleep(down_seconds)
         # docs/operations.md: remove it before it runs again, since a wiped voter could
         # vote a second time in a term it voted in before.
-        outcome = self.members.remove(victim)
+        outcome = self._during_failover(failover, lambda: self.members.remove(victim))
         if not outcome.ok:
             self._failed("wipe_replace", victim, "remove", started, outcome)
             return
