@@ -33,10 +33,11 @@ in ``--faults``, or all of them added by ``--membership``):
 * in a third of these two, the leader is paused (SIGSTOP, two to eight election
   timeouts) just after the removal was sent: the change meets no answer, 503s or a new
   leader, is retried, and must still happen once;
-* ``transfer``: ``POST /raft/leader`` with ``{}`` or ``{"id": <a follower>}``; the
-  200 answer must name the leader the cluster then agrees on (and the asked one).  Nodes
-  without the route (404 ``not_found``, 405) make it "unsupported": logged and said
-  once, counted apart, and later transfers are skipped.
+* ``transfer``: ``POST /raft/leader`` with ``{}`` or ``{"id": <a follower>}``; a 200
+  answer must name a new leader (the asked one, if any) that the cluster then agrees
+  on in the answer's term, else it is an anomaly.  Nodes without the route (404
+  ``not_found``, 405) make it "unsupported": logged and said once, counted apart, and
+  later transfers send nothing.
 
 While a member is out, clients do not send to it (``serving``); it serves again once
 promoted.  A remove_add or wipe_replace that cannot finish (each step has a deadline)
