@@ -369,8 +369,9 @@ class ClientTests(SynchronousTestCase):
 
     def test_transfer(self):
         """POST /raft/leader: a route the nodes lack (404 not_found, 405) is
-        "unsupported", not a failure; 404 unknown_member is a failure; busy answers are
-        retried; 200 carries the new leader."""
+        "unsupported", not a failure; 404 unknown_member and 409 not_voter are failures;
+        busy answers (a transfer under way, 504, 503) are retried; 200 carries the new
+        leader."""
         for missing in (answer(404, code="not_found"), answer(405, code="method_not_allowed")):
             client, requests, _ = self.client([missing])
             outcome = client.transfer("n2")
@@ -379,6 +380,8 @@ class ClientTests(SynchronousTestCase):
                                                     {"id": "n2"}))
         client, requests, _ = self.client([answer(404, code="unknown_member")])
         self.assertEqual(client.transfer("n9").code, "unknown_member")
+        client, requests, _ = self.client([answer(409, code="not_voter")])
+        self.assertEqual((client.transfer("n3").code, len(requests.sent)), ("not_voter", 1))
         client, requests, _ = self.client([answer(409, code="transfer_in_progress"),
                                            answer(504, code="transfer_timeout"),
                                            answer(200, {"leader": "n3", "term": 8})])

@@ -34,6 +34,11 @@ from txraft.tools.localcluster import HTTPResult, LocalCluster, http
 RETRY_CODES = frozenset({"change_in_progress", "leader_not_ready"})
 #: Statuses after which the change may or may not have happened.
 UNKNOWN_STATUSES = frozenset({0, 504})
+#: A transfer's 409s that may go away (``POST /raft/leader`` on main: a transfer under
+#: way, an election that made another voter leader); ``not_voter`` and ``no_target``
+#: will not.
+TRANSFER_RETRY_CODES = frozenset({"transfer_in_progress", "another_leader",
+                                  "change_in_progress"})
 
 
 def error_code(result: HTTPResult) -> Optional[str]:
@@ -253,9 +258,9 @@ class MembershipClient:
         """``POST /raft/leader`` with ``{}`` (the leader picks) or ``{"id": target}``.
 
         Answered 200 ``{"leader", "term", ...}`` once the new leader leads, or a JSON
-        error.  Busy answers (409, 503, 504, none) are retried until the deadline; a 404
-        ``not_found`` or a 405 means the nodes have no such route (``code`` is then
-        ``unsupported``)."""
+        error.  Busy answers (503, 504, none, a 409 in ``TRANSFER_RETRY_CODES``) are
+        retried until the deadline; a 404 ``not_found`` or a 405 means the nodes have no
+        such route (``code`` is then ``unsupported``)."""
         started = self.clock()
         body = {} if target is None else {"id": target}
         attempts = 0
@@ -277,7 +282,8 @@ class MembershipClient:
                 return Outcome(False, result.status, "unsupported", attempts,
                                self.clock() - started, None,
                                result.body[:200].decode("utf-8", "replace"))
-            retry = result.status in (0, 409, 503, 504)
+            retry = result.status in (0, 503, 504) or (
+                result.status == 409 and code in TRANSFER_RETRY_CODES)
             if not retry or self.clock() - started > deadline_seconds:
                 return Outcome(False, result.status, code, attempts, self.clock() - started,
                                None, result.body[:300].decode("utf-8", "replace")
