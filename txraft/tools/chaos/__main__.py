@@ -2,6 +2,7 @@
 
     python -m txraft.tools.chaos --nodes 5 --duration 60 --seed 7 --workload kv
     python -m txraft.tools.chaos --workload shop --duration 1800 --seed 3      # a long soak
+    python -m txraft.tools.chaos --workload shop --nodes 5 --membership       # + membership
     python -m txraft.tools.chaos check chaos-failures/shop-seed3-...           # re-check offline
     python -m txraft.tools.chaos --net netns --nodes 5 --duration 120   # kernel partitions (root)
     python -m txraft.tools.chaos cleanup-netns      # remove namespaces left by a killed run
@@ -18,7 +19,7 @@ import sys
 
 from txraft.tools.chaos import netns
 from txraft.tools.chaos.harness import WORKLOADS, ChaosRun, Config, load_workload, recheck
-from txraft.tools.chaos.nemesis import FAULT_KINDS
+from txraft.tools.chaos.nemesis import DEFAULT_WEIGHTS, FAULT_KINDS, MEMBERSHIP_KINDS
 
 
 class Terminated(BaseException):
@@ -73,8 +74,14 @@ def main(argv=None, unavailable=netns.unavailable) -> int:
     parser.add_argument("--no-nemesis", dest="nemesis", action="store_false",
                         help="load only, no faults (a baseline)")
     parser.add_argument("--faults", default=None,
-                        help="comma-separated fault kinds to use (default: all): "
-                        + ", ".join(FAULT_KINDS))
+                        help="comma-separated fault kinds to use (default: %s); the "
+                        "membership actions (%s) are used only when named here or with "
+                        "--membership" % (", ".join(k for k in FAULT_KINDS if k in DEFAULT_WEIGHTS),
+                                          ", ".join(MEMBERSHIP_KINDS)))
+    parser.add_argument("--membership", action="store_true",
+                        help="add every membership action to the mix (remove and re-add a "
+                        "member, wipe and replace a follower, transfer leadership; see "
+                        "docs/chaos.md)")
     parser.add_argument("--max-steps", type=int, default=defaults.max_steps,
                         help="checker search budget per partition")
     parser.add_argument("--net", choices=("transport", "netns"), default=defaults.net,
@@ -96,9 +103,14 @@ def main(argv=None, unavailable=netns.unavailable) -> int:
                     workload=args.workload, clients=args.clients,
                     election_timeout_ms=args.election_timeout_ms, heartbeat_ms=args.heartbeat_ms,
                     snapshot_entries=args.snapshot_entries, nemesis=args.nemesis, faults=args.faults,
+                    membership=args.membership,
                     max_steps=args.max_steps, out=args.out, root=args.root, keep=args.keep,
                     save=args.save, tick_ms=args.tick_ms, value_bytes=args.value_bytes,
                     net=args.net)
+    try:
+        config.weights()
+    except ValueError as e:
+        parser.error(str(e))
     if config.net == "netns":
         reason = unavailable()
         if reason:

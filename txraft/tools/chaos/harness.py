@@ -7,6 +7,9 @@ workload, run the clients against all nodes while the nemesis injects faults for
 
 * liveness: a leader within ``leader_deadline`` seconds of healing and every node caught up
   with the leader's commit index within ``catchup_deadline`` seconds;
+* membership: after healing the configuration is the founding one (every founding node a
+  voter, no learner; with membership actions in the mix the nemesis put them back), and
+  once the clients stop every member of it has applied the leader's commit index;
 * safety seen from outside while running (a monitor polls ``/raft/status``): at most one
   leader per term, commit and applied indexes never going back within one process;
 * the history is linearizable (``txraft.tools.chaos.checker``), per key or per product;
@@ -37,7 +40,8 @@ import attrs
 
 from txraft.tools.chaos.checker import DEFAULT_MAX_STEPS, FAIL, OK, UNKNOWN, check_partitions
 from txraft.tools.chaos.history import History
-from txraft.tools.chaos.nemesis import DEFAULT_WEIGHTS, FAULT_KINDS, Nemesis
+from txraft.tools.chaos.nemesis import (DEFAULT_WEIGHTS, FAULT_KINDS, MEMBERSHIP_KINDS,
+                                        MEMBERSHIP_WEIGHTS, OUTCOMES, WEIGHTS, Nemesis)
 from txraft.tools.chaos import netns
 from txraft.tools.chaos.workload import Context
 from txraft.tools.localcluster import LocalCluster
@@ -74,7 +78,8 @@ class Config:
     snapshot_entries: int = 400
     snapshot_trailing_entries: int = 50
     nemesis: bool = True
-    faults: Optional[str] = None  # comma-separated fault kinds; None: all of them
+    faults: Optional[str] = None  # comma-separated fault kinds; None: the default mix
+    membership: bool = False  # add the membership actions (MEMBERSHIP_KINDS) to the mix
     leader_deadline: float = 2.0
     catchup_deadline: float = 10.0
     max_steps: int = DEFAULT_MAX_STEPS
@@ -105,19 +110,33 @@ class Config:
             parts.append("--no-nemesis")
         if self.faults:
             parts.append("--faults %s" % self.faults)
+        if self.membership:
+            parts.append("--membership")
         if self.net != defaults.net:
             parts.append("--net %s" % self.net)
         return " ".join(parts)
 
     def weights(self) -> Optional[Dict[str, int]]:
-        if not self.faults:
+        """The nemesis's mix: ``faults`` (default: ``DEFAULT_WEIGHTS``), plus every
+        membership action with ``membership``; None for the default mix alone."""
+        if not self.faults and not self.membership:
             return None
-        kinds = [k.strip() for k in self.faults.split(",") if k.strip()]
-        unknown = set(kinds) - set(FAULT_KINDS)
-        if unknown:
-            raise ValueError("unknown fault kinds: %s (known: %s)"
-                             % (", ".join(sorted(unknown)), ", ".join(FAULT_KINDS)))
-        return {k: DEFAULT_WEIGHTS[k] for k in kinds}
+        if self.faults:
+            kinds = [k.strip() for k in self.faults.split(",") if k.strip()]
+            unknown = set(kinds) - set(FAULT_KINDS)
+            if unknown:
+                raise ValueError("unknown fault kinds: %s (known: %s)"
+                                 % (", ".join(sorted(unknown)), ", ".join(FAULT_KINDS)))
+            weights = {k: WEIGHTS[k] for k in kinds}
+        else:
+            weights = dict(DEFAULT_WEIGHTS)
+        if self.membership:
+            weights.update(MEMBERSHIP_WEIGHTS)
+        return weights
+
+    def membership_actions(self) -> List[str]:
+        """The membership actions in this run's mix."""
+        return [k for k in MEMBERSHIP_KINDS if k in (self.weights() or DEFAULT_WEIGHTS)]
 
 
 @attrs.define
@@ -125,6 +144,10 @@ class Report:
     config: Config
     operations: Dict[str, Dict[str, int]] = attrs.field(factory=dict)
     faults: Dict[str, int] = attrs.field(factory=dict)
+    #: ``{action: {outcome: count}}`` for the membership actions in the mix.
+    membership: Dict[str, Dict[str, int]] = attrs.field(factory=dict)
+    #: The configuration once healed, as the leader has it (membership runs only).
+    final_configuration: Optional[str] = None
     leader_changes: int = 0
     max_term: int = 0
     unknown: int = 0
@@ -152,7 +175,17 @@ class Report:
         rows.append(("network faults", NETWORK_FAULTS[self.config.net]))
         rows.append(("faults", "%d" % sum(self.faults.values())))
         for kind in FAULT_KINDS:
-            rows.append(("  " + kind, "%d" % self.faults.get(kind, 0)))
+            if kind in MEMBERSHIP_KINDS:
+                if kind not in self.membership:
+                    continue
+                counts = self.membership[kind]
+                rows.append(("  " + kind, "%d (%s)" % (self.faults.get(kind, 0), ", ".join(
+                    "%s %d" % (o, counts.get(o, 0)) for o in OUTCOMES
+                    if counts.get(o, 0) or o in ("done", "failed")))))
+            else:
+                rows.append(("  " + kind, "%d" % self.faults.get(kind, 0)))
+        if self.final_configuration is not None:
+            rows.append(("members after heal", self.final_configuration))
         rows += [
             ("leader changes", "%d (highest term %d)" % (self.leader_changes, self.max_term)),
             ("unknown outcomes", "%d" % self.unknown),
@@ -267,12 +300,21 @@ class ChaosRun(Context):
         self.workload = workload
         self.cluster: Optional[LocalCluster] = None
         self.node_ids: List[str] = []
+        self.nemesis: Optional[Nemesis] = None
         self._leader_cache = (0.0, None)
 
     # -- Context ----------------------------------------------------------------------------
 
     def url(self, node_id: str) -> str:
         return self.cluster.url(node_id)
+
+    def targets(self) -> List[str]:
+        """Members in the configuration, caught up: a node the nemesis took out (removed,
+        or being replaced) gets no client requests until the leader promoted it again."""
+        nemesis = self.nemesis
+        if nemesis is None:
+            return self.node_ids
+        return nemesis.serving() or self.node_ids
 
     def leader(self) -> Optional[str]:
         at, leader = self._leader_cache
@@ -350,14 +392,16 @@ class ChaosRun(Context):
                 backend = None
                 if network is not None:
                     backend = lambda log: netns.NetnsFaults(network, cluster, token, log)
-                nemesis = Nemesis(cluster, config.seed, token,
-                                  config.election_timeout_ms / 1000.0,
-                                  weights=config.weights(), network=backend)
+                nemesis = self.nemesis = Nemesis(cluster, config.seed, token,
+                                                 config.election_timeout_ms / 1000.0,
+                                                 weights=config.weights(), network=backend,
+                                                 say=self.say)
                 nemesis.start()
             time.sleep(config.duration)
             if nemesis is not None:
                 nemesis.finish()
                 report.faults = nemesis.summary()
+                report.membership = nemesis.membership_summary()
             healed = time.monotonic()
             self._liveness(report, healed)
             # Stop new operations; let pending ones settle with their retries.
@@ -378,6 +422,9 @@ class ChaosRun(Context):
             report.leader_changes = monitor.leader_changes
             report.max_term = monitor.max_term
             records = self.history.records()
+            # The workload's invariants on the state ``final`` read (the shop's: stock
+            # never negative, sold + left = stocked, every acknowledged order there once).
+            report.violations.extend(self.workload.verify(self, records))
             if hasattr(self.workload, "replay_keys"):
                 report.violations.extend(self.workload.replay_keys(self, records, rng))
             self._check(report, records)
@@ -394,6 +441,7 @@ class ChaosRun(Context):
             report.anomalies = list(self.anomalies)
             if nemesis is not None:
                 report.violations.extend(nemesis.errors)
+                report.anomalies.extend(nemesis.anomalies)
             report.operations = self.history.counts()
             report.unknown = sum(c.get(UNKNOWN, 0) for c in report.operations.values())
             cluster.stop_all()
@@ -419,15 +467,39 @@ class ChaosRun(Context):
         return {i: n.status(timeout=1.0) for i, n in self.cluster.nodes.items()}
 
     def _agreed_leader(self, statuses) -> Optional[Dict[str, Any]]:
-        """A leader that a majority of nodes (itself included) follow in its term."""
-        majority = len(self.cluster.nodes) // 2 + 1
+        """A leader that a majority of its configuration's voters (itself included)
+        follow in its term."""
         for node_id, s in statuses.items():
             if s and s["role"] == "leader":
-                followers = sum(1 for t in statuses.values()
-                                if t and t["term"] == s["term"] and t["leader_id"] == node_id)
-                if followers >= majority:
+                voters = s.get("voters") or list(self.cluster.nodes)
+                followers = sum(1 for v in voters if statuses.get(v)
+                                and statuses[v]["term"] == s["term"]
+                                and statuses[v]["leader_id"] == node_id)
+                if followers >= len(voters) // 2 + 1:
                     return s
         return None
+
+    @staticmethod
+    def _final_members(leader: Dict[str, Any]) -> List[str]:
+        """Every member of the configuration the leader has in force."""
+        return sorted(set(leader.get("voters") or ()) | set(leader.get("learners") or ()))
+
+    def _configuration_problem(self, leader: Dict[str, Any]) -> Optional[str]:
+        """Why the leader's configuration is not the founding one, every node a voter
+        (what every run must end with: membership runs too, since the nemesis puts every
+        member back while healing)."""
+        voters = sorted(leader.get("voters") or ())
+        learners = sorted(leader.get("learners") or ())
+        if voters == self.node_ids and not learners:
+            return None
+        missing = sorted(set(self.node_ids) - set(voters) - set(learners))
+        return ("the configuration is not the founding one with every node a voter: "
+                "voters %s, learners %s, missing %s (config index %s, leader %s, term %s)"
+                % (voters, learners, missing, leader.get("config_index"), leader.get("id"),
+                   leader.get("term")))
+
+    def _membership_run(self) -> bool:
+        return bool(self.config.nemesis and self.config.membership_actions())
 
     def _liveness(self, report: Report, healed: float) -> None:
         config = self.config
@@ -444,37 +516,57 @@ class ChaosRun(Context):
                                         _seconds(report.leader_after_heal)))
         if leader is None:
             return
+        if self._membership_run():
+            report.final_configuration = "%s voters, %s learners (config index %d)" % (
+                ",".join(leader.get("voters") or ()) or "no",
+                ",".join(leader.get("learners") or ()) or "no", leader.get("config_index", 0))
+        problem = self._configuration_problem(leader)
+        if problem:
+            report.violations.append("membership after heal: " + problem)
+        members = self._final_members(leader) or sorted(self.cluster.nodes)
         target = leader["commit_index"]
         while time.monotonic() - healed < config.catchup_deadline + 20:
             statuses = self._statuses()
-            if all(s is not None and s["applied_index"] >= target for s in statuses.values()):
+            if all(statuses.get(i) is not None and statuses[i]["applied_index"] >= target
+                   for i in members):
                 report.caught_up_after_heal = time.monotonic() - healed
                 break
             time.sleep(0.1)
         if report.caught_up_after_heal is None or \
                 report.caught_up_after_heal > config.catchup_deadline:
             report.violations.append(
-                "liveness: not every node applied index %d within %.1f s of healing (took %s): %r"
-                % (target, config.catchup_deadline, _seconds(report.caught_up_after_heal),
+                "liveness: not every member of the final configuration (%s) applied index %d "
+                "within %.1f s of healing (took %s): %r"
+                % (",".join(members), target, config.catchup_deadline,
+                   _seconds(report.caught_up_after_heal),
                    {i: s and (s["role"], s["term"], s["applied_index"])
                     for i, s in self._statuses().items()}))
 
     def _settle(self, report: Report) -> None:
-        """With the clients stopped, wait until every node applied everything committed."""
+        """With the clients stopped, wait until every member of the final configuration
+        applied everything committed (applied == commit == the leader's commit), and that
+        configuration is the founding one."""
         deadline = time.monotonic() + 30
+        leader = None
         while time.monotonic() < deadline:
             statuses = self._statuses()
             leader = self._agreed_leader(statuses)
             if leader is not None and all(
-                    s is not None and s["applied_index"] >= leader["commit_index"]
-                    and s["commit_index"] == leader["commit_index"]
-                    for s in statuses.values()):
+                    statuses.get(i) is not None
+                    and statuses[i]["applied_index"] >= leader["commit_index"]
+                    and statuses[i]["commit_index"] == leader["commit_index"]
+                    for i in self._final_members(leader) or statuses):
+                problem = self._configuration_problem(leader)
+                if problem:
+                    report.violations.append("membership once settled: " + problem)
                 return
             time.sleep(0.1)
         report.violations.append("the nodes did not settle within 30 s after the clients "
-                                 "stopped: %r" % ({i: s and (s["role"], s["term"], s["commit_index"],
-                                                              s["applied_index"])
-                                                          for i, s in self._statuses().items()},))
+                                 "stopped (final configuration %s): %r" % (
+                                     leader and self._final_members(leader),
+                                     {i: s and (s["role"], s["term"], s["commit_index"],
+                                                s["applied_index"])
+                                      for i, s in self._statuses().items()},))
 
     def settle(self) -> List[str]:
         """Wait until every node applied everything committed; the problems, if not."""

@@ -1,7 +1,8 @@
 """What chaos workloads share, and the key-value register's workload.
 
 Each client is a thread with blocking HTTP that talks to every node (a random one per
-attempt), the way independent users behind a load balancer would.  Every logical
+attempt; while the nemesis has a node out of the configuration, every other one), the
+way independent users behind a load balancer would.  Every logical
 operation is recorded in a ``History`` (see ``txraft.tools.chaos.history``), including its
 failed attempts.  What an answer means:
 
@@ -127,6 +128,11 @@ class Context:
     def url(self, node_id: str) -> str:
         raise NotImplementedError
 
+    def targets(self) -> List[str]:
+        """The nodes to send operations to now: every node, but those the nemesis took
+        out of the configuration until they are members again and caught up."""
+        return self.node_ids
+
     def leader(self) -> Optional[str]:
         raise NotImplementedError
 
@@ -147,8 +153,8 @@ def note_anomaly(ctx: Context, record: Optional[Record], reply: Reply, what: str
 def attempt(ctx: Context, record: Record, rng: random.Random, method: str, path: str,
             body: Optional[bytes] = None, headers: Optional[Dict[str, str]] = None,
             verdict=write_verdict, node: Optional[str] = None) -> Tuple[Reply, str]:
-    """Send one attempt of ``record`` to a random node (or ``node``); log it."""
-    node = node or rng.choice(ctx.node_ids)
+    """Send one attempt of ``record`` to a random target node (or ``node``); log it."""
+    node = node or rng.choice(ctx.targets())
     start = ctx.now()
     reply = call(ctx.url(node), method, path, body, headers)
     end = ctx.now()
