@@ -518,6 +518,20 @@ class ChaosRoundTests(SynchronousTestCase):
         self.assertIsNotNone(report.caught_up_after_heal)
         self.assertGreater(report.operations["order"][OK], 50)
 
+    def test_leadership_transfers_under_the_register_workload(self):
+        """Dissertation 3.10 on real processes: POST /raft/leader, to a named follower
+        or the leader's pick, again and again while clients write and read.  Every 200
+        names a new leader (the one asked for) that a majority then follows (else an
+        anomaly), the history stays linearizable, nothing is refused for good."""
+        report = self.run_round(nodes=3, duration=20, seed=5, workload_name="kv",
+                                faults="transfer")
+        self.assertPassed(report)
+        self.assertEqual(report.anomalies, [], report.table())
+        counts = report.membership["transfer"]
+        self.assertGreaterEqual(counts["done"], 3, report.table())
+        self.assertEqual((counts["failed"], counts.get("unsupported", 0)), (0, 0),
+                         report.table())
+
     def test_stale_reads_are_caught(self):
         """Mutation test of the harness: a client that reads stale while claiming
         linearizable reads must fail the round."""
