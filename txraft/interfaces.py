@@ -74,6 +74,17 @@ class ITransport(Interface):
     stats = Attribute("A mapping of counter name to value (sent, received, dropped_*)")
 
 
+class IPeerIdentityStore(Interface):
+    """Where a node keeps the uuid it first heard each peer present
+    (``txraft.runtime.trust``)."""
+
+    def load():
+        """Return ``{peer_id: uuid as 32 hex digits}`` as last saved (empty at first)."""
+
+    def save(records):
+        """Replace every record with ``records`` (same form); durable when it returns."""
+
+
 class IRaftNode(Interface):
     """What an application's HTTP layer needs from the local Raft node.
 
