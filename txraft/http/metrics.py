@@ -90,6 +90,12 @@ TRANSPORT_COUNTERS = {
                        "Failed look-ups of a peer's host name."),
     "address_changes": ("txraft_transport_peer_address_changes_total",
                         "Times a peer was found at a new address."),
+    "identity_notices_sent": ("txraft_transport_identity_notices_sent_total",
+                              "Identity notices sent to senders whose data directory "
+                              "(uuid) is not the one known for their id."),
+    "identity_notices_received": ("txraft_transport_identity_notices_received_total",
+                                  "Identity notices received: peers refusing this data "
+                                  "directory's uuid."),
 }
 INBOUND_DROPPED = ("txraft_transport_inbound_datagrams_dropped_total",
                    "Datagrams received and dropped, by reason.")
