@@ -105,6 +105,18 @@ class PeerIdentitiesTests(SynchronousTestCase):
         self.guard.forget_absent(["n1"])
         self.assertEqual(self.guard.expected("n2"), U2)
 
+    def test_next_binding(self):
+        """For a leader: the first member without a uuid whose uuid is known (its own
+        given, the others recorded), to write into the configuration; none once all
+        known ones are bound."""
+        conf = Configuration.of_voters(["n1", "n2", "n3"])
+        self.assertEqual(self.guard.next_binding(conf), None)
+        self.assertEqual(self.guard.next_binding(conf, U1.hex()), Member("n1", uuid=U1.hex()))
+        self.guard.admit("n3", U3)
+        bound = conf.with_uuid("n1", U1.hex())
+        self.assertEqual(self.guard.next_binding(bound, U1.hex()), Member("n3", uuid=U3.hex()))
+        self.assertIsNone(self.guard.next_binding(bound.with_uuid("n3", U3.hex()), U1.hex()))
+
     def test_parse_uuid(self):
         """Node uuids are written as 32 hexadecimal digits."""
         self.assertEqual(parse_uuid("01" * 16), U1)

@@ -32,6 +32,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 import attrs
 from zope.interface import implementer
 
+from txraft.core.config import Member
 from txraft.interfaces import IPeerIdentityStore
 
 #: A node uuid's size on the wire (``uuid.UUID.bytes``).
@@ -168,6 +169,24 @@ class PeerIdentities:
         expected.update(self._bound)
         self._expected = expected
         return gone
+
+    def next_binding(self, configuration, own_uuid: Optional[str] = None) -> Optional[Member]:
+        """For a leader: the first member of ``configuration`` without a uuid whose uuid
+        is known here (``own_uuid`` for this node, else the one recorded), as the
+        ``Member`` a ``BIND`` change writes into the configuration; None when there is
+        none.  Once in the log, every member expects that uuid (``use_configuration``),
+        including those that never heard the member themselves."""
+        for member in configuration.members:
+            if member.uuid:
+                continue
+            if member.id == self._own_id:
+                uuid = own_uuid
+            else:
+                value = self._recorded.get(member.id)
+                uuid = value.hex() if value is not None else None
+            if uuid:
+                return Member(member.id, uuid=uuid)
+        return None
 
     # ---------------------------------------------------------- observation
 
