@@ -7,8 +7,10 @@ import json
 import os
 
 from twisted.logger import globalLogPublisher
+from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from txraft.plugins import raftnode
 from txraft.runtime import identity as identity_module
 from txraft.runtime.identity import (
     IDENTITY_FILE,
@@ -199,3 +201,45 @@ class FilePeerStoreTests(SynchronousTestCase):
                 FilePeerStore(self.dir)
             self.assertIn("is damaged", str(caught.exception))
 
+
+class PluginTests(SynchronousTestCase):
+    """``twistd raftnode``'s options: the identity is read (or made) first."""
+
+    def setUp(self):
+        self.patch(raftnode, "_check_port_free", lambda *args: None)
+        self.dir = os.path.abspath(self.mktemp())
+
+    def parse(self, *args):
+        options = raftnode.Options()
+        options.parseOptions(["--app", "kv", "--data-dir", self.dir, "--port", "7001",
+                              "--members", "n1=127.0.0.1:7001,n2=127.0.0.1:7002"]
+                             + list(args))
+        return options
+
+    def test_identity_before_anything_else(self):
+        """The identity file exists before the Raft log is first opened."""
+        from txraft.runtime import storage
+
+        seen = []
+        real = storage.FileLogStorage.__init__
+
+        def init(store, directory, *args, **kwargs):
+            seen.append((os.path.exists(os.path.join(self.dir, IDENTITY_FILE)),
+                         os.path.exists(directory)))
+            real(store, directory, *args, **kwargs)
+
+        self.patch(storage.FileLogStorage, "__init__", init)
+        options = self.parse()
+        self.assertEqual(seen, [(True, False)])
+        self.assertEqual(options["identity"].node_id, "n1")
+        self.assertEqual(options["identity"].how, "created")
+
+    def test_wrong_id_is_one_usage_line(self):
+        """The directory of n1 started as n2 is refused as a usage error of one line."""
+        self.parse()
+        with self.assertRaises(usage.UsageError) as caught:
+            self.parse("--id", "n2", "--port", "7002")
+        self.assertIn("is node n1's", str(caught.exception))
+        with self.assertRaises(usage.UsageError) as caught:
+            self.parse("--cluster-id", "other")
+        self.assertIn("belongs to cluster 'txraft'", str(caught.exception))
