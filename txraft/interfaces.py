@@ -118,6 +118,11 @@ class IRaftNode(Interface):
     def is_ready():
         """True when a leader is known and this node has applied what it knows committed."""
 
+    def stale_read_refusal():
+        """None when this node may answer reads from its own copy
+        (``?consistency=stale``); else why not, in one line (its peers refuse its data
+        directory's identity, or that directory never caught up with a leader)."""
+
     def status_view():
         """A ``txraft.runtime.status.NodeStatus``: role, term, leader, indexes, per-peer
         progress, counters (what ``/metrics`` reads)."""
