@@ -189,6 +189,8 @@ SCHEMAS: Dict[str, Any] = {
                     "recent_active": {"type": "boolean"},
                     "lost_log": {"type": "boolean"},
                     "leader": {"type": "boolean"},
+                    "uuid": {"type": ["string", "null"],
+                             "description": "Its data directory's uuid, when known."},
                 },
             }},
         },
@@ -248,7 +250,8 @@ PARAMETERS = {
         "name": "consistency", "in": "query", "required": False,
         "schema": {"type": "string", "enum": ["linearizable", "stale"], "default": "linearizable"},
         "description": "linearizable (ReadIndex through the leader) or stale (this node's "
-                       "replica; see X-Raft-Applied-Index)."},
+                       "replica; see X-Raft-Applied-Index; 503 stale_read_refused on a "
+                       "node that lost its data or never caught up)."},
     "Redirect": {
         "name": "redirect", "in": "query", "required": False,
         "schema": {"type": "string", "enum": ["true"]},
@@ -442,7 +445,8 @@ def spec() -> dict:
         "404": _error("unknown_member."),
         "409": _error("change_in_progress, not_caught_up, duplicate_member, "
                       "duplicate_address, already_voter or config_changed."),
-        "422": _error("last_voter, malformed_address or invalid_change."),
+        "422": _error("last_voter, malformed_address or invalid_change (a malformed id, "
+                      "http_url or uuid)."),
         "503": _error("leader_not_ready, or no leader known; nothing was done: retry.",
                       "Retry-After"),
         "504": _ref("responses", "CommitTimeout"),
@@ -473,7 +477,10 @@ def spec() -> dict:
             "properties": {"id": {"type": "string", "pattern": MEMBER_ID_PATTERN},
                            "address": {"type": "string", "pattern": ADDRESS_PATTERN,
                                        "description": "Raft host:port (UDP)."},
-                           "http_url": {"type": "string", "pattern": "^(https?://.*)?$"}},
+                           "http_url": {"type": "string", "pattern": "^(https?://.*)?$"},
+                           "uuid": {"type": "string", "pattern": "^[0-9A-Fa-f]{32}$",
+                                    "description": "Bind the member to this data "
+                                                   "directory (its node_uuid)."}},
             "additionalProperties": False}}}},
         "responses": dict({"200": committed}, **add_errors)}
     paths["/raft/members/{member_id}/promote"] = {"post": {

@@ -57,6 +57,8 @@ class FakeRaftNode:
         #: Every entry this node applied, in order (what a follower would replicate).
         self.log: List[Entry] = []
         self.ready = True
+        #: What ``stale_read_refusal`` answers (None: stale reads are served).
+        self.stale_refusal: Optional[str] = None
         #: What membership changes over HTTP must present (``txraft.http.membership``).
         self.secret: Optional[bytes] = b"cluster-secret"
         self.configuration = Configuration.of_voters(["n1", "n2"])
@@ -110,7 +112,8 @@ class FakeRaftNode:
     def _not_leader(self):
         return defer.fail(NotLeader(self.leader_id, self.leader_url, self.leader_public_url))
 
-    def change(self, op, member_id, address="", http_url="", expect_config_index=None):
+    def change(self, op, member_id, address="", http_url="", expect_config_index=None,
+               uuid=""):
         """A membership change judged as the core judges it (``Configuration.changed``),
         committed at once on a leader."""
         self.calls["change"] += 1
@@ -120,7 +123,7 @@ class FakeRaftNode:
             return defer.fail(MembershipRefused("config_changed", "the configuration moved"))
         try:
             self.configuration = self.configuration.changed(
-                op, ConfigMember(member_id, address=address, http_url=http_url))
+                op, ConfigMember(member_id, address=address, http_url=http_url, uuid=uuid))
         except ConfigChangeError as e:
             return defer.fail(MembershipRefused(e.code, e.message))
         if self.commit_timeout:
@@ -200,6 +203,9 @@ class FakeRaftNode:
     def is_ready(self) -> bool:
         self.calls["is_ready"] += 1
         return self.ready and self.leader_id is not None
+
+    def stale_read_refusal(self) -> Optional[str]:
+        return self.stale_refusal
 
     def status_view(self):
         from txraft.core import CoreStatus

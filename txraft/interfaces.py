@@ -74,6 +74,17 @@ class ITransport(Interface):
     stats = Attribute("A mapping of counter name to value (sent, received, dropped_*)")
 
 
+class IPeerIdentityStore(Interface):
+    """Where a node keeps the uuid it first heard each peer present
+    (``txraft.runtime.trust``)."""
+
+    def load():
+        """Return ``{peer_id: uuid as 32 hex digits}`` as last saved (empty at first)."""
+
+    def save(records):
+        """Replace every record with ``records`` (same form); durable when it returns."""
+
+
 class IRaftNode(Interface):
     """What an application's HTTP layer needs from the local Raft node.
 
@@ -106,6 +117,11 @@ class IRaftNode(Interface):
 
     def is_ready():
         """True when a leader is known and this node has applied what it knows committed."""
+
+    def stale_read_refusal():
+        """None when this node may answer reads from its own copy
+        (``?consistency=stale``); else why not, in one line (its peers refuse its data
+        directory's identity, or that directory never caught up with a leader)."""
 
     def status_view():
         """A ``txraft.runtime.status.NodeStatus``: role, term, leader, indexes, per-peer

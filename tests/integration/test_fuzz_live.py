@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import random
 import socket
 import time
@@ -41,7 +42,8 @@ from txraft.core.messages import (
     SnapshotChunk,
     SnapshotChunkAck,
 )
-from txraft.runtime.transport import INBOUND_DROPS, UDPTransport
+from txraft.runtime.identity import IDENTITY_FILE, read_identity
+from txraft.runtime.transport import INBOUND_DROPS, NO_UUID, UDPTransport
 
 TARGET_DATAGRAMS = 100_000
 SEED = 20261126
@@ -55,13 +57,13 @@ class Recorder:
         self.written.append(data)
 
 
-def forger(node_id, cluster, secret, incarnation, cluster_id="txraft"):
+def forger(node_id, cluster, secret, incarnation, cluster_id="txraft", node_uuid=NO_UUID):
     """A transport in this process that builds real envelopes as ``node_id`` would."""
     transport = UDPTransport(
         node_id=node_id, cluster_id=cluster_id,
         peers={n.node_id: ("127.0.0.1", n.port) for n in cluster.nodes.values()},
         secret=secret, deliver=lambda m: None, reactor=Clock(), incarnation=incarnation,
-        log=Logger(observer=lambda e: None))
+        log=Logger(observer=lambda e: None), node_uuid=node_uuid)
     transport.makeConnection(Recorder())
     return transport
 
@@ -115,9 +117,16 @@ class LiveDatagramFuzzTests(SynchronousTestCase):
         phantom = forger("n3", cluster, secret, incarnation=10**15)
         originals = datagrams_of(phantom, stale_messages("n3", "n1"), "n1")
         # n2 is alive with a much newer incarnation (its boot time in microseconds):
-        # these are authentic but from "an older n2", so replays by definition.
-        old_n2 = datagrams_of(forger("n2", cluster, secret, incarnation=1),
+        # these are authentic (its data directory's uuid) but from "an older n2", so
+        # replays by definition.
+        n2_uuid = read_identity(os.path.join(cluster.nodes["n2"].data_dir,
+                                             IDENTITY_FILE)).uuid_bytes
+        old_n2 = datagrams_of(forger("n2", cluster, secret, incarnation=1, node_uuid=n2_uuid),
                               stale_messages("n2", "n1") * 4, "n1")
+        # ... and from an n2 on another data directory (a wiped disk): wrong identity.
+        wiped_n2 = datagrams_of(forger("n2", cluster, secret, incarnation=10**17,
+                                       node_uuid=b"\x5a" * 16),
+                                stale_messages("n2", "n1"), "n1")
         wrong_secret = datagrams_of(forger("n3", cluster, b"guessed", incarnation=10**15 + 1),
                                     stale_messages("n3", "n1"), "n1")
         wrong_cluster = datagrams_of(forger("n3", cluster, secret, 10**15 + 2, "staging"),
@@ -143,7 +152,7 @@ class LiveDatagramFuzzTests(SynchronousTestCase):
             if kind == 6:
                 return rng.choice(wrong_secret)
             if kind == 7:
-                return rng.choice(wrong_cluster)
+                return rng.choice(wrong_cluster if rng.random() < 0.5 else wiped_n2)
             return bytes(base) + bytes(rng.randrange(256) for _ in range(rng.randint(1, 1600)))
 
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -183,7 +192,7 @@ class LiveDatagramFuzzTests(SynchronousTestCase):
         # (at most once each) are the live peer's own traffic, all of it dropped garbage.
         self.assertGreaterEqual(drops, TARGET_DATAGRAMS - len(originals), delta)
         for reason in ("dropped_bad_mac", "dropped_replayed", "dropped_malformed",
-                       "dropped_wrong_cluster", "dropped_oversized"):
+                       "dropped_wrong_cluster", "dropped_oversized", "dropped_wrong_identity"):
             self.assertGreater(delta[reason], 100, (reason, delta))
 
         # Still serving: a write through it commits, and reads see it.

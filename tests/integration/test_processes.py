@@ -40,6 +40,13 @@ def wipe(data_dir):
                 os.remove(path)
 
 
+def all_bound(url):
+    """Whether ``GET /raft/members`` there names every member's uuid (the leader binds
+    them into the configuration one change at a time)."""
+    answer = http("GET", url + "/raft/members")
+    return answer.status == 200 and all(m["uuid"] for m in answer.json()["members"])
+
+
 class ClusterTestMixin:
     def make_cluster(self, size, **kwargs):
         cluster = LocalCluster(size, self.mktemp(), **kwargs)
@@ -160,12 +167,15 @@ class SnapshotProcessTests(ClusterTestMixin, SynchronousTestCase):
         self.assertEqual(self.stale_get(follower, "k149").body, b"x" * 200 + b"149")
 
 
-    def test_a_follower_whose_data_was_wiped_never_says_ready(self):
-        """A follower killed, its data directory emptied and started again with the same
-        command (a recreated Docker volume) must not claim to be ready: /ready stays
-        503 saying it is behind the leader, and the leader reports that the follower
-        lost its log instead of probing it silently (status lost_log, metrics).  Then
-        it is replaced: removed, started empty, added back, caught up, promoted."""
+    def test_a_follower_whose_data_was_wiped_is_refused_then_replaced(self):
+        """Node identity (docs/operations.md, "Replace a node that lost its disk"): a
+        follower killed, its data directory emptied and started again with the same
+        command (a recreated Docker volume) comes back with a new uuid.  Its peers
+        refuse it (dropped_wrong_identity, per peer in /raft/status and /metrics) so its
+        votes and acknowledgements never count; it is told so and says it in /ready
+        and /raft/status, and refuses stale reads instead of serving an empty store.
+        Then it is replaced while it runs: removed, added back bound to its new uuid,
+        caught up, ready, promoted, with the data."""
         cluster = self.make_cluster(3)
         cluster.start_all()
         leader = cluster.wait_for_leader(15)
@@ -177,69 +187,118 @@ class SnapshotProcessTests(ClusterTestMixin, SynchronousTestCase):
             top = int(result.headers["X-Raft-Index"])
         cluster.wait_for_applied(top, list(cluster.nodes))
         follower, other = [n for n in cluster.nodes if n != leader]
+        old_uuid = cluster.nodes[follower].uuid()
+        self.wait_until(lambda: all_bound(cluster.url(leader)),
+                        "the leader never bound every member's uuid")
         cluster.kill(follower)
-        data_dir = cluster.nodes[follower].data_dir
-        wipe(data_dir)
+        wipe(cluster.nodes[follower].data_dir)
         cluster.start(follower)
         url = cluster.url(follower)
-        started = time.monotonic()
-        lost = None
-        answers = set()
-        while time.monotonic() - started < 4 or lost is None:
-            if time.monotonic() - started > 15:
-                self.fail_with_logs("the leader never reported %s's lost log" % follower)
+
+        def refused():
             ready = http("GET", url + "/ready")
             if ready.status == 200:
                 self.fail_with_logs("the wiped follower answered /ready 200: %r" % (ready,))
-            if ready.status == 503:
-                answers.add(ready.json()["error"]["message"].split(":")[0])
-            peer = (cluster.nodes[leader].status() or {}).get("progress", {}).get(follower)
-            if lost is None and peer and peer["lost_log"]:
-                lost = peer
-            time.sleep(0.1)
-        self.assertIn("behind the leader", answers)
-        self.assertEqual(lost["match_index"], cluster.nodes[leader].status()["progress"][
-            follower]["match_index"])
+            status = cluster.nodes[follower].status() or {}
+            refused_by = status.get("identity", {}).get("refused_by", {})
+            return ready.status == 503 and leader in refused_by
+
+        self.wait_until(refused, "the wiped follower never learnt that it was refused")
+        new_uuid = cluster.nodes[follower].uuid()
+        self.assertNotEqual(new_uuid, old_uuid)
+        ready = http("GET", url + "/ready").json()["error"]
+        self.assertEqual(ready["code"], "not_ready")
+        self.assertIn("this data directory (uuid %s) is not the one the cluster knows as %s"
+                      % (new_uuid, follower), ready["message"])
+        self.assertIn("docs/operations.md#replace-a-node-that-lost-its-disk", ready["message"])
         status = cluster.nodes[follower].status()
+        self.assertEqual(status["node_uuid"], new_uuid)
+        self.assertEqual(status["identity"]["refused_by"][leader], old_uuid)
+        self.assertEqual(status["identity"]["problem"], ready["message"])
         self.assertEqual((status["ready"], status["applied_index"]), (False, 0))
-        self.assertEqual(status["leader_commit"], cluster.nodes[leader].status()["commit_index"])
+        stale = self.stale_get(follower, "k3")
+        self.assertEqual((stale.status, stale.json()["error"]["code"]),
+                         (503, "stale_read_refused"), stale)
+        # The leader refuses what it hears from the wiped node; the other follower,
+        # which may never hear it (it follows the leader's heartbeats and does not
+        # campaign), knows the old uuid from the configuration all the same.
+        leader_status = cluster.nodes[leader].status()
+        self.assertGreater(leader_status["transport"]["dropped_wrong_identity"], 0)
+        seen = leader_status["peer_identities"][follower]
+        self.assertEqual(seen["last_refused"], new_uuid)
+        for peer in (leader, other):
+            seen = cluster.nodes[peer].status()["peer_identities"][follower]
+            self.assertEqual((seen["uuid"], seen["source"]), (old_uuid, "configuration"))
         metrics = http("GET", cluster.url(leader) + "/metrics").body.decode()
-        self.assertIn('txraft_peer_lost_log{peer="%s"} 1' % follower, metrics)
+        self.assertRegex(metrics, r'txraft_peer_wrong_identity_datagrams_total\{peer="%s"\} '
+                         r'[1-9]' % follower)
+        self.assertIn('txraft_transport_inbound_datagrams_dropped_total{reason="wrong_identity"}',
+                      metrics)
+        self.assertIn("\ntxraft_identity_refused 1\n",
+                      http("GET", url + "/metrics").body.decode())
+        self.assertIn("lost its data", open(cluster.nodes[follower].log_path).read())
         self.assertEqual(http("GET", cluster.url(other) + "/ready").status, 200)
-        members = http("GET", cluster.url(leader) + "/raft/members").json()
-        self.assertEqual((members["from_leader"], members["config_index"]), (True, 0))
-        by_id = {m["id"]: m for m in members["members"]}
-        self.assertEqual(sorted(by_id), sorted(cluster.nodes))
-        self.assertTrue(by_id[follower]["lost_log"])
-        self.assertEqual(by_id[follower]["address"], "127.0.0.1:%d" % cluster.nodes[follower].port)
-        self.assertEqual(by_id[other]["lag"], 0)
-        # docs/operations.md's replacement: stop it, remove it, start it on its empty
-        # directory, add it back; it is sent a snapshot or the log as a learner and
-        # promoted once caught up, with the data.
-        cluster.kill(follower)
+        result = self.put(leader, "during", b"refused")
+        self.assertEqual(result.status, 204)  # the other two commit without it
+
+        # docs/operations.md's replacement, the node left running: remove it, add it
+        # back bound to its new uuid; it is sent the log as a learner, catches up and
+        # is promoted.
         auth = {"Authorization": "Bearer %s" % cluster.secret}
         removed = http("DELETE", cluster.url(leader) + "/raft/members/" + follower,
                        headers=auth, timeout=10)
         self.assertEqual(removed.status, 200, removed)
-        wipe(data_dir)
-        cluster.start(follower)
         added = http("POST", cluster.url(leader) + "/raft/members",
-                     json.dumps({"id": follower, "http_url": url, "address": "127.0.0.1:%d"
-                                 % cluster.nodes[follower].port}).encode(),
+                     json.dumps({"id": follower, "http_url": url, "uuid": new_uuid,
+                                 "address": "127.0.0.1:%d" % cluster.nodes[follower].port}
+                                ).encode(),
                      dict(auth, **{"Content-Type": "application/json"}), timeout=10)
         self.assertEqual(added.status, 200, added)
-        deadline = time.monotonic() + 20
-        while http("GET", url + "/ready").status != 200:
-            if time.monotonic() > deadline:
-                self.fail_with_logs("the replaced follower never became ready")
-            time.sleep(0.2)
+        self.wait_until(lambda: http("GET", url + "/ready").status == 200,
+                        "the replaced follower never became ready", timeout=30)
         self.assertEqual(self.stale_get(follower, "k3").body, b"v3")
-        while {m["id"]: m["role"] for m in http(
-                "GET", cluster.url(leader) + "/raft/members").json()["members"]}.get(
-                    follower) != "voter":
+        self.assertEqual(self.stale_get(follower, "during").body, b"refused")
+        self.wait_until(lambda: {m["id"]: m["role"] for m in http(
+            "GET", cluster.url(leader) + "/raft/members").json()["members"]}.get(
+                follower) == "voter", "the replaced follower was never promoted")
+        by_id = {m["id"]: m for m in http(
+            "GET", cluster.url(leader) + "/raft/members").json()["members"]}
+        self.assertEqual(by_id[follower]["uuid"], new_uuid)
+        status = cluster.nodes[follower].status()
+        self.assertEqual(status["identity"], {"uuid": new_uuid, "caught_up": True,
+                                              "refused_by": {}, "problem": None})
+        for peer in (leader, other):
+            peer_status = cluster.nodes[peer].status()["peer_identities"][follower]
+            self.assertEqual(peer_status["uuid"], new_uuid)
+
+    def test_a_data_directory_refuses_another_node_id(self):
+        """A data directory is one node's: started with another --id it is refused
+        with one line saying what to do, before anything is written."""
+        cluster = self.make_cluster(3)
+        cluster.start("n1")
+        deadline = time.monotonic() + 20
+        while cluster.nodes["n1"].uuid() is None or cluster.nodes["n1"].status() is None:
             if time.monotonic() > deadline:
-                self.fail_with_logs("the replaced follower was never promoted")
-            time.sleep(0.2)
+                self.fail_with_logs("n1 never started")
+            time.sleep(0.1)
+        cluster.kill("n1")
+        n2 = cluster.nodes["n2"]
+        result = twistd("-n", "--pidfile=", "raftnode", "--app", "kv", "--id", "n2",
+                        "--port", str(n2.port), "--members", cluster.members,
+                        "--data-dir", cluster.nodes["n1"].data_dir,
+                        "--secret-file", cluster.secret_file)
+        output = result.stdout + result.stderr
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("is node n1's", output)
+        self.assertIn("start it with --id n1, or give n2 a data directory of its own", output)
+        self.assertNotIn("Traceback", output)
+
+    def wait_until(self, condition, what, timeout=15):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                self.fail_with_logs(what)
+            time.sleep(0.1)
 
 
 class MembershipProcessTests(ClusterTestMixin, SynchronousTestCase):
@@ -264,7 +323,14 @@ class MembershipProcessTests(ClusterTestMixin, SynchronousTestCase):
         cluster.start_all()
         leader = cluster.wait_for_leader(15)
         follower, victim = [n for n in cluster.nodes if n != leader]
-        self.assertEqual(self.members(leader)["config_index"], 0)
+        # The leader binds each member's uuid into the configuration, one change each.
+        deadline = time.monotonic() + 10
+        while not all_bound(cluster.url(leader)):
+            if time.monotonic() > deadline:
+                self.fail_with_logs("the members' uuids were never bound")
+            time.sleep(0.1)
+        founded = self.members(leader)["config_index"]
+        self.assertGreaterEqual(founded, 3)
         for token, status, code in ((False, 401, "unauthorized"), ("wrong", 403, "forbidden")):
             refused = self.change("DELETE", leader, "/raft/members/" + victim, token=token)
             self.assertEqual((refused.status, refused.json()["error"]["code"]), (status, code))
@@ -280,7 +346,7 @@ class MembershipProcessTests(ClusterTestMixin, SynchronousTestCase):
         self.assertEqual(sorted(m["id"] for m in doc["members"]), sorted([leader, follower]))
         result = self.put(leader, "after", b"removed")
         self.assertEqual(result.status, 204)  # two voters commit it
-        stale = self.change("POST", leader, "/raft/members?expect_config_index=0",
+        stale = self.change("POST", leader, "/raft/members?expect_config_index=%d" % founded,
                             {"id": victim, "address": "127.0.0.1:%d"
                              % cluster.nodes[victim].port})
         self.assertEqual((stale.status, stale.json()["error"]["code"]),

@@ -37,6 +37,7 @@ from txraft.runtime.transport import (
     INBOUND_DROPS,
     MAC_SIZE,
     MAGIC,
+    NO_UUID,
     VERSION,
     UDPTransport,
     envelope_mac,
@@ -81,9 +82,9 @@ def accounted(transport):
 
 
 def header(sender=b"a", receiver=b"b", cluster=CLUSTER.encode(), flags=FLAG_MAC,
-           version=VERSION):
+           version=VERSION, uuid=NO_UUID):
     return (MAGIC + bytes([version, flags, len(cluster)]) + cluster + bytes([len(sender)])
-            + sender + bytes([len(receiver)]) + receiver)
+            + sender + uuid + bytes([len(receiver)]) + receiver)
 
 
 FIELDS = struct.Struct(">QQQHH")  # incarnation, counter, message id, index, count

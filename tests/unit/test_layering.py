@@ -2,8 +2,8 @@
 Python, and txraft never imports the application.
 
 STYLE.md principles 1 and 5: the core (every module of ``txraft/core/``), the runtime
-pieces the simulator shares with the node (``txraft/runtime/executor.py`` and
-``transfer.py``) and the simulator (``txraft/testing/sim*.py``) import nothing that
+pieces the simulator shares with the node (``txraft/runtime/executor.py``,
+``transfer.py`` and the identity guard ``trust.py``) and the simulator (``txraft/testing/sim*.py``) import nothing that
 reaches a clock, a socket, a file, a thread or the global random module, so the same
 code runs deterministically under the simulator and in production; and no module under
 ``txraft/`` imports ``shop``, directly or through another module.
@@ -38,7 +38,7 @@ FORBIDDEN = (
 )
 
 #: Runtime modules the simulator runs as they are, so they must be pure too.
-PURE_RUNTIME = ("executor.py", "transfer.py")
+PURE_RUNTIME = ("executor.py", "transfer.py", "trust.py")
 
 #: What a state machine must not import, nor anything it imports (whole packages).
 NOT_IN_STATE_MACHINES = ("twisted", "klein", "treq", "werkzeug", "txraft.http")

@@ -31,6 +31,7 @@ from txraft.core import (
     NotLeaderOutcome,
     RaftCore,
 )
+from txraft.core.config import BIND
 from txraft.core.messages import (
     ENTRY_CONFIG,
     AppendEntries,
@@ -78,6 +79,21 @@ class ConfigurationValueTests(SynchronousTestCase):
         # A learner always joins as a learner, whatever role the request names.
         self.assertEqual(conf.changed(ADD_LEARNER, Member("z", role=VOTER)).get("z").role,
                          LEARNER)
+
+    def test_bind_sets_a_uuid_and_nothing_else(self):
+        """A binding writes which data directory a member runs on (node identity);
+        voters, learners and addresses stay, so every majority is the same."""
+        conf = Configuration((Member("a", address="h:1"), Member("b", LEARNER, "h:2")))
+        bound = conf.changed(BIND, Member("b", uuid="ab" * 16))
+        self.assertEqual((bound.voters, bound.learners), (conf.voters, conf.learners))
+        self.assertEqual(bound.get("b"), Member("b", LEARNER, "h:2", uuid="ab" * 16))
+        self.assertEqual(bound.get("a"), conf.get("a"))
+        for member, code in ((Member("x", uuid="ab" * 16), "unknown_member"),
+                             (Member("b"), "invalid_change"),
+                             (Member("b", uuid="ab" * 16), "invalid_change")):
+            with self.assertRaises(ConfigChangeError) as caught:
+                bound.changed(BIND, member)
+            self.assertEqual(caught.exception.code, code, member)
 
     def test_refused_changes_name_their_reason(self):
         conf = Configuration((Member("a", address="h:1"), Member("b", LEARNER)))

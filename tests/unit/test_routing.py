@@ -42,7 +42,7 @@ class KVTableTests(SynchronousTestCase):
                  for rule in self.api.app.url_map.iter_rules()
                  for method in rule.methods - {"HEAD", "OPTIONS"}}
         self.assertEqual(klein, table)
-        self.assertEqual(len(table), 11)
+        self.assertEqual(len(table), 12)
 
     def test_fast_dispatcher_serves_the_fast_routes_of_the_table(self):
         """The fast dispatcher holds the table's fast routes, with the same handlers."""

@@ -394,6 +394,16 @@ class RaftRoutingTests(APICase):
         self.assertEqual((stale.json()["total"], stale.header("X-Raft-Applied-Index")), (1, "1"))
         self.assertEqual(self.cluster.clients["n2"].requests, [])
 
+    def test_stale_read_refused_where_the_copy_cannot_be_trusted(self):
+        """A follower that lost its data (or never caught up) refuses the shop's stale
+        reads with a JSON 503 rather than answering from an empty store."""
+        self.create("/products", MUG)
+        self.cluster.replicate()
+        self.cluster.nodes["n2"].stale_refusal = "this data directory lost its data"
+        for path in ("/products?consistency=stale", "/orders?consistency=stale"):
+            stale = self.call("GET", path, node="n2")
+            self.assertError(stale, 503, "stale_read_refused")
+
     def test_redirect(self):
         """?redirect=true on a follower: 307 to the same path on the leader."""
         answer = self.call("POST", "/products?redirect=true", MUG, node="n2")

@@ -43,12 +43,18 @@ from txraft.runtime.transport import (
     OUTBOUND_DROPS,
     PEER_ID_RESERVE,
     STATS_NAMES,
+    FLAG_MAC,
+    FLAG_NOTICE,
     Faults,
     UDPTransport,
     envelope_mac,
 )
+from txraft.runtime.trust import MemoryPeerStore, PeerIdentities
 
 SECRET = b"correct horse battery staple"
+UUID_A = bytes.fromhex("a1" * 16)
+UUID_B = bytes.fromhex("b2" * 16)
+UUID_WIPED = bytes.fromhex("ee" * 16)
 ADDR = {"a": ("10.0.0.1", 9000), "b": ("10.0.0.2", 9000), "c": ("10.0.0.3", 9000)}
 DNS = {"node-a": "10.0.0.1", "node-b": "10.0.0.2", "node-c": "10.0.0.3"}
 
@@ -174,11 +180,12 @@ class InterfaceAndConfigTests(TransportTestMixin, SynchronousTestCase):
         """max_payload is max_datagram less the envelope (header with room for the
         longest peer id, at least PEER_ID_RESERVE bytes so that members added later
         fit, and the MAC, counted even without a secret): for cluster "shop" and
-        one-letter ids, 10 + 2 + (1 + 16) + 28 + 32 = 89 bytes."""
+        one-letter ids, 10 + 2 + 16 (the sender's uuid) + (1 + 16) + 28 + 32 = 105
+        bytes."""
         transport = self.make()
-        self.assertEqual(transport.max_payload, 1400 - 89)
+        self.assertEqual(transport.max_payload, 1400 - 105)
         no_secret = self.make("c", secret=None, max_datagram=1000)
-        self.assertEqual(no_secret.max_payload, 1000 - 89)
+        self.assertEqual(no_secret.max_payload, 1000 - 105)
 
     def test_peers_change_with_the_configuration(self):
         """set_peers adds, moves and drops peers as membership changes: a dropped peer's
@@ -273,14 +280,16 @@ class RoundTripTests(TransportTestMixin, SynchronousTestCase):
         self.assertEqual(a.peer_addresses(), {"b": ADDR["b"]})
 
     def test_envelope_layout_and_mac(self):
-        """The datagram is magic, version, flags, ids, incarnation, counter, fragment
-        info, the codec's bytes and an HMAC-SHA256 over all of it; counters increase."""
-        a = self.make("a", incarnation=0x0102030405060708)
+        """The datagram is magic, version 2, flags, sender id, sender uuid, receiver
+        id, incarnation, counter, fragment info, the codec's bytes and an HMAC-SHA256
+        over all of it; counters increase."""
+        a = self.make("a", incarnation=0x0102030405060708, node_uuid=UUID_A)
         message = RequestVote(1, "a", "b", 0, 0)
         first = self.one_datagram(a, message)
         second = self.one_datagram(a, message)
         payload = encode_message(message)
-        head = b"TXR\x01\x01\x04shop\x01a\x01b" + struct.pack(">Q", 0x0102030405060708)
+        head = (b"TXR\x02\x01\x04shop\x01a" + UUID_A + b"\x01b"
+                + struct.pack(">Q", 0x0102030405060708))
         self.assertEqual(first[:len(head)], head)
         self.assertEqual(
             struct.unpack(">QQHH", first[len(head):len(head) + 20]), (1, 1, 0, 1)
@@ -338,7 +347,7 @@ class GarbageTests(TransportTestMixin, SynchronousTestCase):
     def test_garbage(self):
         """Random bytes, an empty datagram and other protocols' bytes are malformed."""
         for data in [b"", b"\x00", b"hello", b"GET / HTTP/1.1\r\n\r\n", bytes(range(256)),
-                     b"TXR", b"TXR\x01\x80" + self.valid[5:]]:
+                     b"TXR", b"TXR\x02\x80" + self.valid[5:]]:
             self.b.datagramReceived(data, ADDR["a"])
         self.assertEqual(self.nonzero(self.b, INBOUND_DROPS), {"dropped_malformed": 7})
         self.assertEqual(self.inbox["b"], [])
@@ -386,9 +395,11 @@ class GarbageTests(TransportTestMixin, SynchronousTestCase):
         self.assertEqual(self.nonzero(self.b, INBOUND_DROPS), {"dropped_wrong_cluster": 1})
 
     def test_bad_version(self):
-        """Our magic with another envelope version is dropped_bad_version."""
-        self.b.datagramReceived(b"TXR\x02" + self.valid[4:], ADDR["a"])
-        self.assertEqual(self.nonzero(self.b, INBOUND_DROPS), {"dropped_bad_version": 1})
+        """Our magic with another envelope version is dropped_bad_version: version 1
+        (before node uuids) and any later one."""
+        for version in (1, 3, 255):
+            self.b.datagramReceived(b"TXR" + bytes([version]) + self.valid[4:], ADDR["a"])
+        self.assertEqual(self.nonzero(self.b, INBOUND_DROPS), {"dropped_bad_version": 3})
 
     def test_oversized(self):
         """A datagram longer than max_datagram is dropped before any parsing."""
@@ -477,7 +488,7 @@ class ReplayTests(TransportTestMixin, SynchronousTestCase):
         a, b = self.make("a"), self.make("b")
         valid = self.one_datagram(a, RequestVote(1, "a", "b", 0, 0))
         forged = bytearray(valid)
-        forged[14:22] = b"\xff" * 8  # incarnation
+        forged[30:38] = b"\xff" * 8  # incarnation
         b.datagramReceived(bytes(forged), ADDR["a"])
         b.datagramReceived(valid, ADDR["a"])
         self.assertEqual(len(self.inbox["b"]), 1)
@@ -715,6 +726,161 @@ class NoSecretTests(TransportTestMixin, SynchronousTestCase):
         a.send(RequestVote(1, "a", "b", 0, 0))
         self.carry(a, b)
         self.assertEqual(len(self.inbox["b"]), 1)
+
+
+class IdentityTests(TransportTestMixin, SynchronousTestCase):
+    """Node identity (envelope version 2): the sender's uuid, checked by the guard."""
+
+    def setUp(self):
+        super().setUp()
+        self.store = MemoryPeerStore()
+        self.guard = PeerIdentities(self.store, "a")
+        self.notices = []
+        self.a = self.make("a", node_uuid=UUID_A, identities=self.guard)
+        self.b = self.make("b", node_uuid=UUID_B)
+
+    def wiped_b(self, **kwargs):
+        """b restarted on an emptied data directory: a new uuid (and incarnation)."""
+        self.refusals = []
+        wiped = UDPTransport(
+            node_id="b", cluster_id="shop", peers={p: ("node-" + p, 9000) for p in "ac"},
+            secret=SECRET, deliver=lambda m: self.refusals.append(("message", m)),
+            reactor=self.reactor, incarnation=5000, log=Logger(observer=self.events.append),
+            node_uuid=UUID_WIPED,
+            on_identity_refused=lambda *args: self.refusals.append(args), **kwargs)
+        wiped.makeConnection(FakeDatagramTransport())
+        return wiped
+
+    def send(self, sender, message):
+        sender.send(message)
+        for data, _ in sender.transport.take():
+            self.a.datagramReceived(data, ADDR["b"])
+
+    def test_first_uuid_recorded_before_delivery(self):
+        """The first datagram from b records b's uuid in the store before the message
+        reaches the node: a vote is never counted from an identity not on disk."""
+        seen = []
+        self.a._deliver = lambda m: seen.append(dict(self.store.records))
+        self.send(self.b, RequestVoteResponse(1, "b", "a", vote_granted=True))
+        self.assertEqual(seen, [{"b": UUID_B.hex()}])
+        self.assertEqual(self.a.stats["delivered"], 1)
+
+    def test_wrong_identity_is_dropped_counted_and_answered(self):
+        """Once b is known, a datagram from b's id with another uuid is dropped, counted
+        (dropped_wrong_identity, and per peer by the guard) and answered with one
+        authenticated identity notice to where it came from; more refusals within a
+        second are not answered again."""
+        self.send(self.b, RequestVote(1, "b", "a", 0, 0))
+        self.datagrams("a")
+        wiped = self.wiped_b()
+        for term in (2, 3):
+            self.send(wiped, RequestVoteResponse(term, "b", "a", vote_granted=True))
+        self.assertEqual(len(self.inbox["a"]), 1)  # only the genuine b's
+        self.assertEqual(self.nonzero(self.a, INBOUND_DROPS), {"dropped_wrong_identity": 2})
+        self.assertEqual(self.guard.view()[0].dropped_wrong_identity, 2)
+        self.assertAccounted(self.a)
+        [(notice, address)] = self.datagrams("a")
+        self.assertEqual(address, ADDR["b"])
+        self.assertEqual(notice[3:5], bytes([2, FLAG_MAC | FLAG_NOTICE]))
+        self.assertEqual(notice[-MAC_SIZE - 32:-MAC_SIZE], UUID_B + UUID_WIPED)
+        self.assertEqual(notice[-MAC_SIZE:], envelope_mac(SECRET, notice[:-MAC_SIZE]))
+        self.assertEqual(self.a.stats["identity_notices_sent"], 1)
+        self.reactor.advance(1.0)
+        self.send(wiped, RequestVoteResponse(4, "b", "a", vote_granted=True))
+        self.assertEqual(len(self.datagrams("a")), 1)
+
+    def test_the_notice_reaches_the_refused_node(self):
+        """The wiped node hands the notice to on_identity_refused (peer, the uuid the
+        peer expects, its own), counts it as delivered and received; its peers' uuids
+        are trusted on first use by its own guard too."""
+        self.send(self.b, RequestVote(1, "b", "a", 0, 0))
+        self.datagrams("a")
+        wiped = self.wiped_b(identities=PeerIdentities(MemoryPeerStore(), "b"))
+        self.send(wiped, RequestVote(2, "b", "a", 0, 0))
+        [(notice, _)] = self.datagrams("a")
+        wiped.datagramReceived(notice, ADDR["a"])
+        self.assertEqual(self.refusals, [("a", UUID_B, UUID_WIPED)])
+        self.assertEqual((wiped.stats["delivered"], wiped.stats["identity_notices_received"]),
+                         (1, 1))
+        self.assertAccounted(wiped)
+        self.assertEqual(wiped.identities.expected("a"), UUID_A)
+
+    def test_notices_are_authenticated_and_about_me(self):
+        """A notice is dropped like any datagram without the right MAC, when it is a
+        replay, and when it names another uuid than the receiver's."""
+        self.send(self.b, RequestVote(1, "b", "a", 0, 0))
+        self.datagrams("a")
+        wiped = self.wiped_b()
+        self.send(wiped, RequestVote(2, "b", "a", 0, 0))
+        [(notice, _)] = self.datagrams("a")
+        forged = bytearray(notice)
+        forged[-1] ^= 1
+        wiped.datagramReceived(bytes(forged), ADDR["a"])
+        self.b.datagramReceived(notice, ADDR["a"])  # the genuine b: not its uuid
+        wiped.datagramReceived(notice, ADDR["a"])
+        wiped.datagramReceived(notice, ADDR["a"])
+        self.assertEqual(self.refusals, [("a", UUID_B, UUID_WIPED)])
+        self.assertEqual(self.nonzero(wiped, INBOUND_DROPS),
+                         {"dropped_bad_mac": 1, "dropped_replayed": 1})
+        self.assertEqual(self.nonzero(self.b, INBOUND_DROPS), {"dropped_malformed": 1})
+
+    def test_a_refused_notice_is_not_answered(self):
+        """Two nodes that refuse each other do not exchange notices forever."""
+        self.send(self.b, RequestVote(1, "b", "a", 0, 0))
+        self.datagrams("a")
+        guard_b = PeerIdentities(MemoryPeerStore({"a": UUID_WIPED.hex()}), "b")
+        wiped = self.wiped_b(identities=guard_b)
+        self.send(wiped, RequestVote(2, "b", "a", 0, 0))
+        [(notice, _)] = self.datagrams("a")
+        wiped.datagramReceived(notice, ADDR["a"])
+        self.assertEqual(wiped.stats["dropped_wrong_identity"], 1)
+        self.assertEqual(wiped.transport.take(), [])
+        self.assertEqual(self.refusals, [])
+
+    def test_refused_datagrams_change_nothing(self):
+        """Refused datagrams, even of a much newer incarnation, move neither the replay
+        window nor the peer's address: the genuine b is still heard afterwards."""
+        self.send(self.b, RequestVote(1, "b", "a", 0, 0))
+        wiped = self.wiped_b()  # incarnation 5000, b's is 1000
+        wiped.send(RequestVote(2, "b", "a", 0, 0))
+        for data, _ in wiped.transport.take():
+            self.a.datagramReceived(data, ("10.9.9.9", 9000))
+        self.send(self.b, RequestVote(3, "b", "a", 0, 0))
+        self.assertEqual([m.term for m in self.inbox["a"]], [1, 3])
+        self.assertEqual(self.a.stats["address_changes"], 0)
+
+    def test_a_failing_store_drops_the_datagram(self):
+        """If the first uuid cannot be made durable the datagram is not delivered (an
+        internal error, logged), and the next one tries again."""
+        class Failing(MemoryPeerStore):
+            fail = True
+
+            def save(self, records):
+                if self.fail:
+                    raise OSError("disk full")
+                super().save(records)
+
+        store = Failing()
+        self.a.identities = PeerIdentities(store, "a")
+        self.send(self.b, RequestVote(1, "b", "a", 0, 0))
+        self.assertEqual((self.inbox["a"], self.a.stats["internal_errors"]), ([], 1))
+        self.flushLoggedErrors(OSError)
+        store.fail = False
+        self.send(self.b, RequestVote(2, "b", "a", 0, 0))
+        self.assertEqual([m.term for m in self.inbox["a"]], [2])
+
+    def test_without_a_guard_nothing_is_checked(self):
+        """A transport given no guard delivers whatever uuid its peers carry."""
+        b = self.make("b", node_uuid=UUID_B)
+        c = self.make("c", node_uuid=UUID_WIPED)
+        c.send(RequestVote(1, "c", "b", 0, 0))
+        self.carry(c, b)
+        self.assertEqual(len(self.inbox["b"]), 1)
+
+    def test_node_uuid_must_be_16_bytes(self):
+        """A malformed own uuid is a configuration error."""
+        for bad in (b"", b"x" * 15, "a" * 16):
+            self.assertRaises(ConfigError, self.make, "c", node_uuid=bad)
 
 
 class FaultTests(TransportTestMixin, SynchronousTestCase):

@@ -318,6 +318,23 @@ class LeaderRoutingTests(SynchronousTestCase):
         self.assertEqual(c.to_leader.requests, [])
         self.assertEqual(c.follower.calls["read_barrier"], 0)
 
+    def test_stale_read_refused_on_a_node_that_lost_its_data(self):
+        """A node whose copy cannot be trusted (peers refuse its identity, or its new
+        data directory never caught up) answers ?consistency=stale with a JSON 503
+        saying why, instead of its empty store; linearizable reads still go to the
+        leader, and /raft/members' own view is refused alike."""
+        c = self.cluster
+        request(self, c.leader_http, "PUT", "http://n1/kv/k", data=b"v")
+        c.follower.stale_refusal = "this data directory (uuid ...) lost its data"
+        for url in ("http://n2/kv/k?consistency=stale",
+                    "http://n2/raft/members?consistency=stale"):
+            answer = request(self, c.follower_http, "GET", url)
+            self.assertEqual((answer.code, answer.error_code), (503, "stale_read_refused"), url)
+            self.assertEqual(answer.json()["error"]["message"], c.follower.stale_refusal)
+            self.assertEqual(answer.header("Retry-After"), "1")
+        answer = request(self, c.follower_http, "GET", "http://n2/kv/k")
+        self.assertEqual(len(c.to_leader.requests), 1)
+
     def test_redirect(self):
         """?redirect=true answers 307 to the same path and query on the leader."""
         c = self.cluster
@@ -462,33 +479,40 @@ class HelperTests(SynchronousTestCase):
 class MembersDocumentTests(SynchronousTestCase):
     def test_members_on_a_leader_and_a_follower(self):
         """GET /raft/members: the configuration in force (the latest one in the log),
-        each member's Raft address and URL; on the leader also its progress."""
+        each member's Raft address, URL and data directory uuid (bound by the
+        configuration, recorded on first contact, or the node's own); on the leader
+        also its progress."""
         from txraft.core import Configuration, CoreStatus, Member, PeerStatus
         from txraft.http.status import members_document
         from txraft.runtime.status import NodeStatus
+        from txraft.runtime.trust import PeerIdentity
 
         conf = Configuration((Member("n1", address="h:1", http_url="http://h:1"),
-                              Member("n2", "learner", "h:2", "http://h:2")))
+                              Member("n2", "learner", "h:2", "http://h:2", "bb" * 16)))
         leader = CoreStatus(
             id="n1", role="leader", term=3, voted_for="n1", leader_id="n1", commit_index=9,
             last_applied=9, last_log_index=10, last_log_term=3, snapshot_index=0,
             voters=("n1",), learners=("n2",), config_index=7, configuration=conf,
             progress=(("n2", PeerStatus(4, 5, "probe", True, 0, voter=False, lost_log=True)),))
-        doc = members_document(NodeStatus(core=leader, applied_index=9))
+        doc = members_document(NodeStatus(core=leader, applied_index=9, node_uuid="aa" * 16))
         self.assertEqual(doc["config_index"], 7)
         self.assertTrue(doc["from_leader"])
         self.assertEqual(doc["members"], [
             {"id": "n1", "role": "voter", "address": "h:1", "http_url": "http://h:1",
-             "match_index": 10, "lag": 0, "leader": True},
+             "uuid": "aa" * 16, "match_index": 10, "lag": 0, "leader": True},
             {"id": "n2", "role": "learner", "address": "h:2", "http_url": "http://h:2",
-             "match_index": 4, "lag": 6, "state": "probe", "recent_active": True,
-             "lost_log": True},
+             "uuid": "bb" * 16, "match_index": 4, "lag": 6, "state": "probe",
+             "recent_active": True, "lost_log": True},
         ])
-        follower = attrs.evolve(leader, id="n2", role="follower", progress=())
-        doc = members_document(NodeStatus(core=follower, applied_index=9))
+        follower = attrs.evolve(leader, id="n2", role="follower", progress=(),
+                                configuration=Configuration((conf.members[0],
+                                                             Member("n2", "learner", "h:2"))))
+        doc = members_document(NodeStatus(core=follower, applied_index=9, peer_identities=(
+            PeerIdentity("n1", "cc" * 16, "recorded"),)))
         self.assertFalse(doc["from_leader"])
         self.assertEqual([sorted(m) for m in doc["members"]],
-                         [["address", "http_url", "id", "role"]] * 2)
+                         [["address", "http_url", "id", "role", "uuid"]] * 2)
+        self.assertEqual([m["uuid"] for m in doc["members"]], ["cc" * 16, None])
 
 
 class MembershipRouteTests(SynchronousTestCase):
@@ -537,6 +561,9 @@ class MembershipRouteTests(SynchronousTestCase):
             ({"id": "n3", "address": "h:1", "http_url": "ftp://x"}, "invalid_change", "http_url"),
             ({"id": "n3", "address": "h:1", "expect_config_index": 0}, "invalid_change",
              "expect_config_index"),
+            ({"id": "n3", "address": "h:1", "uuid": "ab" * 15}, "invalid_change", "uuid"),
+            ({"id": "n3", "address": "h:1", "uuid": "zz" * 16}, "invalid_change", "uuid"),
+            ({"id": "n3", "address": "h:1", "uuid": 5}, "invalid_change", "uuid"),
         ]:
             answer = self.add(self.cluster.leader_http, body)
             self.assertEqual((answer.code, answer.error_code), (422, code), body)
@@ -558,6 +585,17 @@ class MembershipRouteTests(SynchronousTestCase):
                          "http://n1/raft/members?expect_config_index=0", data=body,
                          headers=self.auth)
         self.assertEqual(answer.code, 200)
+
+    def test_a_new_member_may_be_bound_to_its_uuid(self):
+        """"uuid" (32 hex digits, any case) binds the learner to that data directory in
+        the configuration; without it the member is unbound."""
+        answer = self.add(self.cluster.leader_http, {"id": "n3", "address": "h:1",
+                                                     "uuid": "AB" * 16})
+        self.assertEqual(answer.code, 200)
+        self.assertEqual(self.cluster.leader.configuration.get("n3").uuid, "ab" * 16)
+        answer = self.add(self.cluster.leader_http, {"id": "n4", "address": "h:2"})
+        self.assertEqual(answer.code, 200)
+        self.assertEqual(self.cluster.leader.configuration.get("n4").uuid, "")
 
     def test_a_follower_forwards_the_change_with_its_authorization(self):
         answer = self.add(self.cluster.follower_http, {"id": "n3", "address": "h:1"})

@@ -11,7 +11,10 @@ overlapping majorities (dissertation section 4.1):
 ``PROMOTE``
     a learner becomes a voter;
 ``REMOVE``
-    a voter or a learner leaves.
+    a voter or a learner leaves;
+``BIND``
+    a member's ``uuid`` is set: which data directory it runs on (the runtime's node
+    identity); voters and learners stay as they are, so majorities do not change.
 
 ``Configuration.changed`` is the only way to derive one configuration from another, and it
 refuses what would break the rules with a ``ConfigChangeError`` whose ``code`` the HTTP
@@ -38,7 +41,8 @@ ROLES = (VOTER, LEARNER)
 ADD_LEARNER = "add_learner"
 PROMOTE = "promote"
 REMOVE = "remove"
-CHANGE_OPS = (ADD_LEARNER, PROMOTE, REMOVE)
+BIND = "bind"
+CHANGE_OPS = (ADD_LEARNER, PROMOTE, REMOVE, BIND)
 
 #: The longest id (UTF-8 bytes) a member added by a change may have: the datagram
 #: budget every node sets at start leaves room for this much (``txraft.runtime.transport``).
@@ -206,6 +210,15 @@ class Configuration:
                     "last_voter", "member %r is the last voter; the cluster would have none" % member.id
                 )
             return Configuration(tuple(m for m in self.members if m.id != member.id))
+        if op == BIND:
+            if not member.uuid or current.uuid == member.uuid:
+                raise ConfigChangeError(
+                    "invalid_change", "binding member %r needs a uuid it does not have yet"
+                    % member.id
+                )
+            bound = attrs.evolve(current, uuid=member.uuid)
+            _check_member(bound)
+            return Configuration(tuple(bound if m.id == member.id else m for m in self.members))
         raise ConfigChangeError("invalid_change", "unknown change %r (one of %s)" % (op, ", ".join(CHANGE_OPS)))
 
     def with_uuid(self, member_id: str, uuid: str) -> "Configuration":

@@ -16,8 +16,13 @@ the one at that index (409 ``config_changed`` otherwise).
 The answer, once the change has committed, is 200 ``{"config_index": N}``; refusals are
 JSON errors with the configuration unchanged: 404 unknown id; 409 another change in
 progress, a learner not caught up, a duplicate id or address, or a moved configuration;
-422 the last voter, or a malformed id or address; 503 (retry) while the leader has not
-committed an entry of its term yet.
+422 the last voter, or a malformed id, address or uuid; 503 (retry) while the leader has
+not committed an entry of its term yet.
+
+A new member's optional ``"uuid"`` (32 hex digits, its data directory's: ``GET
+/raft/status`` on it, or its start-up log line) binds it in the configuration: every
+node then accepts that member's datagrams from that data directory only, instead of
+trusting the first one it hears (``txraft.runtime.trust``).
 
 ``POST /raft/leader`` (body empty, ``{}`` or ``{"id": "<voter>"}``; the same secret)
 hands the leadership over (dissertation 3.10): the leader stops taking writes, brings the
@@ -54,6 +59,7 @@ from txraft.http.status import members_document
 
 _MEMBER_ID = re.compile(MEMBER_ID_PATTERN)
 _ADDRESS = re.compile(ADDRESS_PATTERN)
+_UUID = re.compile(r"^[0-9A-Fa-f]{32}$")
 _CHALLENGE = ((b"WWW-Authenticate", b'Bearer realm="txraft"'),)
 
 
@@ -96,6 +102,14 @@ def _expect(request) -> Optional[int]:
     return _index(values[-1].decode("ascii", "replace"))
 
 
+def _new_member_uuid(value) -> str:
+    if not isinstance(value, str) or not _UUID.fullmatch(value):
+        raise HTTPError(422, "invalid_change",
+                        "uuid must be the member's data directory uuid: 32 hexadecimal "
+                        "digits (its /raft/status node_uuid)", field="uuid")
+    return value.lower()
+
+
 def _new_member_id(value) -> str:
     if not isinstance(value, str) or not _MEMBER_ID.fullmatch(value):
         raise HTTPError(422, "invalid_change",
@@ -115,9 +129,11 @@ def membership_routes(http) -> Tuple[Route, ...]:
     def answered(index, request):
         return json_response(request, 200, {"config_index": index})
 
-    def change(request, op, member_id, address="", http_url=""):
+    def change(request, op, member_id, address="", http_url="", uuid=""):
         expect = _expect(request)
-        d = defer.maybeDeferred(node.change, op, member_id, address, http_url, expect)
+        extra = {"uuid": uuid} if uuid else {}
+        d = defer.maybeDeferred(node.change, op, member_id, address, http_url, expect,
+                                **extra)
         d.addCallbacks(answered, http.raft_failure, callbackArgs=(request,),
                        errbackArgs=(request,))
         return d
@@ -127,9 +143,9 @@ def membership_routes(http) -> Tuple[Route, ...]:
         body = http.json_body(request)
         if not isinstance(body, dict):
             raise HTTPError(422, "invalid_change", 'the body must be {"id", "address", '
-                            '"http_url"?}')
+                            '"http_url"?, "uuid"?}')
         for name in body:
-            if name not in ("id", "address", "http_url"):
+            if name not in ("id", "address", "http_url", "uuid"):
                 raise HTTPError(422, "invalid_change", "unknown field %r" % (name[:64],),
                                 field=name[:64])
         member_id = _new_member_id(body.get("id"))
@@ -145,7 +161,8 @@ def membership_routes(http) -> Tuple[Route, ...]:
         ):
             raise HTTPError(422, "invalid_change", "http_url must be an http(s) URL",
                             field="http_url")
-        return change(request, ADD_LEARNER, member_id, address, http_url.rstrip("/"))
+        uuid = _new_member_uuid(body["uuid"]) if "uuid" in body else ""
+        return change(request, ADD_LEARNER, member_id, address, http_url.rstrip("/"), uuid)
 
     # An existing member's id is whatever --members or an earlier change made it: an
     # id that names none is 404 unknown_member, from the leader's configuration.

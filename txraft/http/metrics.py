@@ -90,6 +90,12 @@ TRANSPORT_COUNTERS = {
                        "Failed look-ups of a peer's host name."),
     "address_changes": ("txraft_transport_peer_address_changes_total",
                         "Times a peer was found at a new address."),
+    "identity_notices_sent": ("txraft_transport_identity_notices_sent_total",
+                              "Identity notices sent to senders whose data directory "
+                              "(uuid) is not the one known for their id."),
+    "identity_notices_received": ("txraft_transport_identity_notices_received_total",
+                                  "Identity notices received: peers refusing this data "
+                                  "directory's uuid."),
 }
 INBOUND_DROPPED = ("txraft_transport_inbound_datagrams_dropped_total",
                    "Datagrams received and dropped, by reason.")
@@ -155,6 +161,16 @@ def prometheus_text(node: Any) -> bytes:
     out.add("txraft_config_index", "gauge",
             "Index of the entry holding the latest configuration (0: the founding one).",
             {}, core.config_index)
+    out.add("txraft_identity_refused", "gauge",
+            "1 while peers refuse this node's data directory (uuid): it lost its data and "
+            "must be replaced.", {}, bool(node.identity_refusals))
+    out.add("txraft_caught_up", "gauge",
+            "1 once this data directory has caught up with a leader since it was created "
+            "(until then stale reads are refused).", {}, node.caught_up)
+    for peer in node.peer_identities:
+        out.add("txraft_peer_wrong_identity_datagrams_total", "counter",
+                "Datagrams from the peer's id refused because they carried another data "
+                "directory's uuid.", {"peer": peer.peer}, peer.dropped_wrong_identity)
     for peer_id, peer in core.progress:
         labels = {"peer": peer_id}
         for field, name, help_text in PEER_GAUGES:

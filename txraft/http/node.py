@@ -18,7 +18,8 @@ from twisted.python.failure import Failure
 
 from txraft.results import Refusal
 from txraft.errors import NotLeader, RaftError
-from txraft.http.errors import internal_error, no_leader, raft_error, render_error
+from txraft.http.errors import (RETRY_SHORTLY, HTTPError, internal_error, no_leader,
+                                raft_error, render_error)
 from txraft.http.forwarding import DEFAULT_FORWARD_TIMEOUT_SECONDS, Forwarder
 from txraft.http.requests import DEFAULT_BODY_LIMIT, is_stale, read_body, read_json
 
@@ -63,11 +64,16 @@ class RaftHTTP:
         """Answer a read with ``render()``: locally when stale, else after a read barrier.
 
         A non-leader forwards the request (or redirects); the answer carries
-        ``X-Raft-Applied-Index``, the state it reflects.
+        ``X-Raft-Applied-Index``, the state it reflects.  A stale read is refused (503
+        ``stale_read_refused``) on a node whose copy cannot be trusted
+        (``IRaftNode.stale_read_refusal``: it lost its data, or never caught up).
         """
         if stale is None:
             stale = is_stale(request)
         if stale:
+            refusal = self.node.stale_read_refusal()
+            if refusal is not None:
+                raise HTTPError(503, "stale_read_refused", refusal, headers=RETRY_SHORTLY)
             request.setHeader(
                 b"X-Raft-Applied-Index", b"%d" % (self.node.state_machine.applied_index(),)
             )

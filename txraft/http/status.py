@@ -49,13 +49,18 @@ def status_routes(node) -> Tuple[Route, ...]:
 
 def members_document(view) -> dict:
     """``GET /raft/members``: the latest configuration in this node's log (the one in
-    force, dissertation 4.1) and, when this node leads, how far each member is."""
+    force, dissertation 4.1) and, when this node leads, how far each member is.  Each
+    member's ``uuid`` is its data directory's when known (bound by the configuration,
+    recorded on first contact, or this node's own), else null."""
     core = view.core
     leading = core.role == "leader"
     members = []
     conf = core.configuration
+    known = {p.peer: p.uuid for p in getattr(view, "peer_identities", ())}
+    known[core.id] = getattr(view, "node_uuid", None)
     for m in conf.members if conf is not None else ():
-        doc = {"id": m.id, "role": m.role, "address": m.address, "http_url": m.http_url}
+        doc = {"id": m.id, "role": m.role, "address": m.address, "http_url": m.http_url,
+               "uuid": m.uuid or known.get(m.id)}
         if leading:
             if m.id == core.id:
                 doc.update(match_index=core.last_log_index, lag=0, leader=True)

@@ -292,7 +292,14 @@ class Options(usage.Options):
             raise ConfigError("cannot create data directory %s: %s" % (data_dir, e.strerror)) from None
         if not os.access(data_dir, os.W_OK | os.X_OK):
             raise ConfigError("data directory %s is not writable" % data_dir)
+        from txraft.runtime.identity import FilePeerStore, open_identity
         from txraft.runtime.storage import FileLogStorage
+
+        # The identity first, before anything else is written there: which node of
+        # which cluster this directory is, and its uuid (a new one for an empty
+        # directory, which peers that knew the old one then refuse).
+        self["identity"] = open_identity(data_dir, self["node_id"], self["cluster-id"])
+        self["peer-store"] = FilePeerStore(data_dir)
 
         # Opening takes the directory lock and checks every record: a busy or corrupt
         # directory is reported now, as one line, rather than as a traceback later.
@@ -321,6 +328,7 @@ class RaftNodeService(service.MultiService):
         from txraft.runtime.node import RaftNode
         from txraft.runtime.storage import FileLogStorage
         from txraft.runtime.transport import Faults, UDPTransport
+        from txraft.runtime.trust import PeerIdentities
 
         _QuietPool, _Site = _web_classes()
         opts = self.options
@@ -331,7 +339,10 @@ class RaftNodeService(service.MultiService):
         node_id = opts["node_id"]
         self.storage = FileLogStorage(os.path.join(data_dir, "raft"))
         self.state_machine = application.make_state_machine(data_dir)
+        identity = opts["identity"]
+        peer_identities = PeerIdentities(opts["peer-store"], node_id)
         receivers = []
+        refusals = []
         transport = UDPTransport(
             node_id=node_id,
             cluster_id=opts["cluster-id"],
@@ -346,6 +357,9 @@ class RaftNodeService(service.MultiService):
             # same fragment of every large message, so a snapshot chunk window or a big
             # AppendEntries would never get through at 5% loss.
             faults=Faults(random=random.Random(os.urandom(16))),
+            node_uuid=identity.uuid_bytes,
+            identities=peer_identities,
+            on_identity_refused=lambda *args: refusals[0](*args),
         )
         longest = max(members, key=len)
         budget = transport.max_payload - append_entries_overhead(longest, longest)
@@ -368,8 +382,11 @@ class RaftNodeService(service.MultiService):
             snapshots=SnapshotStore(os.path.join(data_dir, "snapshots")),
             snapshot_chunk_bytes=chunk_bytes,
             run_in_thread=lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f),
+            identity=identity,
+            peer_identities=peer_identities,
         )
         receivers.append(node.receive)
+        refusals.append(node.identity_refused)
         node.transport = transport
         node.secret = opts["secret"]  # membership changes over HTTP need it (Bearer)
         self.node = node
@@ -394,9 +411,10 @@ class RaftNodeService(service.MultiService):
         super().startService()
         log.info(
             "txraft node {node} ({app}) on UDP {bind}:{port}, HTTP {url}, data {data}, "
-            "{n} member(s){secret}",
+            "{n} member(s){secret}; data directory uuid {uuid} ({how})",
             node=node_id, app=opts["app"], bind=opts["bind"], port=opts["port"],
             url=members[node_id].http_url, data=data_dir, n=len(members),
+            uuid=identity.uuid, how=identity.how,
             secret="" if opts["secret"] else " -- WITHOUT a cluster secret",
         )
 

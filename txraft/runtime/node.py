@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txraft.core import LEADER, Accepted, ChangeRefused, CoreConfig, RaftCore, SnapshotImage
-from txraft.core.config import VOTER, Configuration, parse_address
+from txraft.core.config import BIND, VOTER, Configuration, parse_address
 from txraft.core.config import Member as ConfigMember
 from txraft.core.messages import ENTRY_CONFIG, ENTRY_NOOP, InstallSnapshot, SnapshotMeta
 from txraft.errors import (
@@ -118,6 +118,11 @@ class FatalNodeError(Exception):
     """Storage or the state machine failed: continuing could break a promise."""
 
 
+#: A node refused by a peer (an identity notice) reports it this long after the last
+#: notice: peers send one a second while they refuse it, and stop once it is replaced.
+IDENTITY_REFUSAL_HOLD_SECONDS = 5.0
+
+
 @implementer(IRaftNode)
 class RaftNode(Service):
     """One Raft server process.  See the module docstring for the order of work."""
@@ -138,6 +143,8 @@ class RaftNode(Service):
         snapshots: Optional[SnapshotStore] = None,
         snapshot_chunk_bytes: int = 1200,
         run_in_thread: Optional[Callable[[Callable[[], Any]], Deferred]] = None,
+        identity: Any = None,
+        peer_identities: Any = None,
     ):
         if node_id not in members:
             raise ValueError("node id %r is not among the members %r" % (node_id, sorted(members)))
@@ -164,6 +171,21 @@ class RaftNode(Service):
         #: None: such changes are refused (``txraft.http.membership``).
         self.secret: Optional[bytes] = None
 
+        #: This data directory's identity (``txraft.runtime.identity.NodeIdentity``: uuid,
+        #: caught_up, mark_caught_up), or None (tests: no identity, always caught up).
+        self.identity = identity
+        #: The guard deciding whose datagrams reach the core
+        #: (``txraft.runtime.trust.PeerIdentities``), shared with the transport, or None.
+        self.peer_identities = peer_identities
+        #: Peers that refused this node's identity: id -> (uuid they expect, when).
+        self._refusals: Dict[str, Tuple[Optional[str], float]] = {}
+        self._refusal_logged = False
+        #: This leader's bindings of uuids in the configuration: the index of the
+        #: configuration each replaced -> the index of the binding entry.
+        self._binds: Dict[int, int] = {}
+        #: Changes asked for while one of those bindings was committing: they wait.
+        self._behind_binding: List[Tuple[Deferred, Tuple[Any, ...]]] = []
+
         self.snapshots = snapshots
         # Runs a function in a worker thread, returning a Deferred (the composition root
         # passes the reactor's thread pool).  Without it snapshots are taken inline.
@@ -183,6 +205,9 @@ class RaftNode(Service):
         # Not yet told to the transport: the first batch does (a node restarted after
         # membership changes must talk to the members its log names, not --members).
         self._config_index = -1
+        if peer_identities is not None:
+            peer_identities.use_configuration(self.core.configuration)
+            self._forget_removed(self.core.config_at(self.core.commit_index)[1])
         self._proposals: Dict[int, Tuple[int, Deferred, Any]] = {}
         self._reads: Dict[Hashable, Tuple[Deferred, Any]] = {}
         # Leadership transfers waiting for a new leader: (target or None, the term
@@ -321,6 +346,8 @@ class RaftNode(Service):
         try:
             self.core.tick()
             self.transfers.tick_for(self.core)
+            if self.peer_identities is not None and self.core.role == LEADER:
+                self._bind_identities()
         except Exception:
             # An exception would silently stop the LoopingCall: no more heartbeats or
             # elections from a node that looks alive.
@@ -356,18 +383,31 @@ class RaftNode(Service):
         address: str = "",
         http_url: str = "",
         expect_config_index: Optional[int] = None,
+        uuid: str = "",
     ) -> Deferred:
         """Propose one single-server change (``txraft.core.config``: ``add_learner``,
         ``promote``, ``remove``); fires with the index of its entry once that commits.
+        ``uuid`` binds a new member to the data directory it must run on.
         Fails with ``NotLeader`` (forward it), ``MembershipRefused`` (nothing appended)
         or, as any proposal, ``CommitTimeout``/``ProposalDropped`` (outcome unknown)."""
         if self._dead is not None:
             return _failed(FatalNodeError("node stopped after a fatal error"))
         if not self.running:
             return _failed(ProposalDropped("the node is stopping"))
-        member = ConfigMember(member_id, address=address, http_url=http_url)
+        member = ConfigMember(member_id, address=address, http_url=http_url, uuid=uuid)
+        # A binding of a uuid (``_bind_identities``) changes no member: a change made
+        # against the configuration before it is made against the one after, and one
+        # asked for while it commits waits for it rather than being refused.
+        while expect_config_index in self._binds:
+            expect_config_index = self._binds[expect_config_index]
         outcome = self.core.propose_change(op, member, expect_config_index)
         if isinstance(outcome, ChangeRefused):
+            if (outcome.code == "change_in_progress"
+                    and self.core.config_index in self._binds.values()):
+                d = Deferred()
+                self._behind_binding.append(
+                    (d, (op, member_id, address, http_url, expect_config_index, uuid)))
+                return d
             return _failed(MembershipRefused(outcome.code, outcome.message))
         if not isinstance(outcome, Accepted):
             return _failed(self._not_leader(outcome.leader_id))
@@ -479,7 +519,79 @@ class RaftNode(Service):
             self._dead is None
             and core.leader_id is not None
             and core.last_applied >= max(core.commit_index, core.leader_commit)
+            and not self._active_refusals()
         )
+
+    # --------------------------------------------------------------- identity
+
+    def identity_refused(self, peer_id: str, expected: bytes, refused: bytes) -> None:
+        """The transport's ``on_identity_refused``: ``peer_id`` knows this node's id by
+        another data directory (``expected``), so this one lost what it promised."""
+        expected_hex = expected.hex() if any(expected) else None
+        self._refusals[peer_id] = (expected_hex, self.reactor.seconds())
+        if not self._refusal_logged:
+            self._refusal_logged = True
+            self.log.error("{node}: {line}", node=self.node_id,
+                           line=self.status_view().identity_refusal())
+
+    def _active_refusals(self) -> Tuple[Tuple[str, Optional[str]], ...]:
+        if not self._refusals:
+            return ()
+        since = self.reactor.seconds() - IDENTITY_REFUSAL_HOLD_SECONDS
+        return tuple((peer, expected) for peer, (expected, when)
+                     in sorted(self._refusals.items()) if when > since)
+
+    def stale_read_refusal(self) -> Optional[str]:
+        """Why this node must not answer reads from its own copy (``?consistency=
+        stale``), or None: its peers refuse its identity, or its data directory has
+        never caught up with a leader since it was created (it would answer from
+        missing data)."""
+        if self._refusals and self._active_refusals():
+            return self.status_view().identity_refusal()
+        if self.identity is not None and not self.identity.caught_up:
+            return self.status_view().stale_read_refusal()
+        return None
+
+    def _check_caught_up(self) -> None:
+        """Record, once, that this new data directory has applied what a leader had
+        committed (from then on it may serve stale reads)."""
+        core = self.core
+        learned = core.commit_index if core.role == LEADER else core.leader_commit
+        if learned > 0 and self.is_ready():
+            self.identity.mark_caught_up()
+            self.log.info("{node}: caught up with the leader at index {index}; stale reads "
+                          "are served from now on", node=self.node_id, index=core.last_applied)
+
+    def _bind_identities(self) -> None:
+        """On the leader: write the uuid of a member that has none yet (this node's
+        own, or the one it heard the member present) into the configuration, so that
+        every member, and any server that joins later, knows it from the log instead
+        of trusting whatever it hears first (one member per change)."""
+        core = self.core
+        member = self.peer_identities.next_binding(
+            core.configuration, self.identity.uuid if self.identity is not None else None)
+        if member is None:
+            return
+        replaced = core.config_index
+        outcome = core.propose_change(BIND, member, replaced)
+        if isinstance(outcome, Accepted):
+            self._binds[replaced] = outcome.index
+            self.log.info("{node}: binding {member} to data directory uuid {uuid} (entry "
+                          "{index})", node=self.node_id, member=member.id, uuid=member.uuid,
+                          index=outcome.index)
+
+    def _release_behind_binding(self) -> None:
+        waiting, self._behind_binding = self._behind_binding, []
+        for d, args in waiting:
+            self.change(*args).chainDeferred(d)
+
+    def _forget_removed(self, conf: Configuration) -> None:
+        """``conf`` is committed: peers it does not name were removed for good, and may
+        come back on new data directories (the replace operation)."""
+        gone = self.peer_identities.forget_absent(conf.ids)
+        if gone:
+            self.log.info("{node}: forgot the identities of {peers}, removed from the "
+                          "configuration", node=self.node_id, peers=",".join(gone))
 
     def status_view(self) -> NodeStatus:
         core = self.core.status()
@@ -496,6 +608,12 @@ class RaftNode(Service):
             snapshot_transfers=tuple(self.transfers.stats.items()),
             fatal_error=str(self._dead.value) if self._dead is not None else None,
             ready=self.is_ready(),
+            node_uuid=self.identity.uuid if self.identity is not None else None,
+            caught_up=self.identity.caught_up if self.identity is not None else True,
+            identity_refusals=self._active_refusals(),
+            peer_identities=(
+                self.peer_identities.view(p for p in core.configuration.ids if p != self.node_id)
+                if self.peer_identities is not None and core.configuration is not None else ()),
         )
 
     def status(self) -> Dict[str, Any]:
@@ -513,14 +631,22 @@ class RaftNode(Service):
             self.executor.drain()
             if self.core.config_index != self._config_index:
                 self._use_configuration()
+            if self.identity is not None and not self.identity.caught_up:
+                self._check_caught_up()
+            core = self.core
+            if self._behind_binding and (
+                    core.role != LEADER or core.commit_index >= core.config_index):
+                self._release_behind_binding()
         except Exception:
             self._fatal(Failure())
 
     def _use_configuration(self) -> None:
         """The latest configuration in the log changed (it is in force at once,
         dissertation 4.1): talk to its members, and know where their HTTP APIs are."""
-        self._config_index = -1
+        self._config_index = self.core.config_index
         conf = self.core.configuration
+        if self.peer_identities is not None:
+            self.peer_identities.use_configuration(conf)
         peers = {}
         for m in conf.members:
             address = parse_address(m.address)
@@ -562,6 +688,8 @@ class RaftNode(Service):
             self.snapshots.save(meta, image.data)
         self.state_machine.restore(meta.index, meta.term, image.data)
         self.storage.compact(meta)
+        if self.peer_identities is not None and meta.configuration is not None:
+            self._forget_removed(meta.configuration)
         self.counters["snapshots_installed"] += 1
         self.log.info(
             "{node}: installed snapshot at index {index} from {leader}",
@@ -578,6 +706,10 @@ class RaftNode(Service):
         settles (they are handed out after ``advance``, in ``_release``)."""
         self.counters["readies"] += 1
         outcomes: list = []
+        if self.peer_identities is not None:
+            for entry in rd.committed_entries:
+                if entry.kind == ENTRY_CONFIG:
+                    self._forget_removed(Configuration.from_bytes(entry.data))
         if rd.committed_entries:
             results = self.state_machine.apply_batch(rd.committed_entries)
             self.counters["entries_applied"] += len(rd.committed_entries)
@@ -650,6 +782,8 @@ class RaftNode(Service):
             self._last_leader = soft.leader_id
         if self._handovers:
             self._handover_done(soft, outcomes)
+        if soft.role != LEADER:
+            self._binds = {}  # entries of a leadership that may be overwritten
         # Proposals of an earlier leadership may still be committed by the next leader
         # (or may have been overwritten): the outcome is unknown, and the client must
         # retry with its idempotency key.
@@ -775,6 +909,9 @@ class RaftNode(Service):
             )
 
     def _fail_everything(self, read_error: Exception, write_error: Exception) -> None:
+        waiting, self._behind_binding = self._behind_binding, []
+        for d, _ in waiting:
+            d.errback(write_error)
         proposals, self._proposals = self._proposals, {}
         for _, d, timeout in proposals.values():
             _cancel(timeout)

@@ -16,6 +16,9 @@ from txraft.core.raft import CoreStatus
 
 Counters = Tuple[Tuple[str, int], ...]
 
+#: Where an operator learns to replace a node that lost its data directory.
+REPLACE_DOC = "docs/operations.md#replace-a-node-that-lost-its-disk"
+
 
 @attrs.frozen
 class NodeStatus:
@@ -35,12 +38,52 @@ class NodeStatus:
     fatal_error: Optional[str] = None
     #: What ``GET /ready`` answers (``IRaftNode.is_ready``).
     ready: bool = False
+    #: This data directory's uuid (hex), or None for a node without an identity.
+    node_uuid: Optional[str] = None
+    #: Whether this data directory has caught up with a leader since it was created.
+    caught_up: bool = True
+    #: Peers refusing this node's identity now: ``(peer id, uuid it expects or None)``.
+    identity_refusals: Tuple[Tuple[str, Optional[str]], ...] = ()
+    #: What this node knows of its peers' identities (``txraft.runtime.trust``).
+    peer_identities: Tuple[Any, ...] = ()
+
+    def identity_refusal(self) -> Optional[str]:
+        """The one line saying that the cluster knows this node's id by another data
+        directory, or None."""
+        if not self.identity_refusals:
+            return None
+        peers = ", ".join(
+            "%s expects %s" % (peer, expected or "another") for peer, expected
+            in self.identity_refusals)
+        return ("this data directory (uuid %s) is not the one the cluster knows as %s (%s): "
+                "it lost its data; replace it: %s"
+                % (self.node_uuid, self.core.id, peers, REPLACE_DOC))
+
+    def stale_read_refusal(self) -> Optional[str]:
+        """Why reads from this node's own copy (``?consistency=stale``) are refused, or
+        None."""
+        refusal = self.identity_refusal()
+        if refusal is not None:
+            return refusal
+        if not self.caught_up:
+            core = self.core
+            return (
+                "this data directory (uuid %s) has not caught up with a leader since it was "
+                "created (applied %d of the %d entries the leader last said it had "
+                "committed): its copy may be missing data; read without "
+                "?consistency=stale, or retry once /ready answers 200"
+                % (self.node_uuid, self.applied_index, max(core.commit_index, core.leader_commit))
+            )
+        return None
 
     def not_ready_reason(self) -> str:
         """Why ``ready`` is false, in one line for ``/ready``."""
         core = self.core
         if self.fatal_error is not None:
             return "the node stopped after a fatal error (see /raft/status)"
+        refusal = self.identity_refusal()
+        if refusal is not None:
+            return refusal
         if core.leader_id is None:
             return "no leader known"
         wanted = max(core.commit_index, core.leader_commit)
@@ -65,4 +108,12 @@ class NodeStatus:
         out["snapshot_transfers"] = dict(self.snapshot_transfers)
         if self.fatal_error is not None:
             out["fatal_error"] = self.fatal_error
+        out["node_uuid"] = self.node_uuid
+        out["identity"] = {
+            "uuid": self.node_uuid,
+            "caught_up": self.caught_up,
+            "refused_by": {peer: expected for peer, expected in self.identity_refusals},
+            "problem": self.identity_refusal(),
+        }
+        out["peer_identities"] = {p.peer: p.to_json() for p in self.peer_identities}
         return out

@@ -5,16 +5,19 @@ duplicates and reorders; Raft treats all three as normal, so this layer adds onl
 Raft cannot do itself: it keeps strangers out (HMAC-SHA256 with the cluster secret), drops
 replays and duplicates, splits messages too large for one datagram and reassembles them
 with bounded memory, finds peers by host name (and again when they move), and never lets a
-bad datagram or a socket error escape into the reactor.
+bad datagram or a socket error escape into the reactor.  It also tells a peer's data
+directories apart (node identity, below).
 
-Envelope (version 1, big-endian)::
+Envelope (version 2, big-endian)::
 
     offset  size  field
     0       3     magic b"TXR"
-    3       1     version (1)
-    4       1     flags (bit 0: a MAC follows the payload; other bits zero)
+    3       1     version (2)
+    4       1     flags (bit 0: a MAC follows the payload; bit 1: an identity notice,
+                  not a message; other bits zero)
     5       1+c   cluster id: length byte, UTF-8
     .       1+s   sender id: length byte, UTF-8
+    .       16    sender's node uuid (its data directory's, ``txraft.runtime.identity``)
     .       1+r   receiver id: length byte, UTF-8
     .       8     sender incarnation (u64)
     .       8     datagram counter (u64), per sender incarnation, strictly increasing
@@ -26,6 +29,20 @@ Envelope (version 1, big-endian)::
 
 A fragment's counter is always ``message id + fragment index``, so a fragment cannot be
 duplicated without repeating a counter, which replay protection refuses.
+
+Versions.  Version 1 had no uuid; its datagrams are dropped (``dropped_bad_version``), as
+are those of any other version: every node of a cluster is upgraded together (stop them
+all, upgrade, start them all), or the upgraded ones cannot talk to the others.
+
+Node identity.  With ``identities`` (a ``txraft.runtime.trust.PeerIdentities``) every
+authenticated datagram is checked against the uuid expected of its sender before
+anything else of it is used: an unknown sender's uuid is recorded (durably) first, a
+different one is dropped (``dropped_wrong_identity``: the member's id, another data
+directory, e.g. a node restarted on an emptied disk) and answered, at most once per
+``notice_interval_seconds`` per peer, with an *identity notice*: an envelope with flag
+bit 1 whose payload is the uuid expected and the uuid refused (16 bytes each).  A node
+that receives one (authenticated, about its own uuid) hands it to ``on_identity_refused``
+(it counts as delivered) so the node can say that it lost its data.
 
 Security.  The MAC key is derived from the cluster secret; every member holds it, so any
 member can impersonate any other (a shared-key scheme authenticates the cluster, not the
@@ -74,11 +91,15 @@ from txraft.core.config import MAX_MEMBER_ID_BYTES
 from txraft.runtime.codec import MAX_ID_CHARS, CodecError, decode_message, encode_message
 from txraft.errors import ConfigError
 from txraft.interfaces import ITransport
+from txraft.runtime.trust import UUID_SIZE
 
 MAGIC = b"TXR"
-VERSION = 1
+VERSION = 2
 FLAG_MAC = 0x01
+FLAG_NOTICE = 0x02
 MAC_SIZE = 32
+#: The uuid of a transport given none (tools and tests): no identity.
+NO_UUID = bytes(UUID_SIZE)
 
 # A Docker bridge has an MTU of 1500: 1400 bytes of UDP payload leave room for the IP and
 # UDP headers (and some tunnel overhead) without IP fragmentation.
@@ -112,6 +133,7 @@ INBOUND_DROPS = (
     "dropped_unknown_peer",  # sender id is not a configured peer
     "dropped_fault_from",  # fault injection: drop_from
     "dropped_bad_mac",  # MAC missing or wrong
+    "dropped_wrong_identity",  # authenticated, but another data directory than the one known
     "dropped_replayed",  # old incarnation, counter seen or older than the window
     "dropped_too_large",  # fragment would make the message exceed max_message_size
     "dropped_undecodable",  # authenticated, but the codec refused the payload
@@ -140,6 +162,8 @@ STATS_NAMES = (
         "deliver_errors",  # deliver() raised; the message counts as delivered
         "resolve_errors",
         "address_changes",
+        "identity_notices_sent",  # "identity refused" answers to wrong-identity senders
+        "identity_notices_received",  # ... received (also counted as delivered)
     )
 )
 
@@ -221,6 +245,7 @@ class _Peer:
         "partials",
         "partial_cost",
         "refused",
+        "notice_at",
     )
 
     def __init__(self, peer_id, host, port):
@@ -242,6 +267,7 @@ class _Peer:
         self.partials = OrderedDict()
         self.partial_cost = 0
         self.refused = None  # the last message refused as too large
+        self.notice_at = float("-inf")  # when it was last sent an identity notice
 
 
 def _check_id(what, value):
@@ -292,6 +318,11 @@ class UDPTransport(DatagramProtocol):
     ``txraft.runtime.codec.append_entries_overhead``).  Larger messages are fragmented.
 
     ``stats`` counts every outcome (``STATS_NAMES``); ``faults`` is a ``Faults``.
+
+    ``node_uuid`` (16 bytes) is this node's data directory's uuid, sent in every
+    datagram; ``identities`` (``txraft.runtime.trust.PeerIdentities``) checks the
+    peers' (None: no check); ``on_identity_refused(peer_id, expected, refused)`` is
+    called with the two uuids (bytes) of each identity notice received.
     """
 
     def __init__(
@@ -314,6 +345,10 @@ class UDPTransport(DatagramProtocol):
         replay_window: int = 1024,
         log_interval_seconds: Optional[float] = 10.0,
         faults: Optional[Faults] = None,
+        node_uuid: bytes = NO_UUID,
+        identities=None,
+        on_identity_refused: Optional[Callable[[str, bytes, bytes], None]] = None,
+        notice_interval_seconds: float = 1.0,
     ):
         node_bytes = _check_id("node_id", node_id)
         cluster_bytes = _check_id("cluster_id", cluster_id)
@@ -325,6 +360,8 @@ class UDPTransport(DatagramProtocol):
             raise ConfigError("max_datagram must be between 1 and %d" % MAX_UDP_PAYLOAD)
         if replay_window < 1:
             raise ConfigError("replay_window must be positive")
+        if type(node_uuid) is not bytes or len(node_uuid) != UUID_SIZE:
+            raise ConfigError("node_uuid must be %d bytes" % UUID_SIZE)
 
         self.node_id = node_id
         self.cluster_id = cluster_id
@@ -338,6 +375,10 @@ class UDPTransport(DatagramProtocol):
         self.log_interval_seconds = log_interval_seconds
         self.faults = faults if faults is not None else Faults()
         self.stats = dict.fromkeys(STATS_NAMES, 0)
+        self.node_uuid = node_uuid
+        self.identities = identities
+        self.notice_interval_seconds = notice_interval_seconds
+        self._on_identity_refused = on_identity_refused
 
         self._deliver = deliver
         self._reactor = reactor
@@ -360,6 +401,8 @@ class UDPTransport(DatagramProtocol):
         # What every datagram of this cluster starts with; compared in one go.
         self._head_mac = MAGIC + bytes([VERSION, FLAG_MAC]) + cluster_part
         self._head_plain = MAGIC + bytes([VERSION, 0]) + cluster_part
+        self._head_notices = (MAGIC + bytes([VERSION, FLAG_MAC | FLAG_NOTICE]) + cluster_part,
+                              MAGIC + bytes([VERSION, FLAG_NOTICE]) + cluster_part)
         self._head_len = len(self._head_mac)
         self._own_head = self._head_mac if secret is not None else self._head_plain
 
@@ -381,7 +424,8 @@ class UDPTransport(DatagramProtocol):
         )
         self._longest_peer_id = longest
         overhead = (
-            self._head_len + 1 + len(node_bytes) + 1 + longest + _FIELDS_SIZE + MAC_SIZE
+            self._head_len + 1 + len(node_bytes) + UUID_SIZE + 1 + longest + _FIELDS_SIZE
+            + MAC_SIZE
         )
         self.max_payload = max_datagram - overhead
         if self.max_payload < 128:
@@ -461,6 +505,7 @@ class UDPTransport(DatagramProtocol):
             self._own_head
             + bytes([len(node_bytes)])
             + node_bytes
+            + self.node_uuid
             + bytes([len(peer_bytes)])
             + peer_bytes
             + struct.pack(">Q", self.incarnation)
@@ -584,27 +629,34 @@ class UDPTransport(DatagramProtocol):
             return self._drop("dropped_oversized", addr, size=end)
         head_len = self._head_len
         head = data[:head_len]
+        notice = False
         if head == self._head_mac:
             has_mac = True
             end -= MAC_SIZE
         elif head == self._head_plain:
             has_mac = False
+        elif head in self._head_notices:
+            notice = True
+            has_mac = head == self._head_notices[0]
+            if has_mac:
+                end -= MAC_SIZE
         else:
             return self._drop(self._why_not_ours(data), addr)
 
-        # sender and receiver ids, each preceded by its length
+        # sender id, sender uuid, receiver id (the ids each preceded by its length)
         offset = head_len
         if offset >= end:
             return self._drop("dropped_malformed", addr)
         sender_end = offset + 1 + data[offset]
-        if sender_end >= end:
+        uuid_end = sender_end + UUID_SIZE
+        if uuid_end >= end:
             return self._drop("dropped_malformed", addr)
         sender_bytes = data[offset + 1 : sender_end]
-        receiver_end = sender_end + 1 + data[sender_end]
+        receiver_end = uuid_end + 1 + data[uuid_end]
         fields_end = receiver_end + _FIELDS_SIZE
         if fields_end > end:
             return self._drop("dropped_malformed", addr)
-        if data[sender_end + 1 : receiver_end] != self._node_bytes:
+        if data[uuid_end + 1 : receiver_end] != self._node_bytes:
             return self._drop("dropped_not_for_me", addr)
         peer = self._peers_by_bytes.get(sender_bytes)
         if peer is None:
@@ -627,6 +679,16 @@ class UDPTransport(DatagramProtocol):
         incarnation, counter, message_id, index, count = _unpack_fields(data, receiver_end)
         if index >= count or counter != message_id + index:
             return self._drop("dropped_malformed", addr, peer=peer.id)
+        if notice and (count != 1 or end - fields_end != 2 * UUID_SIZE):
+            return self._drop("dropped_malformed", addr, peer=peer.id)
+
+        # Node identity, before the datagram changes anything (authenticated ones only
+        # reach this point; an unknown sender's uuid is made durable here, first).
+        identities = self.identities
+        if identities is not None:
+            uuid = data[sender_end:uuid_end]
+            if not identities.admit(peer.id, uuid):
+                return self._refuse(peer, addr, uuid, notice)
 
         # Replay window (authenticated datagrams only reach this point).
         if incarnation > peer.incarnation:
@@ -656,6 +718,8 @@ class UDPTransport(DatagramProtocol):
             self._move(peer, addr, "a datagram arrived from it")
 
         payload = data[fields_end:end]
+        if notice:
+            return self._noticed(peer, addr, payload)
         if count != 1:
             payload = self._reassemble(peer, addr, incarnation, message_id, index, count,
                                        payload)
@@ -679,9 +743,54 @@ class UDPTransport(DatagramProtocol):
             return "dropped_malformed"
         if data[3] != VERSION:
             return "dropped_bad_version"
-        if data[4] & ~FLAG_MAC:
+        if data[4] & ~(FLAG_MAC | FLAG_NOTICE):
             return "dropped_malformed"
         return "dropped_wrong_cluster"
+
+    # -- node identity -----------------------------------------------------------------
+
+    def _refuse(self, peer, addr, uuid, notice):
+        """A datagram from ``peer``'s id but another data directory: drop it, and tell
+        the sender (rate-limited) so that it can report it lost its data.  A refused
+        notice is not answered (two refused nodes must not ping-pong)."""
+        self._drop("dropped_wrong_identity", addr, peer=peer.id, uuid=uuid.hex())
+        now = self._reactor.seconds()
+        if notice or now - peer.notice_at < self.notice_interval_seconds or not self._running:
+            return
+        peer.notice_at = now
+        expected = self.identities.expected(peer.id) or NO_UUID
+        self._counter = counter = self._counter + 1
+        prefix = peer.prefix
+        flags = prefix[len(MAGIC) + 1] | FLAG_NOTICE
+        data = b"".join((prefix[:len(MAGIC) + 1], bytes([flags]), prefix[len(MAGIC) + 2:],
+                         _pack_tail(counter, counter, 0, 1), expected, uuid))
+        if self._mac_inner is not None:
+            inner = self._mac_inner.copy()
+            inner.update(data)
+            outer = self._mac_outer.copy()
+            outer.update(inner.digest())
+            data += outer.digest()
+        try:
+            self.transport.write(data, addr)
+        except Exception as e:
+            self._count_out("send_errors", peer.id, error=repr(e))
+            return
+        self.stats["sent"] += 1
+        self.stats["identity_notices_sent"] += 1
+
+    def _noticed(self, peer, addr, payload):
+        """An authenticated identity notice from ``peer``: it refuses our uuid."""
+        expected, refused = payload[:UUID_SIZE], payload[UUID_SIZE:]
+        if refused != self.node_uuid:
+            return self._drop("dropped_malformed", addr, peer=peer.id)
+        self.stats["delivered"] += 1
+        self.stats["identity_notices_received"] += 1
+        if self._on_identity_refused is not None:
+            try:
+                self._on_identity_refused(peer.id, expected, refused)
+            except Exception:
+                self.stats["deliver_errors"] += 1
+                self._log.failure("on_identity_refused() failed ({peer})", peer=peer.id)
 
     # -- reassembly --------------------------------------------------------------------
 

@@ -112,6 +112,14 @@ class LocalNode:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def uuid(self) -> Optional[str]:
+        """The node uuid of its data directory (its ``identity`` file), or None."""
+        try:
+            with open(os.path.join(self.data_dir, "identity"), "rb") as f:
+                return json.loads(f.read().decode("utf-8"))["uuid"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     def status(self, timeout: float = 1.0) -> Optional[Dict[str, Any]]:
         if not self.alive() or self.paused:
             return None
@@ -267,10 +275,14 @@ class LocalCluster:
         return self.change_member("DELETE", "/raft/members/" + node_id)
 
     def add_member(self, node_id: str) -> HTTPResult:
-        """Add ``node_id`` (which must run, with its data directory) back as a learner."""
+        """Add ``node_id`` (which must run, with its data directory) back as a learner,
+        bound to its data directory's uuid when it has one."""
         node = self.nodes[node_id]
-        return self.change_member("POST", "/raft/members", {
-            "id": node_id, "address": "127.0.0.1:%d" % node.port, "http_url": node.url})
+        body = {"id": node_id, "address": "127.0.0.1:%d" % node.port, "http_url": node.url}
+        uuid = node.uuid()
+        if uuid is not None:
+            body["uuid"] = uuid
+        return self.change_member("POST", "/raft/members", body)
 
     def transfer_leader(self, target: Optional[str] = None) -> HTTPResult:
         """``POST /raft/leader``: hand the leadership to ``target`` (default: the leader's
