@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import errno
 import importlib
+import json
 import os
 import random
 import socket
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from twisted.application import internet, service
 from twisted.web.iweb import IAgentEndpointFactory
@@ -151,6 +152,14 @@ class Options(usage.Options):
         ["members", None, None,
          "All members, this node included: id=host:port[:http_port],... "
          "(host names are resolved, and again when a peer goes silent)."],
+        ["join", None, None,
+         "Join a running cluster instead of founding one: the HTTP URLs of some of its "
+         "members (URL,URL,...). Needs --id and the cluster secret; the data directory "
+         "must be new. The node is added as a learner and promoted once caught up; "
+         "later starts use what it recorded (docs/operations.md)."],
+        ["raft-address", None, None,
+         "With --join: host[:port] where the other members reach this node's Raft "
+         "[default: --bind, or this host's name when --bind is 0.0.0.0 or ::]."],
         ["advertise-urls", None, None,
          "URLs clients use to reach members, when not host:http_port (e.g. Docker port "
          "publishing): id=url,... Used in 307 redirects and /raft/status only."],
@@ -208,6 +217,9 @@ class Options(usage.Options):
         http_port = self["http-port"] if self["http-port"] is not None else port
         if not 0 < http_port < 65536:
             raise ConfigError("--http-port must be between 1 and 65535")
+        if self["members"] and self["join"]:
+            raise ConfigError("--join and --members exclude each other: --members founds a "
+                              "new cluster, --join joins a running one")
         if self["members"]:
             members = parse_members(self["members"])
             node_id = self["id"]
@@ -233,9 +245,14 @@ class Options(usage.Options):
                     % (node_id, me.http_port, http_port)
                 )
             http_port = me.http_port
+        elif self["join"]:
+            node_id, members = self._joining(port, http_port)
         else:
             node_id = self["id"] or "node1"
             members = {node_id: Member(node_id, self["bind"], port, http_port)}
+        if self["raft-address"] and not self["join"]:
+            raise ConfigError("--raft-address only goes with --join (with --members, each "
+                              "member's address is in --members)")
         if self["advertise-urls"]:
             members = _with_advertised(members, self["advertise-urls"])
         self["node_id"] = node_id
@@ -260,14 +277,62 @@ class Options(usage.Options):
             raise ConfigError("--snapshot-entries must be positive and the trailing count >= 0")
         self["application"] = load_application(self["app"])
         self["secret"] = self._secret()
+        if self["join"] and not self["secret"]:
+            raise ConfigError("--join needs the cluster secret (--secret-file or %s): the "
+                              "cluster adds members only for those who hold it" % SECRET_ENV)
         self["admin-token"] = None
         if self["admin-token-file"]:
             self["admin-token"] = self._read_secret_file(self["admin-token-file"], "--admin-token-file")
         data_dir = self["data-dir"] or os.path.join("data", node_id)
         self["data-dir"] = os.path.abspath(data_dir)
         self._check_data_dir(self["data-dir"])
+        from txraft.runtime.join import load_joined
+
+        self["joined"] = load_joined(self["data-dir"])
+        if self["join"] and self["joined"] is None and self["has-log"]:
+            raise ConfigError(
+                "the data directory %s already belongs to a cluster it did not --join (its "
+                "Raft log is not empty): start it with the --members it was founded with, "
+                "or give this node a new data directory" % self["data-dir"])
+        if self["joined"] is not None and self["members"]:
+            raise ConfigError(
+                "the data directory %s joined a running cluster (--join): start it without "
+                "--members; it knows its members from that record and its log"
+                % self["data-dir"])
         _check_port_free(socket.SOCK_DGRAM, self["bind"], port, "UDP")
         _check_port_free(socket.SOCK_STREAM, self["bind"], http_port, "HTTP (TCP)")
+
+    def _joining(self, port: int, http_port: int) -> Tuple[str, Dict[str, Member]]:
+        """This node alone, as the cluster will know it once it has joined."""
+        node_id = self["id"]
+        if not node_id:
+            raise ConfigError("--join needs --id: the name this node takes in the cluster")
+        urls = [u.strip().rstrip("/") for u in self["join"].split(",") if u.strip()]
+        if not urls or not all(u.startswith(("http://", "https://")) for u in urls):
+            raise ConfigError("--join takes members' HTTP URLs, e.g. "
+                              "--join http://10.0.0.1:5001,http://10.0.0.2:5002")
+        self["join_urls"] = urls
+        host, raft_port = self["bind"], port
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.gethostname()
+        if self["raft-address"]:
+            from txraft.core.config import parse_address
+
+            text = self["raft-address"].strip()
+            address = parse_address(text)
+            if address is not None:
+                host, raft_port = address
+            else:
+                bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+                if not bare or (":" in bare and not text.startswith("[")) or parse_address(
+                        "[%s]:1" % bare if ":" in bare else "%s:1" % bare) is None:
+                    raise ConfigError("--raft-address must be host, host:port or [v6]:port, "
+                                      "not %r" % text)
+                host = bare
+            if raft_port != port:
+                raise ConfigError("--raft-address names port %d but --port is %d"
+                                  % (raft_port, port))
+        return node_id, {node_id: Member(node_id, host, port, http_port)}
 
     def _secret(self) -> Optional[bytes]:
         if self["secret-file"]:
@@ -304,9 +369,14 @@ class Options(usage.Options):
         # Opening takes the directory lock and checks every record: a busy or corrupt
         # directory is reported now, as one line, rather than as a traceback later.
         try:
-            FileLogStorage(os.path.join(data_dir, "raft")).close()
+            storage = FileLogStorage(os.path.join(data_dir, "raft"))
+            try:
+                hard_state, snapshot, entries = storage.load()
+            finally:
+                storage.close()
         except RaftError as e:
             raise ConfigError(str(e)) from None
+        self["has-log"] = bool(hard_state.term or snapshot.index or entries)
 
 
 class RaftNodeService(service.MultiService):
@@ -318,6 +388,86 @@ class RaftNodeService(service.MultiService):
         self.reactor = reactor
 
     def startService(self) -> None:
+        opts = self.options
+        joined = opts["joined"]
+        if joined is None and opts["join"]:
+            # Nothing to serve until the cluster has taken this node: the node, its UDP
+            # port and its HTTP API start once it has (txraft.runtime.join).
+            service.Service.startService(self)
+            self._join()
+            return
+        if opts["join"]:
+            log.info("{node} joined its cluster before (configuration at index {index} "
+                     "recorded in {data}): --join is not needed any more",
+                     node=opts["node_id"], index=joined[0], data=opts["data-dir"])
+        self._start_node(joined[1] if joined is not None else None)
+        super().startService()
+
+    def _join(self) -> None:
+        from twisted.internet import defer, task
+        from treq import content
+
+        from txraft.core.config import LEARNER
+        from txraft.core.config import Member as ConfigMember
+        from txraft.runtime.identity import write_atomically
+        from txraft.runtime.join import JoinRefused, join_cluster, save_joined
+
+        opts = self.options
+        reactor = self.reactor
+        me = opts["member_map"][opts["node_id"]]
+        host = "[%s]" % (me.host,) if ":" in me.host else me.host
+        member = ConfigMember(me.node_id, LEARNER, "%s:%d" % (host, me.port), me.public_url,
+                              opts["identity"].uuid)
+        client = _ForwardingClient(reactor, _web_classes()[0])
+
+        async def request(method, url, body, headers):
+            data = json.dumps(body).encode("utf-8") if body is not None else None
+            response = await client.request(
+                method, url, headers={k: [v] for k, v in headers.items()}, data=data,
+                timeout=10)
+            raw = await content(response)
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                doc = None
+            return response.code, doc
+
+        def sleep(seconds):
+            return task.deferLater(reactor, seconds, lambda: None)
+
+        log.info("{node}: joining the cluster through {urls} as {address}",
+                 node=me.node_id, urls=",".join(opts["join_urls"]), address=member.address)
+        d = defer.ensureDeferred(join_cluster(
+            opts["join_urls"], member, opts["secret"], request, sleep, reactor.seconds,
+            log=lambda line: log.info("{line}", line=line)))
+
+        def joined(result):
+            config_index, conf = result
+            save_joined(opts["data-dir"], config_index, conf, write_atomically)
+            log.info("{node}: added to the cluster as a learner (configuration at index "
+                     "{index}: {ids}); catching up", node=me.node_id, index=config_index,
+                     ids=",".join(conf.ids))
+            if self.running:
+                self._start_node(conf)
+
+        def refused(failure):
+            line = str(failure.value) if failure.check(JoinRefused) else (
+                "--join failed: %s" % (failure.getErrorMessage(),))
+            log.critical("{line}", line=line)
+            # twistd made sys.stderr the log: the operator's terminal is the real one.
+            real = sys.__stderr__
+            if real is not None:
+                real.write("twistd raftnode: " + line + "\n")
+                real.flush()
+            reactor.callLater(0, os._exit, 2)
+
+        d.addCallback(joined)
+        d.addErrback(refused)
+        self._joining = d
+
+    def _start_node(self, founding: Any) -> None:
+        """Open the storage and start the node, its UDP port and its HTTP API;
+        ``founding``: the configuration this node joined with, or None (--members)."""
         # Imported here: twistd loads the plugin module just to list its options.
         from twisted.internet.threads import deferToThreadPool
 
@@ -337,6 +487,14 @@ class RaftNodeService(service.MultiService):
         application = opts["application"]
         members = opts["member_map"]
         node_id = opts["node_id"]
+        if founding is not None:
+            from txraft.runtime.node import member_of
+
+            members = dict(members)
+            for m in founding.members:
+                found = member_of(m)
+                if found is not None and m.id != node_id:
+                    members[m.id] = found
         self.storage = FileLogStorage(os.path.join(data_dir, "raft"))
         self.state_machine = application.make_state_machine(data_dir)
         identity = opts["identity"]
@@ -384,6 +542,7 @@ class RaftNodeService(service.MultiService):
             run_in_thread=lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f),
             identity=identity,
             peer_identities=peer_identities,
+            founding=founding,
         )
         receivers.append(node.receive)
         refusals.append(node.identity_refused)
@@ -408,7 +567,6 @@ class RaftNodeService(service.MultiService):
         )
         self.http_service.setServiceParent(self)
         node.setServiceParent(self)
-        super().startService()
         log.info(
             "txraft node {node} ({app}) on UDP {bind}:{port}, HTTP {url}, data {data}, "
             "{n} member(s){secret}; data directory uuid {uuid} ({how})",
@@ -426,6 +584,8 @@ class RaftNodeService(service.MultiService):
         d.addBoth(lambda _: service.MultiService.stopService(self))
 
         def close(result):
+            if getattr(self, "node", None) is None:
+                return result  # stopped while joining: nothing was opened
             self.udp_port.stopListening()
             self.state_machine.close()
             self.storage.close()

@@ -19,6 +19,7 @@ injects it, and tests drive this class with ``twisted.internet.task.Clock``.
 from __future__ import annotations
 
 import itertools
+from urllib.parse import urlsplit
 from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple
 
 import attrs
@@ -84,6 +85,21 @@ def founding_configuration(members: Dict[str, Member]) -> Configuration:
     return Configuration(out)
 
 
+def member_of(m: ConfigMember) -> Optional[Member]:
+    """Where to reach a configuration's member (None without a Raft address): its Raft
+    address, and its HTTP API on the port of its ``http_url`` (else the Raft port)."""
+    address = parse_address(m.address)
+    if address is None:
+        return None
+    http_port = address[1]
+    if m.http_url:
+        try:
+            http_port = urlsplit(m.http_url).port or http_port
+        except ValueError:
+            pass
+    return Member(m.id, address[0], address[1], http_port, advertise_url=m.http_url or None)
+
+
 @attrs.frozen
 class Timing:
     """Wall-clock settings, converted to core ticks here (the core only knows ticks)."""
@@ -145,7 +161,11 @@ class RaftNode(Service):
         run_in_thread: Optional[Callable[[Callable[[], Any]], Deferred]] = None,
         identity: Any = None,
         peer_identities: Any = None,
+        founding: Optional[Configuration] = None,
     ):
+        """``founding``: the configuration to start from when the log names none yet
+        (default: ``members``, every one a voter, as ``--members`` founds a cluster; a
+        node that joined a running cluster passes the configuration it joined with)."""
         if node_id not in members:
             raise ValueError("node id %r is not among the members %r" % (node_id, sorted(members)))
         self.node_id = node_id
@@ -194,7 +214,7 @@ class RaftNode(Service):
         hard_state, snapshot, entries, applied = self._recover()
         self.core = RaftCore(
             node_id,
-            founding_configuration(members),
+            founding if founding is not None else founding_configuration(members),
             core_config,
             rng,
             hard_state=hard_state,
@@ -649,13 +669,12 @@ class RaftNode(Service):
             self.peer_identities.use_configuration(conf)
         peers = {}
         for m in conf.members:
-            address = parse_address(m.address)
-            if address is None:
+            member = member_of(m)
+            if member is None:
                 return  # a configuration without addresses (ids only): keep the peers
-            peers[m.id] = address
+            peers[m.id] = (member.host, member.port)
             if m.id not in self.members:
-                self.members[m.id] = Member(m.id, address[0], address[1], address[1],
-                                            advertise_url=m.http_url or None)
+                self.members[m.id] = member
         set_peers = getattr(self.transport, "set_peers", None)
         if set_peers is not None:
             try:

@@ -100,6 +100,9 @@ class LocalNode:
         self.process: Optional[subprocess.Popen] = None
         self.paused = False
         self.extra_args: List[str] = []
+        #: Started with ``--join`` these members' URLs (a node added to a running
+        #: cluster), not with ``--members``.
+        self.join_urls: Optional[List[str]] = None
 
     @property
     def url(self) -> str:
@@ -171,9 +174,24 @@ class LocalCluster:
 
     @property
     def members(self) -> str:
+        """The founding members (``--members``): not the nodes that joined later."""
         return ",".join(
-            "%s=127.0.0.1:%d:%d" % (n.node_id, n.port, n.http_port) for n in self.nodes.values()
+            "%s=127.0.0.1:%d:%d" % (n.node_id, n.port, n.http_port)
+            for n in self.nodes.values() if n.join_urls is None
         )
+
+    def new_node(self, node_id: Optional[str] = None) -> LocalNode:
+        """A node that will join the running cluster (``--join`` the others' URLs)
+        when started: a new id, a free port, a data directory of its own."""
+        if node_id is None:
+            node_id = "n%d" % (len(self.nodes) + 1)
+        if node_id in self.nodes:
+            raise ValueError("%s exists already" % (node_id,))
+        port = free_port(avoid=[n.port for n in self.nodes.values()])
+        node = LocalNode(node_id, port, port, os.path.join(self.root, node_id))
+        node.join_urls = [n.url for n in self.nodes.values()]
+        self.nodes[node_id] = node
+        return node
 
     def command(self, node: LocalNode, secret_file: Optional[str] = None) -> List[str]:
         return [
@@ -182,7 +200,8 @@ class LocalCluster:
             "--app", self.app,
             "--id", node.node_id,
             "--port", str(node.port),
-            "--members", self.members,
+        ] + (["--members", self.members] if node.join_urls is None
+             else ["--join", ",".join(node.join_urls)]) + [
             "--data-dir", node.data_dir,
             "--secret-file", secret_file or self.secret_file,
             "--election-timeout-ms", str(self.election_timeout_ms),
