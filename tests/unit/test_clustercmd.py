@@ -107,6 +107,13 @@ class FakeCluster:
         self.calls.append("add " + node_id)
         return self.change_answer
 
+    def new_node(self):
+        node_id = "n%d" % (len(self.nodes) + 1)
+        self.calls.append("new " + node_id)
+        self.nodes[node_id] = FakeNode(node_id, 100 + len(self.nodes) + 1)
+        self.nodes[node_id].join_urls = ["http://n1.test"]
+        return self.nodes[node_id]
+
     def transfer_leader(self, target=None):
         self.calls.append("transfer %s" % (target,))
         return self.transfer_answer
@@ -235,6 +242,13 @@ class ConsoleTests(ConsoleTestMixin, SynchronousTestCase):
         self.cluster.kill("n1")
         console.execute("add n1")
         self.assertIn("add: n1 is not running", self.output())
+
+    def test_join_starts_a_brand_new_node(self):
+        console = self.make_console()
+        self.output()
+        console.execute("join")
+        self.assertEqual(self.cluster.calls[-2:], ["new n4", "start n4"])
+        self.assertIn("n4 joins through http://n1.test", self.output())
 
     def test_transfer_the_leadership(self):
         """`transfer [<id>]` asks for a hand-over and prints who leads; a refusal is its

@@ -47,12 +47,14 @@ Commands (<id> is n1, 2, node3... or 'leader' for the current leader):
                  leader promotes it once it has caught up)
   transfer [<id>] hand the leadership to <id> (default: the most caught-up voter);
                  returns once it leads
+  join           start a brand-new node that joins the cluster (--join): a learner,
+                 promoted once caught up
   status         print the table and every node's URL, pid and log now
   help           this text
   quit           stop every node and exit (so do Ctrl-C and end of a SIGTERM)"""
 
 COMMANDS = ("kill", "stop", "start", "restart", "pause", "resume", "remove", "add",
-            "transfer", "status", "help", "quit")
+            "transfer", "join", "status", "help", "quit")
 
 
 @attrs.frozen
@@ -255,6 +257,15 @@ class Console:
             return
         if command not in COMMANDS:
             self.say("unknown command %r; type 'help'" % (command,))
+            return
+        if command == "join" and not args:
+            try:
+                node = self.cluster.new_node()
+                self.say("%s joins through %s" % (node.node_id, ",".join(node.join_urls)))
+                self._start(node.node_id)
+            except (ValueError, RuntimeError, OSError) as e:
+                self.say("join: %s" % (e,))
+            self.refresh()
             return
         if command == "transfer" and len(args) <= 1:
             try:
