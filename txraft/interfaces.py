@@ -116,7 +116,8 @@ class IRaftNode(Interface):
         """True when this node is the leader and has heard from a quorum recently."""
 
     def is_ready():
-        """True when a leader is known and this node has applied what it knows committed."""
+        """True when a leader is known, this node has applied what it knows committed,
+        and no peer refuses its data directory's identity."""
 
     def stale_read_refusal():
         """None when this node may answer reads from its own copy

@@ -310,7 +310,13 @@ class MembershipProcessTests(ClusterTestMixin, SynchronousTestCase):
         return http(method, self.cluster.url(node_id) + path, data, headers, timeout=10)
 
     def members(self, node_id):
-        return http("GET", self.cluster.url(node_id) + "/raft/members").json()
+        """GET /raft/members there, retried while leadership moves (503)."""
+        deadline = time.monotonic() + 10
+        while True:
+            answer = http("GET", self.cluster.url(node_id) + "/raft/members")
+            if answer.status == 200 or time.monotonic() > deadline:
+                return answer.json()
+            time.sleep(0.1)
 
     def test_remove_a_member_and_add_it_back(self):
         """Dissertation chapter 4 with real processes: DELETE /raft/members/{id} sent to

@@ -171,7 +171,7 @@ class GarbageDatagramTests(SynchronousTestCase):
     @settings(max_examples=300, deadline=None)
     @given(st.lists(st.tuples(st.sampled_from([b"a", b"c", b"b", b"", b"zz"]),
                               st.sampled_from([b"b", b"a", b""]),
-                              st.sampled_from([0, FLAG_MAC, 0x03, 0x80]),
+                              st.sampled_from([0, FLAG_MAC, 0x03, 0x05, 0x07, 0x80]),
                               st.tuples(u64, u64, u64, u16, u16),
                               st.binary(max_size=300)), max_size=12))
     def test_plausible_envelopes_without_a_secret(self, specs):

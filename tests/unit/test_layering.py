@@ -174,7 +174,8 @@ class LayeringTests(SynchronousTestCase):
     def test_simulator_loads_no_io_at_all(self):
         """Transitively: importing the simulator (and with it the core, the executor and
         the snapshot transfer it shares with the node) loads no Twisted module."""
-        code = ("import sys, txraft.testing.sim, txraft.testing.sim_faults; "
+        code = ("import sys, txraft.testing.sim, txraft.testing.sim_faults, "
+                "txraft.testing.sim_wipes; "
                 "print(sorted(m for m in sys.modules if m.split('.')[0] in "
                 "('twisted', 'klein', 'treq', 'sqlite3')))")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

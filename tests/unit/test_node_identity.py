@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from txraft.core.config import ADD_LEARNER, REMOVE
 from txraft.http.metrics import prometheus_text
 from txraft.runtime.node import IDENTITY_REFUSAL_HOLD_SECONDS, Timing
-from txraft.runtime.trust import MemoryPeerStore, PeerIdentities
+from txraft.runtime.trust import REPLICATION_TYPES, MemoryPeerStore, PeerIdentities
 
 from tests.unit.test_node import (Cluster, JournalStateMachine, JournalStorage, Network,
                                   result_of)
@@ -55,7 +55,8 @@ class IdentityNetwork(Network):
         if message.sender not in node.core.configuration:
             return  # the transport talks to the configuration's members only
         uuid = bytes.fromhex(sender.identity.uuid)
-        if node.peer_identities.admit(message.sender, uuid):
+        replication = type(message) in REPLICATION_TYPES
+        if node.peer_identities.admit(message.sender, uuid, replication):
             node.receive(message)
         elif sender.running:
             expected = node.peer_identities.expected(message.sender) or bytes(16)
@@ -300,3 +301,18 @@ class BindingTests(SynchronousTestCase):
         self.leader.stopService()
         self.assertEqual(len(out), 1)
         self.assertTrue(hasattr(out[0], "value"), out)
+
+
+class StaleNoticeTests(SynchronousTestCase):
+    def test_a_notice_against_the_configuration_in_force_is_ignored(self):
+        """A peer replaying an older configuration may refuse a node whose data
+        directory was replaced since: the node whose configuration in force binds its
+        id to its own uuid lost nothing, so it counts the notice and stays ready."""
+        cluster = IdentityCluster(self, 3)
+        cluster.run(2.0)
+        node = cluster.nodes["n2"]
+        self.assertEqual(node.core.configuration.get("n2").uuid, node.identity.uuid)
+        node.identity_refused("n1", b"\x77" * 16, bytes.fromhex(node.identity.uuid))
+        self.assertEqual(node.counters["stale_identity_notices"], 1)
+        self.assertEqual(node.status_view().identity_refusals, ())
+        self.assertTrue(node.is_ready())

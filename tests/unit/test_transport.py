@@ -45,6 +45,7 @@ from txraft.runtime.transport import (
     STATS_NAMES,
     FLAG_MAC,
     FLAG_NOTICE,
+    FLAG_REPLICATION,
     Faults,
     UDPTransport,
     envelope_mac,
@@ -823,6 +824,43 @@ class IdentityTests(TransportTestMixin, SynchronousTestCase):
         self.assertEqual(self.nonzero(wiped, INBOUND_DROPS),
                          {"dropped_bad_mac": 1, "dropped_replayed": 1})
         self.assertEqual(self.nonzero(self.b, INBOUND_DROPS), {"dropped_malformed": 1})
+
+    def test_a_leaders_replication_is_tolerated(self):
+        """AppendEntries and snapshot chunks are flagged as a leader's replication and
+        delivered even from another uuid than expected (counted as tolerated, not
+        answered): a follower replaying old configurations may expect a uuid its
+        leader's data directory no longer has, and must still reach the newer ones."""
+        self.send(self.b, RequestVote(1, "b", "a", 0, 0))
+        self.datagrams("a")
+        wiped = self.wiped_b()
+        heartbeat = AppendEntries(2, "b", "a", 0, 0, (), 0, 1)
+        chunk = SnapshotChunk(2, "b", "a", 5, 1, 0, b"s", done=True)
+        wiped.send(heartbeat)
+        [(data, _)] = wiped.transport.take()
+        self.assertEqual(data[4], FLAG_MAC | FLAG_REPLICATION)
+        self.a.datagramReceived(data, ADDR["b"])
+        self.send(wiped, chunk)
+        self.send(wiped, RequestVote(3, "b", "a", 0, 0))
+        self.assertEqual(self.inbox["a"][1:], [heartbeat, chunk])
+        self.assertEqual((self.guard.view()[0].tolerated,
+                          self.guard.view()[0].dropped_wrong_identity), (2, 1))
+        self.assertEqual(self.a.stats["identity_notices_sent"], 1)  # for the RequestVote
+
+    def test_the_replication_flag_only_on_replication(self):
+        """A datagram flagged as replication that holds another message is malformed
+        (the flag cannot smuggle a vote past the guard)."""
+        self.send(self.b, RequestVote(1, "b", "a", 0, 0))
+        wiped = self.wiped_b()
+        wiped.send(RequestVoteResponse(2, "b", "a", vote_granted=True))
+        [(data, _)] = wiped.transport.take()
+        body = bytearray(data[:-MAC_SIZE])
+        body[4] |= FLAG_REPLICATION
+        self.a.datagramReceived(bytes(body) + envelope_mac(SECRET, bytes(body)), ADDR["b"])
+        self.assertEqual(len(self.inbox["a"]), 1)
+        self.assertEqual(self.a.stats["dropped_malformed"], 1)
+        body[4] = FLAG_MAC | FLAG_NOTICE | FLAG_REPLICATION
+        self.a.datagramReceived(bytes(body) + envelope_mac(SECRET, bytes(body)), ADDR["b"])
+        self.assertEqual(self.a.stats["dropped_malformed"], 2)
 
     def test_a_refused_notice_is_not_answered(self):
         """Two nodes that refuse each other do not exchange notices forever."""

@@ -45,6 +45,16 @@ class PeerIdentitiesTests(SynchronousTestCase):
             PeerIdentity("n2", U1.hex(), RECORDED, 2, U2.hex()),))
         self.assertEqual(self.store.saves, 1)
 
+    def test_a_leaders_replication_is_tolerated(self):
+        """replication=True (AppendEntries, snapshot chunks) is delivered from another
+        uuid than expected, and counted apart from the refusals; anything else is not."""
+        self.guard.admit("n2", U1)
+        self.assertTrue(self.guard.admit("n2", U2, replication=True))
+        self.assertFalse(self.guard.admit("n2", U2))
+        self.assertEqual(self.guard.view(), (
+            PeerIdentity("n2", U1.hex(), RECORDED, 1, U2.hex(), tolerated=1),))
+        self.assertEqual(self.guard.expected("n2"), U1)  # nothing recorded by it
+
     def test_recorded_before_delivery(self):
         """admit saves the record before it answers True: a store that cannot save
         makes admit raise (the datagram is then dropped) and records nothing, so a

@@ -65,6 +65,9 @@ NODE_COUNTERS = {
     "snapshots_installed": "Snapshots received from a leader and installed.",
     "leader_changes_seen": "Times this node learned of a leader other than the last one "
                            "it knew (itself included).",
+    "stale_identity_notices": "Identity notices ignored: the configuration in force binds "
+                              "this node to its own data directory (the refusing peer is "
+                              "catching up).",
 }
 
 #: ``status()["transport"]`` stats with a metric of their own (the drops are labelled).

@@ -1,7 +1,7 @@
 """The routes every node serves about itself, never forwarded: ``GET /raft/status``
 (``IRaftNode.status()`` as JSON), ``GET /health`` (200 while the process runs),
 ``GET /ready`` (200 once a leader is known and this node has applied what the leader
-last said it had committed, else 503 with the reason),
+last said it had committed, and no peer refuses its identity; else 503 with the reason),
 and ``GET /metrics`` (Prometheus, ``txraft.http.metrics``).  ``members_document`` is the
 body of ``GET /raft/members`` (``txraft.http.membership``).
 

@@ -265,6 +265,7 @@ class RaftNode(Service):
             "snapshots_taken": 0,
             "snapshots_installed": 0,
             "leader_changes_seen": 0,
+            "stale_identity_notices": 0,
         }
         self._last_leader: Optional[str] = None
 
@@ -548,6 +549,12 @@ class RaftNode(Service):
         """The transport's ``on_identity_refused``: ``peer_id`` knows this node's id by
         another data directory (``expected``), so this one lost what it promised."""
         expected_hex = expected.hex() if any(expected) else None
+        me = self.core.configuration.get(self.node_id)
+        if me is not None and self.identity is not None and me.uuid == self.identity.uuid:
+            # The configuration in force binds this id to this very directory: the
+            # peer replays an older one (it is catching up), this node lost nothing.
+            self.counters["stale_identity_notices"] += 1
+            return
         self._refusals[peer_id] = (expected_hex, self.reactor.seconds())
         if not self._refusal_logged:
             self._refusal_logged = True

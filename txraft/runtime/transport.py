@@ -14,7 +14,8 @@ Envelope (version 2, big-endian)::
     0       3     magic b"TXR"
     3       1     version (2)
     4       1     flags (bit 0: a MAC follows the payload; bit 1: an identity notice,
-                  not a message; other bits zero)
+                  not a message; bit 2: a leader's replication, AppendEntries or a
+                  snapshot chunk; other bits zero, bits 1 and 2 not both)
     5       1+c   cluster id: length byte, UTF-8
     .       1+s   sender id: length byte, UTF-8
     .       16    sender's node uuid (its data directory's, ``txraft.runtime.identity``)
@@ -38,7 +39,9 @@ Node identity.  With ``identities`` (a ``txraft.runtime.trust.PeerIdentities``) 
 authenticated datagram is checked against the uuid expected of its sender before
 anything else of it is used: an unknown sender's uuid is recorded (durably) first, a
 different one is dropped (``dropped_wrong_identity``: the member's id, another data
-directory, e.g. a node restarted on an emptied disk) and answered, at most once per
+directory, e.g. a node restarted on an emptied disk) -- unless flag bit 2 says it is a
+leader's replication, which is delivered anyway (``txraft.runtime.trust`` says why) --
+and answered, at most once per
 ``notice_interval_seconds`` per peer, with an *identity notice*: an envelope with flag
 bit 1 whose payload is the uuid expected and the uuid refused (16 bytes each).  A node
 that receives one (authenticated, about its own uuid) hands it to ``on_identity_refused``
@@ -91,12 +94,16 @@ from txraft.core.config import MAX_MEMBER_ID_BYTES
 from txraft.runtime.codec import MAX_ID_CHARS, CodecError, decode_message, encode_message
 from txraft.errors import ConfigError
 from txraft.interfaces import ITransport
-from txraft.runtime.trust import UUID_SIZE
+from txraft.runtime.trust import REPLICATION_TYPES, UUID_SIZE
 
 MAGIC = b"TXR"
 VERSION = 2
 FLAG_MAC = 0x01
 FLAG_NOTICE = 0x02
+FLAG_REPLICATION = 0x04  # on REPLICATION_TYPES (a leader's replication)
+#: Every valid flags byte.
+_FLAGS = (0, FLAG_MAC, FLAG_NOTICE, FLAG_MAC | FLAG_NOTICE, FLAG_REPLICATION,
+          FLAG_MAC | FLAG_REPLICATION)
 MAC_SIZE = 32
 #: The uuid of a transport given none (tools and tests): no identity.
 NO_UUID = bytes(UUID_SIZE)
@@ -235,6 +242,8 @@ class _Peer:
         "address",
         "prefix",
         "mac_inner",
+        "prefix_replication",
+        "mac_inner_replication",
         "chunk_size",
         "heard_at",
         "resolving",
@@ -257,6 +266,8 @@ class _Peer:
         self.address = None if self.named else (host, port)
         self.prefix = b""
         self.mac_inner = None
+        self.prefix_replication = b""
+        self.mac_inner_replication = None
         self.chunk_size = 0
         self.heard_at = float("-inf")
         self.resolving = False
@@ -398,13 +409,14 @@ class UDPTransport(DatagramProtocol):
         else:
             self._mac_inner, self._mac_outer = _mac_pads(secret)
         cluster_part = bytes([len(cluster_bytes)]) + cluster_bytes
-        # What every datagram of this cluster starts with; compared in one go.
-        self._head_mac = MAGIC + bytes([VERSION, FLAG_MAC]) + cluster_part
-        self._head_plain = MAGIC + bytes([VERSION, 0]) + cluster_part
-        self._head_notices = (MAGIC + bytes([VERSION, FLAG_MAC | FLAG_NOTICE]) + cluster_part,
-                              MAGIC + bytes([VERSION, FLAG_NOTICE]) + cluster_part)
-        self._head_len = len(self._head_mac)
-        self._own_head = self._head_mac if secret is not None else self._head_plain
+        # What every datagram of this cluster starts with, by its flags; looked up whole.
+        self._heads = {MAGIC + bytes([VERSION, flags]) + cluster_part: flags
+                       for flags in _FLAGS}
+        self._head_len = 5 + len(cluster_part)
+        own = FLAG_MAC if secret is not None else 0
+        self._own_head = MAGIC + bytes([VERSION, own]) + cluster_part
+        self._own_head_replication = (MAGIC + bytes([VERSION, own | FLAG_REPLICATION])
+                                      + cluster_part)
 
         self._peers = {}
         self._peers_by_bytes = {}
@@ -499,20 +511,23 @@ class UDPTransport(DatagramProtocol):
                 fresh.incarnation, fresh.top, fresh.window = peer.incarnation, peer.top, peer.window
             peer = fresh
         # The receiver id sits between our id and our incarnation: build the whole
-        # constant part of the header once.
+        # constant part of the header once (twice: with the replication flag too).
         node_bytes = self._node_bytes
-        peer.prefix = (
-            self._own_head
-            + bytes([len(node_bytes)])
+        rest = (
+            bytes([len(node_bytes)])
             + node_bytes
             + self.node_uuid
             + bytes([len(peer_bytes)])
             + peer_bytes
             + struct.pack(">Q", self.incarnation)
         )
+        peer.prefix = self._own_head + rest
+        peer.prefix_replication = self._own_head_replication + rest
         if self._mac_inner is not None:
             peer.mac_inner = self._mac_inner.copy()
             peer.mac_inner.update(peer.prefix)
+            peer.mac_inner_replication = self._mac_inner.copy()
+            peer.mac_inner_replication.update(peer.prefix_replication)
         peer.chunk_size = self.max_datagram - len(peer.prefix) - _TAIL.size - MAC_SIZE
         self._peers[peer_id] = peer
         self._peers_by_bytes[peer_bytes] = peer
@@ -574,9 +589,11 @@ class UDPTransport(DatagramProtocol):
         payload = encode_message(message)
         size = len(payload)
         chunk = peer.chunk_size
+        replication = type(message) in REPLICATION_TYPES
         if size <= chunk:
             self._counter = counter = self._counter + 1
-            self._write(peer, address, _pack_tail(counter, counter, 0, 1), payload)
+            self._write(peer, address, _pack_tail(counter, counter, 0, 1), payload,
+                        replication)
         elif size > self.max_message_size:
             self._count_out("send_too_large", peer.id, size=size)
             return
@@ -587,24 +604,29 @@ class UDPTransport(DatagramProtocol):
             view = memoryview(payload)
             for i in range(count):
                 tail = _pack_tail(first + i, first, i, count)
-                self._write(peer, address, tail, view[i * chunk : (i + 1) * chunk])
+                self._write(peer, address, tail, view[i * chunk : (i + 1) * chunk],
+                            replication)
             stats["messages_fragmented"] += 1
         stats["messages_sent"] += 1
 
-    def _write(self, peer, address, tail, payload):
+    def _write(self, peer, address, tail, payload, replication=False):
         faults = self.faults
         if faults.loss_rate and faults.lose():
             self.stats["dropped_fault_loss"] += 1
             return
-        if peer.mac_inner is not None:
-            inner = peer.mac_inner.copy()
+        if replication:
+            prefix, mac_inner = peer.prefix_replication, peer.mac_inner_replication
+        else:
+            prefix, mac_inner = peer.prefix, peer.mac_inner
+        if mac_inner is not None:
+            inner = mac_inner.copy()
             inner.update(tail)
             inner.update(payload)
             outer = self._mac_outer.copy()
             outer.update(inner.digest())
-            data = b"".join((peer.prefix, tail, payload, outer.digest()))
+            data = b"".join((prefix, tail, payload, outer.digest()))
         else:
-            data = b"".join((peer.prefix, tail, payload))
+            data = b"".join((prefix, tail, payload))
         try:
             self.transport.write(data, address)
         except Exception as e:  # MessageLengthError, OSError (ENOBUFS...), bad address
@@ -628,20 +650,13 @@ class UDPTransport(DatagramProtocol):
         if end > self.max_datagram:
             return self._drop("dropped_oversized", addr, size=end)
         head_len = self._head_len
-        head = data[:head_len]
-        notice = False
-        if head == self._head_mac:
-            has_mac = True
-            end -= MAC_SIZE
-        elif head == self._head_plain:
-            has_mac = False
-        elif head in self._head_notices:
-            notice = True
-            has_mac = head == self._head_notices[0]
-            if has_mac:
-                end -= MAC_SIZE
-        else:
+        flags = self._heads.get(data[:head_len])
+        if flags is None:
             return self._drop(self._why_not_ours(data), addr)
+        has_mac = flags & FLAG_MAC
+        if has_mac:
+            end -= MAC_SIZE
+        notice = flags & FLAG_NOTICE
 
         # sender id, sender uuid, receiver id (the ids each preceded by its length)
         offset = head_len
@@ -687,7 +702,7 @@ class UDPTransport(DatagramProtocol):
         identities = self.identities
         if identities is not None:
             uuid = data[sender_end:uuid_end]
-            if not identities.admit(peer.id, uuid):
+            if not identities.admit(peer.id, uuid, bool(flags & FLAG_REPLICATION)):
                 return self._refuse(peer, addr, uuid, notice)
 
         # Replay window (authenticated datagrams only reach this point).
@@ -729,7 +744,8 @@ class UDPTransport(DatagramProtocol):
             message = decode_message(payload)
         except CodecError as e:
             return self._drop("dropped_undecodable", addr, peer=peer.id, error=str(e))
-        if message.sender != peer.id or message.receiver != self.node_id:
+        if message.sender != peer.id or message.receiver != self.node_id or (
+                flags & FLAG_REPLICATION and type(message) not in REPLICATION_TYPES):
             return self._drop("dropped_malformed", addr, peer=peer.id)
         self.stats["delivered"] += 1
         try:
@@ -743,7 +759,7 @@ class UDPTransport(DatagramProtocol):
             return "dropped_malformed"
         if data[3] != VERSION:
             return "dropped_bad_version"
-        if data[4] & ~(FLAG_MAC | FLAG_NOTICE):
+        if data[4] not in _FLAGS:
             return "dropped_malformed"
         return "dropped_wrong_cluster"
 

@@ -15,6 +15,14 @@ Raft core:
 - another uuid: refused and counted.  P's id is a member's, but its data directory is
   not the one that voted and acknowledged as P: it lost (or never had) what P promised.
 
+One kind of traffic is delivered even from another uuid than expected: a leader's
+replication (AppendEntries, snapshot chunks; ``admit(..., replication=True)``).  It
+counts nothing of its sender's durable state -- a leader's authority is the votes it was
+counted, and those are checked -- while a follower that replays an old part of the log
+holds the bindings of that time: if it refused its leader because the leader's data
+directory has been replaced since, it could never reach the entries that say so.  Such
+deliveries are counted (``tolerated``).
+
 A record is forgotten only when a *committed* configuration no longer names P
 (``forget_absent``): P was removed for good, and may be added back on a new data
 directory (the replace operation, docs/operations.md).  An uncommitted removal may still
@@ -33,10 +41,14 @@ import attrs
 from zope.interface import implementer
 
 from txraft.core.config import Member
+from txraft.core.messages import AppendEntries, SnapshotChunk
 from txraft.interfaces import IPeerIdentityStore
 
 #: A node uuid's size on the wire (``uuid.UUID.bytes``).
 UUID_SIZE = 16
+
+#: A leader's replication: delivered whatever uuid it carries (``admit``).
+REPLICATION_TYPES = frozenset((AppendEntries, SnapshotChunk))
 
 CONFIGURATION = "configuration"
 RECORDED = "recorded"
@@ -69,12 +81,14 @@ class PeerIdentity:
     dropped_wrong_identity: int = 0
     #: The last uuid refused (hex), or None.
     last_refused: Optional[str] = None
+    #: A leader's replication delivered although it carried another uuid.
+    tolerated: int = 0
 
     def to_json(self) -> Dict[str, object]:
         """The peer's entry in ``/raft/status``'s ``peer_identities`` (keyed by its id)."""
         return {"uuid": self.uuid, "source": self.source,
                 "dropped_wrong_identity": self.dropped_wrong_identity,
-                "last_refused": self.last_refused}
+                "last_refused": self.last_refused, "tolerated": self.tolerated}
 
 
 @implementer(IPeerIdentityStore)
@@ -111,17 +125,22 @@ class PeerIdentities:
         self._expected: Dict[str, bytes] = dict(recorded)
         self._refused: Dict[str, int] = {}
         self._last_refused: Dict[str, bytes] = {}
+        self._tolerated: Dict[str, int] = {}
 
     # ------------------------------------------------------------- decisions
 
-    def admit(self, peer: str, uuid: bytes) -> bool:
+    def admit(self, peer: str, uuid: bytes, replication: bool = False) -> bool:
         """May a datagram from ``peer`` carrying ``uuid`` be delivered?  On first contact
         the uuid is saved (durably, through the store) before True is returned; if the
         store raises, nothing is recorded and the exception propagates (the datagram
-        must then be dropped)."""
+        must then be dropped).  ``replication``: it is a leader's replication, delivered
+        whatever its uuid (see the module docstring)."""
         expected = self._expected.get(peer)
         if expected is not None:
             if expected == uuid:
+                return True
+            if replication:
+                self._tolerated[peer] = self._tolerated.get(peer, 0) + 1
                 return True
             self._refused[peer] = self._refused.get(peer, 0) + 1
             self._last_refused[peer] = uuid
@@ -192,7 +211,7 @@ class PeerIdentities:
 
     def view(self, peers: Iterable[str] = ()) -> Tuple[PeerIdentity, ...]:
         """Every peer this guard knows of (plus ``peers``), sorted by id."""
-        names = set(peers) | set(self._expected) | set(self._refused)
+        names = set(peers) | set(self._expected) | set(self._refused) | set(self._tolerated)
         names.discard(self._own_id)
         out = []
         for peer in sorted(names):
@@ -206,6 +225,6 @@ class PeerIdentities:
             last = self._last_refused.get(peer)
             out.append(PeerIdentity(
                 peer, value.hex() if value else None, source, self._refused.get(peer, 0),
-                last.hex() if last is not None else None,
+                last.hex() if last is not None else None, self._tolerated.get(peer, 0),
             ))
         return tuple(out)

@@ -379,6 +379,9 @@ class SimNode:
         self._reads_accepted = 0
         #: Whether the last role this incarnation reported was leader.
         self._leading = False
+        #: Node identity (``txraft.testing.sim_wipes.SimIdentity``), or None: without
+        #: it messages carry no uuid and nothing is checked.
+        self.identity: Any = None
 
     @property
     def up(self) -> bool:
@@ -420,6 +423,8 @@ class SimNode:
         self.pending_reads = {}
         self._leading = False
         sim.checker.on_start(self)
+        if self.identity is not None:
+            self.identity.started()
         sim.record("start", self.id, self.core.term, self.core.log.last_index)
 
     def crash(self) -> None:
@@ -453,6 +458,8 @@ class SimNode:
                 self.sim.stats["check_quorum_stepdowns"] += 1
                 self.sim.record("stepdown", self.id, core.term)
             self.transfers.tick_for(core)
+            if self.identity is not None:
+                self.identity.tick()
             self.drain()
             core = self.core
             if core is None:
@@ -475,6 +482,24 @@ class SimNode:
                 sim.observe_append(core, message)
             core.step(message)
         self.drain()
+
+    def receive_identified(self, envelope: Tuple[bytes, Any]) -> None:
+        """A message with its sender's uuid: delivered if the identity guard admits it."""
+        if self.core is None:
+            return
+        if self.paused_until > self.sim.now:
+            self.backlog.append((self.receive_identified, envelope))
+            return
+        uuid, message = envelope
+        if self.identity.admit(message, uuid):
+            self.receive(message)
+
+    def _wire(self, receiver: "SimNode", m: Any) -> None:
+        if self.identity is None:
+            self.sim.network.send(self.id, m.receiver, m, receiver.receive)
+        else:
+            self.sim.network.send(self.id, m.receiver, (self.identity.uuid, m),
+                                  receiver.receive_identified)
 
     def client_request(self, req: ClientRequest) -> None:
         core = self.core
@@ -564,7 +589,7 @@ class SimNode:
                 continue
             receiver = sim.nodes.get(m.receiver)
             if receiver is not None:
-                sim.network.send(self.id, m.receiver, m, receiver.receive)
+                self._wire(receiver, m)
 
     def _send_wire(self, m: Any) -> None:
         """The snapshot transfer's chunks and acknowledgements (they promise nothing
@@ -574,7 +599,7 @@ class SimNode:
             sim.stats["snapshot_chunks_sent"] += 1
         receiver = sim.nodes.get(m.receiver)
         if receiver is not None:
-            sim.network.send(self.id, m.receiver, m, receiver.receive)
+            self._wire(receiver, m)
 
     def _install_snapshot(self, image: Any) -> None:
         self._strike("before_persist")
@@ -584,6 +609,8 @@ class SimNode:
         self.machine.restore(image.data, meta)
         self.machine_applied = meta.index
         sim.checker.on_restore(self, meta.index)
+        if self.identity is not None and meta.configuration is not None:
+            self.identity.committed(meta.configuration)
         sim.stats["snapshots_installed"] += 1
         self._persisted_in_batch = True
         for index in [i for i in self.pending_writes if i <= meta.index]:
@@ -627,6 +654,8 @@ class SimNode:
             if entry.kind == ENTRY_CONFIG:
                 if self.core.role == LEADER:
                     self._count_change(entry)
+                if self.identity is not None:
+                    self.identity.committed(Configuration.from_bytes(entry.data))
             elif noops or entry.kind != ENTRY_NOOP:
                 result = machine.apply(entry)
             self.machine_applied = entry.index
@@ -842,6 +871,7 @@ class Simulation:
         rng: Optional[random.Random] = None,
         core_factory: Callable[..., RaftCore] = RaftCore,
         checker_factory: Callable[[Any], SafetyChecker] = SafetyChecker,
+        identity_factory: Optional[Callable[[Any], Any]] = None,
     ):
         self.seed = seed
         self.config = config
@@ -871,6 +901,9 @@ class Simulation:
         self._transfers: Dict[str, int] = {}
         self.nodes: Dict[str, SimNode] = {nid: SimNode(self, nid) for nid in self.node_ids}
         self.node_list = list(self.nodes.values())
+        if identity_factory is not None:  # node identity (txraft.testing.sim_wipes)
+            for node in self.node_list:
+                node.identity = identity_factory(node)
         self.clients = [SimClient(self, "c%d" % i) for i in range(1, config.clients + 1)]
         self.clients_by_id = {c.id: c for c in self.clients}
         self.leaders: List[Tuple[int, int, str]] = []

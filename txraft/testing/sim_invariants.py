@@ -80,6 +80,15 @@ class SafetyChecker:
         self._leader_log.pop(node.id, None)
         self._check_commit_prefix(node, core.commit_index)
 
+    def on_wipe(self, node: Any) -> None:
+        """``node``'s storage was replaced by an empty one (a lost disk): its own
+        promises (term, votes) went with it and start over; the cluster's properties
+        (one leader per term, nothing committed lost, ...) must hold all the same."""
+        nid = node.id
+        self._durable_term.pop(nid, None)
+        for key in [k for k in self._votes if k[0] == nid]:
+            del self._votes[key]
+
     # ------------------------------------------------------------- durability
 
     def on_persist(self, node: Any, hard_state: Any, entries: Any) -> None:
