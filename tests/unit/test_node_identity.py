@@ -295,6 +295,15 @@ class BindingTests(SynchronousTestCase):
         self.assertIsInstance(out[0], int, out)
         self.assertNotIn("n3", leader.core.configuration)
 
+    def test_a_binding_that_does_not_commit_refuses_the_waiting_change(self):
+        """If the binding does not commit within the proposal timeout, the waiting
+        change is refused (409 change_in_progress: nothing of it was appended)."""
+        out = result_of(self.leader.change(REMOVE, "n3"))
+        self.cluster.run(self.leader.timing.proposal_timeout_seconds + 0.1)
+        [failure] = out
+        self.assertEqual(failure.value.code, "change_in_progress")
+        self.assertIn("n3", self.leader.core.configuration)
+
     def test_waiting_changes_fail_when_the_node_stops(self):
         """A change waiting behind a binding fails when the node stops."""
         out = result_of(self.leader.change(REMOVE, "n3"))

@@ -203,8 +203,9 @@ class RaftNode(Service):
         #: This leader's bindings of uuids in the configuration: the index of the
         #: configuration each replaced -> the index of the binding entry.
         self._binds: Dict[int, int] = {}
-        #: Changes asked for while one of those bindings was committing: they wait.
-        self._behind_binding: List[Tuple[Deferred, Tuple[Any, ...]]] = []
+        #: Changes asked for while one of those bindings was committing: they wait
+        #: (Deferred, change() arguments, timeout call).
+        self._behind_binding: List[Tuple[Deferred, Tuple[Any, ...], Any]] = []
 
         self.snapshots = snapshots
         # Runs a function in a worker thread, returning a Deferred (the composition root
@@ -426,8 +427,11 @@ class RaftNode(Service):
             if (outcome.code == "change_in_progress"
                     and self.core.config_index in self._binds.values()):
                 d = Deferred()
+                timeout = self.reactor.callLater(
+                    self.timing.proposal_timeout_seconds, self._binding_wait_timed_out, d)
                 self._behind_binding.append(
-                    (d, (op, member_id, address, http_url, expect_config_index, uuid)))
+                    (d, (op, member_id, address, http_url, expect_config_index, uuid),
+                     timeout))
                 return d
             return _failed(MembershipRefused(outcome.code, outcome.message))
         if not isinstance(outcome, Accepted):
@@ -609,8 +613,17 @@ class RaftNode(Service):
 
     def _release_behind_binding(self) -> None:
         waiting, self._behind_binding = self._behind_binding, []
-        for d, args in waiting:
+        for d, args, timeout in waiting:
+            _cancel(timeout)
             self.change(*args).chainDeferred(d)
+
+    def _binding_wait_timed_out(self, d: Deferred) -> None:
+        """Nothing of the change was appended: it is refused, to be retried."""
+        self._behind_binding = [w for w in self._behind_binding if w[0] is not d]
+        d.errback(MembershipRefused(
+            "change_in_progress",
+            "the binding of a member's uuid has not committed within %gs; retry"
+            % self.timing.proposal_timeout_seconds))
 
     def _forget_removed(self, conf: Configuration) -> None:
         """``conf`` is committed: peers it does not name were removed for good, and may
@@ -936,7 +949,8 @@ class RaftNode(Service):
 
     def _fail_everything(self, read_error: Exception, write_error: Exception) -> None:
         waiting, self._behind_binding = self._behind_binding, []
-        for d, _ in waiting:
+        for d, _, timeout in waiting:
+            _cancel(timeout)
             d.errback(write_error)
         proposals, self._proposals = self._proposals, {}
         for _, d, timeout in proposals.values():
