@@ -99,3 +99,32 @@ class JoinProcessTests(ClusterTestMixin, SynchronousTestCase):
                              cluster.url(leader), "--members", cluster.members)
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("--join and --members", result.stderr + result.stdout)
+
+    def test_a_follower_behind_hears_a_leader_its_log_does_not_name(self):
+        """Dissertation 4.1: n3 is down while n4 joins and becomes the leader; started
+        again, n3's log names n1..n3 only, yet it hears n4 (an authenticated stranger)
+        and catches up to the entries that name it."""
+        cluster = self.make_cluster(3)
+        cluster.start_all()
+        cluster.wait_for_leader(15)
+        cluster.kill("n3")
+        cluster.new_node("n4")
+        cluster.start("n4")
+        self.wait_until(lambda: self.members(cluster.wait_for_leader(10, among=["n1", "n2"])
+                                             ).get("n4", {}).get("role") == "voter",
+                        "n4 was never promoted")
+        for _ in range(10):
+            leader = cluster.wait_for_leader(10, among=["n1", "n2", "n4"])
+            if leader == "n4":
+                break
+            answer = http("POST", cluster.url(leader) + "/raft/leader",
+                          b'{"id": "n4"}', {"Authorization": "Bearer " + cluster.secret,
+                                            "Content-Type": "application/json"}, timeout=10)
+            self.assertIn(answer.status, (200, 409, 503, 504), answer)
+        self.assertEqual(cluster.wait_for_leader(10, among=["n1", "n2", "n4"]), "n4")
+        top = int(self.put("n4", "while", b"n3 was down").headers["X-Raft-Index"])
+        cluster.start("n3")
+        cluster.wait_for_applied(top, ["n3"], timeout=30)
+        self.assertEqual(self.stale_get("n3", "while").body, b"n3 was down")
+        status = cluster.nodes["n3"].status()
+        self.assertEqual(status["leader_id"], "n4")

@@ -41,6 +41,7 @@ from txraft.runtime.transport import (
     MAC_SIZE,
     NO_SECRET_WARNING,
     OUTBOUND_DROPS,
+    MAX_STRANGERS,
     PEER_ID_RESERVE,
     STATS_NAMES,
     FLAG_MAC,
@@ -189,16 +190,14 @@ class InterfaceAndConfigTests(TransportTestMixin, SynchronousTestCase):
         self.assertEqual(no_secret.max_payload, 1000 - 105)
 
     def test_peers_change_with_the_configuration(self):
-        """set_peers adds, moves and drops peers as membership changes: a dropped peer's
-        datagrams are refused (unknown_peer), and it is heard again once added back; an
-        id longer than the budget leaves room for is refused and nothing changes."""
+        """set_peers adds, moves and drops peers as membership changes: nothing is sent
+        to a dropped peer (unknown_receiver) until it is heard again (as a stranger,
+        test_unknown_sender) or added back; an id longer than the budget leaves room
+        for is refused and nothing changes."""
         a, c = self.make("a", peers=ADDR), self.make("c", peers=ADDR)
         self.assertEqual(set(a.peer_addresses()), {"b", "c"})
         a.set_peers({"a": ADDR["a"], "b": ADDR["b"]})
         self.assertEqual(set(a.peer_addresses()), {"b"})
-        c.send(RequestVote(1, "c", "a", 0, 0))
-        self.carry(c, a)
-        self.assertEqual((self.inbox["a"], a.stats["dropped_unknown_peer"]), ([], 1))
         a.send(RequestVote(1, "a", "c", 0, 0))
         self.assertEqual((self.datagrams("a"), a.stats["dropped_unknown_receiver"]), ([], 1))
         with self.assertRaises(ConfigError):
@@ -414,11 +413,41 @@ class GarbageTests(TransportTestMixin, SynchronousTestCase):
         self.assertEqual(self.nonzero(self.b, INBOUND_DROPS), {"dropped_not_for_me": 1})
 
     def test_unknown_sender(self):
-        """A node that is not one of our peers is dropped even with the right secret."""
+        """Dissertation 4.1: a sender outside our configuration is heard when it holds
+        the cluster secret (a leader our log does not name yet), and answered at the
+        address it came from, until a configuration says who the members are; with a
+        wrong MAC, or without a secret at all, it is dropped.  At most MAX_STRANGERS
+        are kept: the one heard from longest ago goes first."""
         stranger = self.make("z", peers={"b": ADDR["b"]})
         stranger.send(RequestVote(1, "z", "b", 0, 0))
         self.carry(stranger, self.b, source=("10.0.0.26", 9000))
-        self.assertEqual(self.nonzero(self.b, INBOUND_DROPS), {"dropped_unknown_peer": 1})
+        self.assertEqual(self.nonzero(self.b, INBOUND_DROPS), {})
+        self.assertEqual(self.inbox["b"], [RequestVote(1, "z", "b", 0, 0)])
+        self.assertEqual(self.b.stats["strangers_heard"], 1)
+        self.b.send(RequestVoteResponse(1, "b", "z", vote_granted=False))
+        [(_, address)] = self.datagrams("b")
+        self.assertEqual(address, ("10.0.0.26", 9000))
+        self.b.set_peers({"a": ADDR["a"], "c": ADDR["c"]})  # the configuration decides
+        self.assertNotIn("z", self.b.peer_addresses())
+        self.assertAccounted(self.b)
+        # A wrong secret, or none: dropped before anything is kept.
+        forger = self.make("y", peers={"b": ADDR["b"]}, secret=b"not the secret")
+        forger.send(RequestVote(1, "y", "b", 0, 0))
+        self.carry(forger, self.b, source=("10.0.0.25", 9000))
+        self.assertEqual(self.nonzero(self.b, INBOUND_DROPS), {"dropped_bad_mac": 1})
+        open_b = self.make("b", secret=None)
+        open_z = self.make("z", peers={"b": ADDR["b"]}, secret=None)
+        open_z.send(RequestVote(1, "z", "b", 0, 0))
+        self.carry(open_z, open_b, source=("10.0.0.26", 9000))
+        self.assertEqual(self.nonzero(open_b, INBOUND_DROPS), {"dropped_unknown_peer": 1})
+        # The table is bounded.
+        for i in range(MAX_STRANGERS + 1):
+            self.reactor.advance(1)
+            sender = self.make("s%d" % i, peers={"b": ADDR["b"]})
+            sender.send(RequestVote(1, "s%d" % i, "b", 0, 0))
+            self.carry(sender, self.b, source=("10.0.1.%d" % i, 9000))
+        strangers = {p for p in self.b.peer_addresses() if p.startswith("s")}
+        self.assertEqual(strangers, {"s%d" % i for i in range(1, MAX_STRANGERS + 1)})
 
     def test_message_ids_must_match_envelope(self):
         """A message whose sender or receiver differs from the envelope's is malformed."""

@@ -117,6 +117,8 @@ MAX_FRAGMENTS = 0xFFFF
 # What one buffered fragment costs beyond its bytes (dict slot, bytes object header):
 # charged so that many tiny fragments cannot exceed the reassembly budget.
 FRAGMENT_COST = 128
+#: Authenticated senders outside the configuration talked to at once (``_stranger``).
+MAX_STRANGERS = 8
 
 _TAIL = struct.Struct(">QQHH")  # counter, message id, fragment index, fragment count
 _FIELDS = struct.Struct(">QQQHH")  # incarnation + _TAIL, as read by the receiver
@@ -137,7 +139,7 @@ INBOUND_DROPS = (
     "dropped_bad_version",  # our magic, another envelope version
     "dropped_wrong_cluster",  # another cluster id
     "dropped_not_for_me",  # receiver id is not this node
-    "dropped_unknown_peer",  # sender id is not a configured peer
+    "dropped_unknown_peer",  # not a configured peer, and no secret to prove it a member
     "dropped_fault_from",  # fault injection: drop_from
     "dropped_bad_mac",  # MAC missing or wrong
     "dropped_wrong_identity",  # authenticated, but another data directory than the one known
@@ -169,6 +171,7 @@ STATS_NAMES = (
         "deliver_errors",  # deliver() raised; the message counts as delivered
         "resolve_errors",
         "address_changes",
+        "strangers_heard",  # authenticated senders outside the configuration, talked to
         "identity_notices_sent",  # "identity refused" answers to wrong-identity senders
         "identity_notices_received",  # ... received (also counted as delivered)
     )
@@ -423,6 +426,9 @@ class UDPTransport(DatagramProtocol):
         #: Peers that left (``set_peers``), kept with their replay state in case they
         #: come back: a removed and re-added peer must not accept old datagrams again.
         self._left: Dict[str, _Peer] = {}
+        #: Senders outside the configuration that authenticated themselves (peer id ->
+        #: when last heard), at most MAX_STRANGERS; see ``_stranger``.
+        self._strangers: Dict[str, float] = {}
         for peer_id, address in peers.items():
             if peer_id != node_id:
                 self._add_peer(peer_id, address)
@@ -542,6 +548,7 @@ class UDPTransport(DatagramProtocol):
         wanted = {pid: tuple(addr) for pid, addr in peers.items() if pid != self.node_id}
         for pid, addr in wanted.items():  # validate everything before changing anything
             self._check_peer(pid, addr)
+        self._strangers = {}  # a configuration says who is a member now
         for pid in [p for p in self._peers if p not in wanted]:
             peer = self._peers.pop(pid)
             del self._peers_by_bytes[peer.id_bytes]
@@ -675,7 +682,11 @@ class UDPTransport(DatagramProtocol):
             return self._drop("dropped_not_for_me", addr)
         peer = self._peers_by_bytes.get(sender_bytes)
         if peer is None:
-            return self._drop("dropped_unknown_peer", addr)
+            peer = self._stranger(sender_bytes, data, end, has_mac, addr)
+            if peer is None:
+                return
+        elif peer.id in self._strangers:
+            self._strangers[peer.id] = self._reactor.seconds()
         drop_from = self.faults.drop_from
         if drop_from and peer.id in drop_from:
             self.stats["dropped_fault_from"] += 1
@@ -753,6 +764,47 @@ class UDPTransport(DatagramProtocol):
         except Exception:
             self.stats["deliver_errors"] += 1
             self._log.failure("deliver() failed on a message from {peer}", peer=peer.id)
+
+    def _stranger(self, sender_bytes, data, end, has_mac, addr):
+        """A datagram from an id outside the configuration this node applies.
+
+        Dissertation 4.1: a server must hear servers its log does not name yet -- a
+        follower whose log is behind (it was down while a server joined and became the
+        leader) would otherwise never receive the entries that name its leader.  With a
+        cluster secret, a sender whose MAC is right is a member of this cluster: it is
+        talked to at the address it came from, as a peer of its own until a
+        configuration names it (or leaves it out), at most MAX_STRANGERS at a time (the
+        one heard from longest ago goes first).  Without a secret nothing tells a member
+        from a stranger: dropped, as before."""
+        if self._mac_inner is None or not has_mac:
+            return self._drop("dropped_unknown_peer", addr)
+        inner = self._mac_inner.copy()
+        inner.update(memoryview(data)[:end])
+        outer = self._mac_outer.copy()
+        outer.update(inner.digest())
+        if not hmac.compare_digest(outer.digest(), data[end:]):
+            return self._drop("dropped_bad_mac", addr)
+        try:
+            peer_id = sender_bytes.decode("utf-8")
+            self._add_peer(peer_id, (str(addr[0]), int(addr[1])))
+        except (UnicodeDecodeError, ConfigError, TypeError, ValueError, IndexError):
+            return self._drop("dropped_unknown_peer", addr)
+        self._strangers[peer_id] = self._reactor.seconds()
+        if len(self._strangers) > MAX_STRANGERS:
+            oldest = min(self._strangers, key=self._strangers.get)
+            self._forget_stranger(oldest)
+        self.stats["strangers_heard"] += 1
+        self._maybe_log("strangers_heard", peer=peer_id, addr=addr)
+        return self._peers.get(peer_id)
+
+    def _forget_stranger(self, peer_id):
+        del self._strangers[peer_id]
+        peer = self._peers.pop(peer_id, None)
+        if peer is not None:
+            del self._peers_by_bytes[peer.id_bytes]
+            peer.partials.clear()
+            peer.partial_cost = 0
+            self._left[peer_id] = peer
 
     def _why_not_ours(self, data):
         if not data.startswith(MAGIC) or len(data) < 5:
