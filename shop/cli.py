@@ -11,7 +11,8 @@
     shopctl orders update ID --status paid|shipped|cancelled   (or --item ... to replace)
     shopctl orders list [--customer-id C] [--status S] | get ID | delete ID
     shopctl members list
-    shopctl members add ID --address HOST:PORT [--http-url URL] [--expect-config-index N]
+    shopctl members add ID --address HOST:PORT [--http-url URL] [--uuid HEX]
+                        [--expect-config-index N]
     shopctl members promote ID | remove ID [--expect-config-index N]
     shopctl leader transfer [ID]
 
@@ -139,6 +140,9 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--address", required=True, metavar="HOST:PORT",
                      help="its Raft address (UDP)")
     add.add_argument("--http-url", metavar="URL")
+    add.add_argument("--uuid", metavar="HEX",
+                     help="bind it to this data directory's uuid (its /raft/status "
+                          "node_uuid); default: the first one the leader hears")
     promote = member_actions.add_parser("promote", help="make a caught-up learner a voter")
     promote.add_argument("id")
     remove = member_actions.add_parser("remove", help="remove a voter or a learner")
@@ -184,6 +188,8 @@ async def _members(args, client: ShopClient) -> Any:
         body = {"id": args.id, "address": args.address}
         if args.http_url:
             body["http_url"] = args.http_url
+        if args.uuid:
+            body["uuid"] = args.uuid
         return await client.change_members("POST", "/raft/members", secret, body,
                                            args.expect_config_index)
     path = "/raft/members/" + quote(args.id, safe="")

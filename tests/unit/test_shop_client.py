@@ -200,10 +200,11 @@ class CLITests(ClientCase):
         with open(secret, "w") as f:
             f.write("cluster-secret\n")
         status, out, _ = self.shopctl("members", "add", "n3", "--address", "10.0.0.3:5001",
-                                      "--secret-file", secret)
+                                      "--uuid", "ab" * 16, "--secret-file", secret)
         self.assertEqual((status, out), (0, "add n3: configuration at index 1\n"))
         leader = self.cluster.nodes["n1"]
         self.assertEqual(leader.configuration.learners, ("n3",))
+        self.assertEqual(leader.configuration.get("n3").uuid, "ab" * 16)
         status, out, _ = self.shopctl("members", "promote", "n3", "--secret-file", secret)
         self.assertEqual(status, 0)
         self.assertEqual(leader.configuration.voters, ("n1", "n2", "n3"))
