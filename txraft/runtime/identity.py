@@ -35,7 +35,7 @@ import json
 import os
 import time
 import uuid as uuid_module
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping
 
 import attrs
 from twisted.logger import Logger
@@ -43,6 +43,7 @@ from zope.interface import implementer
 
 from txraft.errors import ConfigError
 from txraft.interfaces import IPeerIdentityStore
+from txraft.runtime.storage import fsync_directory
 from txraft.runtime.trust import parse_uuid
 
 log = Logger()
@@ -61,16 +62,8 @@ class IdentityError(ConfigError):
     """The data directory is not this node's, or its identity file is damaged."""
 
 
-def _fsync_directory(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_atomically(path: str, data: bytes, fsync: Callable[[int], None] = os.fsync,
-                     fsync_directory: Callable[[str], None] = _fsync_directory) -> None:
+                     fsync_directory: Callable[[str], None] = fsync_directory) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new file
     whole: write a temporary file, fsync it, rename it over ``path``, fsync the
     directory."""
