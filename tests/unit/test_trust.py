@@ -107,6 +107,26 @@ class PeerIdentitiesTests(SynchronousTestCase):
         self.assertTrue(self.guard.admit("n2", U2))
         self.assertFalse(self.guard.admit("n2", U1))
 
+    def test_senders_outside_the_configuration_are_never_recorded(self):
+        """A removed member still running (or a stranger holding the secret) is
+        delivered, unrecorded, and refused only against what was expected of it; once
+        added back, the first uuid heard from the member is recorded.  (The chaos
+        harness's remove_add: the old process, heard after its removal committed, had
+        been recorded again, and the member added back on a new data directory was
+        then bound to the old uuid and refused for good.)"""
+        self.guard.use_configuration(Configuration.of_voters(["n1", "n2", "n3"]))
+        self.guard.admit("n3", U1)
+        self.guard.use_configuration(Configuration.of_voters(["n1", "n2"]))
+        self.guard.forget_absent(["n1", "n2"])  # n3's removal committed
+        self.assertTrue(self.guard.admit("n3", U1))  # the old process, still running
+        self.assertEqual(self.store.records, {})
+        self.assertIsNone(self.guard.expected("n3"))
+        self.guard.use_configuration(Configuration((
+            Member("n1"), Member("n2"), Member("n3", LEARNER))))  # added back
+        self.assertTrue(self.guard.admit("n3", U2))  # the new data directory
+        self.assertEqual(self.store.records, {"n3": U2.hex()})
+        self.assertFalse(self.guard.admit("n3", U1))
+
     def test_forget_keeps_bindings(self):
         """Forgetting touches records only: a binding stays as long as the
         configuration in force has it."""

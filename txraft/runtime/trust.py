@@ -23,6 +23,14 @@ holds the bindings of that time: if it refused its leader because the leader's d
 directory has been replaced since, it could never reach the entries that say so.  Such
 deliveries are counted (``tolerated``).
 
+Only members are recorded: a sender the configuration in force does not name (a removed
+server still running, a stranger the transport hears because it holds the cluster
+secret) is checked against what is expected of it, if anything, but never recorded on
+first contact.  Found by the chaos harness: a removed member whose process ran on for a
+second after its removal committed was recorded again under its old uuid, and the
+leader then bound the member added back on a new data directory to that old uuid, so
+the new one was refused for good.
+
 A record is forgotten only when a *committed* configuration no longer names P
 (``forget_absent``): P was removed for good, and may be added back on a new data
 directory (the replace operation, docs/operations.md).  An uncommitted removal may still
@@ -125,6 +133,9 @@ class PeerIdentities:
         self._expected: Dict[str, bytes] = dict(recorded)
         self._refused: Dict[str, int] = {}
         self._last_refused: Dict[str, bytes] = {}
+        #: The members of the configuration in force (None until one is given: then
+        #: every sender is recorded on first contact).
+        self._members: Optional[frozenset] = None
         self._tolerated: Dict[str, int] = {}
 
     # ------------------------------------------------------------- decisions
@@ -145,6 +156,8 @@ class PeerIdentities:
             self._refused[peer] = self._refused.get(peer, 0) + 1
             self._last_refused[peer] = uuid
             return False
+        if self._members is not None and peer not in self._members:
+            return True  # not a member: nothing it says is counted; never recorded
         recorded = dict(self._recorded)
         recorded[peer] = uuid
         self._store.save({p: u.hex() for p, u in recorded.items()})
@@ -163,6 +176,7 @@ class PeerIdentities:
     def use_configuration(self, configuration) -> None:
         """The configuration in force changed: its members' ``uuid`` fields, where set,
         are what they must present (they override any record)."""
+        self._members = frozenset(configuration.ids)
         bound = {}
         for member in configuration.members:
             if member.uuid and member.id != self._own_id:
