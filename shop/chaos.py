@@ -33,6 +33,10 @@ from txraft.tools.chaos.workload import (RETAINED_KEYS, Context, Reply, attempt,
 JSON = {"Content-Type": "application/json"}
 
 
+#: How long the final linearizable reads may take, all products together.
+FINAL_READS_SECONDS = 120
+
+
 class ShopWorkload:
     """Orders, cancellations, payments, shipping, deletions, If-Match restocks and reads
     on a rotating set of products; one customer per client."""
@@ -315,8 +319,16 @@ class ShopWorkload:
         """Linearizable reads of every product (checked with the rest), then every table
         read stale from every node, which must be identical."""
         problems = []
+        # Bounded as a whole: a cluster left without a quorum must fail the run with a
+        # reason, not hold it for 20 tries of every product (the 30-minute soak that
+        # lost its quorum waited here with no end in sight).
+        deadline = time.monotonic() + FINAL_READS_SECONDS
         for product in sorted(self.products):
             for tries in range(20):
+                if time.monotonic() > deadline:
+                    problems.append("final reads gave up after %ds (no leader?) at %s"
+                                    % (FINAL_READS_SECONDS, product))
+                    return problems
                 record = self.read_product(ctx, "final", rng, product, node=ctx.leader() or None)
                 if record.status == OK:
                     break
