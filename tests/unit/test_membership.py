@@ -352,6 +352,44 @@ class LearnerTests(SynchronousTestCase):
         self.assertEqual(c["a"].voters, ("a", "b", "c", "d"))
         self.assertEqual(c["a"].quorum, 3)
 
+    def test_promotion_of_a_learner_that_never_answered_is_refused(self):
+        """A learner added at a node that never answered has ``match_index`` 0, which
+        is within ``promote_max_lag`` of a short log: lag alone would let it become a
+        voter nobody can reach (found by Schemathesis against a single node). The
+        leader promotes only a learner that has answered it within two heartbeats."""
+        config = CoreConfig(election_ticks=10, heartbeat_ticks=1, auto_promote_ticks=0,
+                            promote_max_lag=100)
+        c = Cluster(list("abcd"), config=config, founding=list("abc"))
+        c.elect("a")
+        c.deliver()
+        c.isolate("d")
+        self.assertIsInstance(c.change("a", ADD_LEARNER, Member("d")), Accepted)
+        c.run(1)
+        self.assertEqual(c["a"].learners, ("d",))
+        self.assertLessEqual(c["a"].log.last_index, config.promote_max_lag)
+        refused = c.change("a", PROMOTE, "d")
+        self.assertIsInstance(refused, ChangeRefused)
+        self.assertEqual(refused.code, "not_caught_up")
+        self.assertEqual(c["a"].voters, ("a", "b", "c"))
+        c.heal()
+        c.run(3)
+        self.assertIsInstance(c.change("a", PROMOTE, "d"), Accepted)
+
+    def test_promotion_of_a_learner_gone_silent_is_refused(self):
+        """Caught up once, then silent for more than two heartbeats: not promoted."""
+        config = CoreConfig(election_ticks=10, heartbeat_ticks=1, auto_promote_ticks=0,
+                            promote_max_lag=100)
+        c, out = with_learner(config)
+        c.run(2)
+        c.isolate("d")
+        c.run(3)
+        refused = c.change("a", PROMOTE, "d")
+        self.assertIsInstance(refused, ChangeRefused)
+        self.assertEqual(refused.code, "not_caught_up")
+        c.heal()
+        c.run(2)
+        self.assertIsInstance(c.change("a", PROMOTE, "d"), Accepted)
+
     def test_caught_up_learner_is_promoted_automatically(self):
         """The leader promotes a learner that has stayed caught up and answering for
         ``auto_promote_ticks`` ticks; one that is cut off stays a learner."""

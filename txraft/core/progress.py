@@ -59,6 +59,9 @@ class Progress:
     gaps: List[int] = attrs.Factory(list)
     #: Leader ticks since the follower last answered (a learner's promotion needs it live).
     silent_ticks: int = 0
+    #: The follower has answered this leader at least once (a fresh Progress's
+    #: ``silent_ticks`` of 0 says nothing about a node that never answered).
+    heard: bool = False
     #: A learner's consecutive ticks caught up (``RaftCore`` auto-promotion).
     caught_up_ticks: int = 0
     #: Consecutive "log too short" answers to heartbeats at ``match_index``: the

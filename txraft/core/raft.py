@@ -432,6 +432,12 @@ class RaftCore:
             return refusal
         if op == PROMOTE:
             pr = self.progress.get(member.id)
+            if pr is not None and not self._live(pr):
+                return ChangeRefused(
+                    "not_caught_up",
+                    "learner %r has not answered the leader lately; a voter that cannot be"
+                    " reached would only weaken the majority" % member.id,
+                )
             if pr is not None and not self._caught_up(pr):
                 return ChangeRefused(
                     "not_caught_up",
@@ -502,8 +508,7 @@ class RaftCore:
             pr = self.progress.get(peer)
             if pr is None or pr.short_rejections >= LOST_LOG_REJECTIONS:
                 continue
-            alive = pr.silent_ticks <= 2 * self.config.heartbeat_ticks
-            key = (alive, pr.match_index, peer)
+            key = (self._live(pr), pr.match_index, peer)
             if best is None or key[:2] > best[:2]:
                 best = key
         return best[2] if best is not None else None
@@ -823,6 +828,11 @@ class RaftCore:
             )
         return None
 
+    def _live(self, pr: Progress) -> bool:
+        """The follower has answered this leader, and within the last two heartbeats
+        (one lost answer forgiven)."""
+        return pr.heard and pr.silent_ticks <= 2 * self.config.heartbeat_ticks
+
     def _caught_up(self, pr: Progress) -> bool:
         return pr.state != SNAPSHOT and (
             self.log.last_index - pr.match_index <= self.config.promote_max_lag
@@ -839,7 +849,7 @@ class RaftCore:
             if pr is None:
                 continue
             # Answering at every heartbeat (one lost answer forgiven) and caught up.
-            if self._caught_up(pr) and pr.silent_ticks <= 2 * self.config.heartbeat_ticks:
+            if self._caught_up(pr) and self._live(pr):
                 pr.caught_up_ticks += 1
             else:
                 pr.caught_up_ticks = 0
@@ -1208,6 +1218,7 @@ class RaftCore:
         """Any answer of this term shows the follower alive (CheckQuorum) and, through
         the read round it echoes, confirms this leadership to that round's reads."""
         pr.recent_active = True
+        pr.heard = True
         pr.silent_ticks = 0
         if read_seq > pr.read_ack:
             pr.read_ack = read_seq
