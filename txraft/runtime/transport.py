@@ -685,7 +685,7 @@ class UDPTransport(DatagramProtocol):
             peer = self._stranger(sender_bytes, data, end, has_mac, addr)
             if peer is None:
                 return
-        elif peer.id in self._strangers:
+        elif self._strangers and peer.id in self._strangers:
             self._strangers[peer.id] = self._reactor.seconds()
         drop_from = self.faults.drop_from
         if drop_from and peer.id in drop_from:

@@ -159,6 +159,10 @@ class MembershipClient:
 
     # -- changing -----------------------------------------------------------------------
 
+    def _deadline(self, started: float, deadline_seconds: Optional[float]) -> float:
+        return started + (self.deadline_seconds if deadline_seconds is None
+                          else deadline_seconds)
+
     def _change(self, what: str, node_id: str, method: str, path: str, body: Any,
                 done: Callable[[Dict[str, str]], bool], already: Tuple[Tuple[int, str], ...],
                 deadline_seconds: Optional[float]) -> Outcome:
@@ -168,8 +172,7 @@ class MembershipClient:
         in ``already`` (status, code) means so when an earlier attempt's outcome was
         unknown."""
         started = self.clock()
-        deadline = started + (self.deadline_seconds if deadline_seconds is None
-                              else deadline_seconds)
+        deadline = self._deadline(started, deadline_seconds)
         attempts = 0
         unknown = False
         while True:
@@ -236,8 +239,7 @@ class MembershipClient:
     def wait_voter(self, node_id: str, deadline_seconds: Optional[float] = None) -> Outcome:
         """Wait until the configuration in force has ``node_id`` as a voter."""
         started = self.clock()
-        deadline = started + (self.deadline_seconds if deadline_seconds is None
-                              else deadline_seconds)
+        deadline = self._deadline(started, deadline_seconds)
         polls = 0
         role = None
         while True:
