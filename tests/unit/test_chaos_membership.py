@@ -497,6 +497,47 @@ class ScheduleTests(SynchronousTestCase):
         self.assertTrue(liar.anomalies)
         self.assertEqual(liar.membership_summary()["transfer"]["done"], 0)
 
+    def test_transfer_answers_that_are_not_contradictions(self):
+        """Seen in a 30-minute soak: a retry after a 504 is a transfer of its own from
+        whoever leads by then, so its answer may name the first leader (its
+        ``previous_leader`` says whom it handed over from); and a new leader that lost
+        the leadership before a majority was seen following it is unconfirmed, not an
+        anomaly. A majority following another node in the named term still is one."""
+        nemesis, cluster = make_nemesis(self, seed=1, weights={"transfer": 1}, until=5.0)
+
+        def back(body):
+            first = cluster.leader
+            if body.get("id"):
+                cluster.leader, cluster.term = body["id"], cluster.term + 1
+                return answer(200, {"leader": body["id"], "term": cluster.term,
+                                    "previous_leader": first})
+            # Handed to another voter (the first attempt's unknown outcome), then back
+            # to the first leader by the retry, which the one in between answered.
+            between = "n2" if first != "n2" else "n3"
+            cluster.term += 2
+            return answer(200, {"leader": first, "term": cluster.term,
+                                "previous_leader": between})
+
+        cluster.transfer = back
+        run_schedule(nemesis)
+        self.assertEqual((nemesis.anomalies, nemesis.errors), ([], []))
+        events = [e for e in nemesis.events if e["action"] == "transfer"]
+        self.assertIn(None, [e["target"] for e in events])
+
+        moved_on, cluster = make_nemesis(self, seed=1, weights={"transfer": 1}, until=5.0)
+
+        def fleeting(body):
+            wanted = body.get("id") or "n2"
+            cluster.leader, cluster.term = "n1" if wanted != "n1" else "n3", cluster.term + 2
+            return answer(200, {"leader": wanted, "term": cluster.term - 1})
+
+        cluster.transfer = fleeting
+        run_schedule(moved_on)
+        self.assertEqual((moved_on.anomalies, moved_on.errors), ([], []))
+        summary = moved_on.membership_summary()["transfer"]
+        self.assertEqual(summary["done"], summary["unconfirmed"])
+        self.assertGreater(summary["done"], 0)
+
     def test_a_removed_server_that_campaigns_is_caught(self):
         """Dissertation 4.2.3: a removed server still running must not start elections;
         one seen in a higher term than the others is a violation."""

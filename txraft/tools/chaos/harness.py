@@ -34,7 +34,7 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import attrs
 
@@ -159,6 +159,9 @@ class Report:
     caught_up_after_heal: Optional[float] = None
     checker_seconds: float = 0.0
     wall_seconds: float = 0.0
+    #: 1, 5 and 15-minute load averages when the run ended: timing-sensitive results
+    #: (elections, catch-up) mean little on an overloaded machine.
+    load_average: Optional[Tuple[float, float, float]] = None
     saved_to: Optional[str] = None
 
     @property
@@ -167,8 +170,11 @@ class Report:
 
     def table(self) -> str:
         total = sum(sum(v.values()) for v in self.operations.values())
-        rows = [("run", self.config.command()), ("wall time", "%.1f s" % self.wall_seconds),
-                ("operations", "%d" % total)]
+        rows = [("run", self.config.command()), ("wall time", "%.1f s" % self.wall_seconds)]
+        if self.load_average is not None:
+            rows.append(("machine load", "%.2f %.2f %.2f at the end (1, 5, 15 min; %d cores)"
+                         % (self.load_average + (os.cpu_count() or 1,))))
+        rows.append(("operations", "%d" % total))
         for f, counts in sorted(self.operations.items()):
             rows.append(("  " + f, "ok %d, failed %d, unknown %d"
                          % (counts.get(OK, 0), counts.get(FAIL, 0), counts.get(UNKNOWN, 0))))
@@ -450,6 +456,8 @@ class ChaosRun(Context):
                     report.anomalies.append("network teardown: %s" % error)
                 atexit.unregister(network.teardown)
             report.wall_seconds = time.monotonic() - started
+            if hasattr(os, "getloadavg"):
+                report.load_average = tuple(round(x, 2) for x in os.getloadavg())
             if not report.passed or config.save:
                 report.saved_to = self._save(report, nemesis)
             if not config.keep and config.root is None:

@@ -79,7 +79,9 @@ DEFAULT_WEIGHTS = {"kill": 3, "pause": 3, "partition": 2, "isolate_leader": 2,
 MEMBERSHIP_WEIGHTS = {"remove_add": 2, "wipe_replace": 2, "transfer": 2}
 WEIGHTS = dict(DEFAULT_WEIGHTS, **MEMBERSHIP_WEIGHTS)
 #: How each membership action ended, as the report counts them.
-OUTCOMES = ("done", "failed", "skipped", "unsupported")
+#: "unconfirmed": done transfers (counted in "done" too) whose new leader lost the
+#: leadership before a majority could be seen following it.
+OUTCOMES = ("done", "failed", "skipped", "unsupported", "unconfirmed")
 
 
 class Halted(Exception):
@@ -676,19 +678,27 @@ class Nemesis:
             return
         answer = outcome.body if isinstance(outcome.body, dict) else {}
         named, named_term = answer.get("leader"), answer.get("term")
+        # After an attempt whose outcome was unknown (a 504), the retry is a transfer
+        # of its own from whoever leads by then: the answer names that leader.
+        was = answer.get("previous_leader") or leader
         problem = None
         if not isinstance(named, str) or not isinstance(named_term, int):
             problem = "answered 200 without a leader and a term: %r" % (outcome.body,)
         elif target is not None and named != target:
             problem = "asked for %s, answered 200 naming %s" % (target, named)
-        elif named == leader:
+        elif named == was:
             problem = "answered 200 naming the leader it was asked to hand over from"
         else:
-            agreed = self._agreed_leader(5.0, lambda node_id, t: (node_id, t) == (named, named_term)
-                                         or t > named_term)
-            if agreed is None or agreed[:2] != (named, named_term):
-                problem = ("answered 200 naming %s in term %d, but the cluster agreed on %r"
-                           % (named, named_term, agreed and agreed[:2]))
+            agreed = self._agreed_leader(5.0, lambda node_id, t: t >= named_term)
+            if agreed is not None and agreed[1] == named_term and agreed[0] != named:
+                problem = ("answered 200 naming %s in term %d, but a majority followed %s "
+                           "in that term" % (named, named_term, agreed[0]))
+            elif agreed is None or agreed[:2] != (named, named_term):
+                # Leadership moved on (or nobody led a majority) before it could be seen:
+                # not a contradiction, and not a confirmation either.
+                self.outcomes["transfer"]["unconfirmed"] += 1
+                self.log("transfer_unconfirmed", target=target, leader=named, term=named_term,
+                         agreed=agreed and list(agreed[:2]))
         if problem is not None:
             self.outcomes["transfer"]["failed"] += 1
             self.anomalies.append("transfer from %s: %s" % (leader, problem))
