@@ -32,7 +32,9 @@ ENV_PATH = os.path.join(REPO_ROOT, ".env")
 DOCKERFILE_PATH = os.path.join(REPO_ROOT, "docker", "Dockerfile")
 DOCKERIGNORE_PATH = os.path.join(REPO_ROOT, ".dockerignore")
 
-SERVICES = ["node%d" % i for i in range(1, 6)]
+SERVICES = ["node%d" % i for i in range(1, 6)]  # the founding five
+SPARE = "node6"  # joins them with --join, under the "spare" profile
+ALL_SERVICES = SERVICES + [SPARE]
 DATA_DIR = "/data"
 
 
@@ -332,8 +334,15 @@ class RecordingHostChecks:
         test.patch(raftnode, "_check_port_free",
                    lambda kind, host, port, label: self.ports.append((kinds[kind], host, port)))
         test.patch(raftnode.Options, "_check_data_dir",
-                   lambda options, path: self.data_dirs.append(path))
+                   lambda options, path: self._check_data_dir(options, path))
         test.patch(raftnode, "load_application", self._load_application)
+        from txraft.runtime import join
+
+        test.patch(join, "load_joined", lambda data_dir: None)  # not the host's /data
+
+    def _check_data_dir(self, options, path: str) -> None:
+        self.data_dirs.append(path)
+        options["has-log"] = False  # a new volume
 
     def _load_application(self, name: str) -> object:
         # Only the name: the shop may not be importable in every checkout, and importing
@@ -465,13 +474,16 @@ class ComposeFileTests(SynchronousTestCase):
         self.assertEqual(sorted(self.raw), ["services", "volumes"])
 
     def test_five_services_from_one_image_built_once(self):
-        """node1..node5, all `image: txraft:latest` with the same build of
-        docker/Dockerfile from the repository root."""
-        self.assertEqual(sorted(self.services), SERVICES)
+        """node1..node5 and the spare node6, all `image: txraft:latest` with the same
+        build of docker/Dockerfile from the repository root; only the spare has a
+        profile, so `docker-compose up` starts the five."""
+        self.assertEqual(sorted(self.services), ALL_SERVICES)
         images = {s["image"] for s in self.services.values()}
         self.assertEqual(images, {"txraft:latest"})
         builds = [s.get("build") for s in self.services.values()]
-        self.assertEqual(builds, [{"context": ".", "dockerfile": "docker/Dockerfile"}] * 5)
+        self.assertEqual(builds, [{"context": ".", "dockerfile": "docker/Dockerfile"}] * 6)
+        self.assertEqual({name: s.get("profiles") for name, s in self.services.items()},
+                         dict({name: None for name in SERVICES}, node6=["spare"]))
         self.assertTrue(os.path.isfile(os.path.join(REPO_ROOT, builds[0]["dockerfile"])))
 
     def test_ports_distinct_and_tcp_and_udp_published(self):
@@ -481,7 +493,7 @@ class ComposeFileTests(SynchronousTestCase):
         for env in (None, {"TXRAFT_SECRET": "s"}):
             services = compose_with_env(env)["services"]
             seen = set()
-            for i, name in enumerate(SERVICES, 1):
+            for i, name in enumerate(ALL_SERVICES, 1):
                 port = int(option_value(services[name]["command"], "--port"))
                 self.assertEqual(port, 5000 + i)
                 published = [parse_port(p) for p in services[name]["ports"]]
@@ -541,20 +553,20 @@ class ComposeFileTests(SynchronousTestCase):
         """Each node mounts its own declared named volume on the data directory."""
         declared = self.raw["volumes"]
         mounted = []
-        for name in SERVICES:
+        for name in ALL_SERVICES:
             volumes = self.services[name]["volumes"]
             self.assertEqual(len(volumes), 1)
             source, _, target = volumes[0].partition(":")
             self.assertEqual(target, DATA_DIR)
             self.assertNotIn("/", source, "a named volume, not a bind mount")
             mounted.append(source)
-        self.assertEqual(len(set(mounted)), 5)
+        self.assertEqual(len(set(mounted)), 6)
         self.assertEqual(sorted(declared), sorted(mounted))
 
     def test_secret_comes_from_the_environment(self):
         """TXRAFT_SECRET is a required compose variable (no silent empty secret), .env
         gives it a local default, and the shell's value wins over .env."""
-        for name in SERVICES:
+        for name in ALL_SERVICES:
             raw = self.raw["services"][name]["environment"][raftnode.SECRET_ENV]
             self.assertTrue(raw.startswith("${TXRAFT_SECRET:?"), raw)
             self.assertRaises(KeyError, interpolate, raw, {})
@@ -562,24 +574,48 @@ class ComposeFileTests(SynchronousTestCase):
             self.assertEqual(interpolate(raw, {"TXRAFT_SECRET": "from-shell"}), "from-shell")
         default = read_env_file(ENV_PATH)["TXRAFT_SECRET"]
         self.assertGreaterEqual(len(default), 16)
-        for name in SERVICES:
+        for name in ALL_SERVICES:
             self.assertEqual(self.services[name]["environment"][raftnode.SECRET_ENV], default)
         # The secret is never on a command line, where `ps` and `docker inspect` show it.
-        for name in SERVICES:
+        for name in ALL_SERVICES:
             self.assertNotIn("--secret-file", self.command(name))
             self.assertNotIn(default, " ".join(self.command(name)))
 
     def test_init_and_restart_policy(self):
         """`init: true` (PID 1 forwards SIGTERM and reaps) and a restart policy that
         brings a crashed node back but respects `docker compose stop`."""
-        for name in SERVICES:
+        for name in ALL_SERVICES:
             self.assertIs(self.services[name]["init"], True)
             self.assertEqual(self.services[name]["restart"], "unless-stopped")
 
     def test_healthcheck_is_the_images(self):
         """No service disables or overrides the image's /ready healthcheck."""
-        for name in SERVICES:
+        for name in ALL_SERVICES:
             self.assertNotIn("healthcheck", self.services[name])
+
+    def test_the_spare_joins_the_five(self):
+        """node6 parses with the real plugin options as a node that joins: its --join
+        names every founding service's HTTP URL (service name, its own port), its Raft
+        address is its service name (what the others resolve), it runs the shop on its
+        own volume, and no founding node lists it."""
+        service = self.services[SPARE]
+        checks = RecordingHostChecks(self)
+        options = parse_twistd_command(self, service["command"],
+                                       service["environment"][raftnode.SECRET_ENV])
+        self.assertEqual(options["node_id"], SPARE)
+        self.assertEqual(options["join_urls"],
+                         ["http://%s:%d" % (name, self.port(name)) for name in SERVICES])
+        me = options["member_map"][SPARE]
+        self.assertEqual(sorted(options["member_map"]), [SPARE])
+        self.assertEqual((me.host, me.port, me.http_port), (SPARE, 5006, 5006))
+        self.assertEqual(me.advertise_url, "http://127.0.0.1:5006")
+        self.assertEqual((options["bind"], options["data-dir"], options["app"]),
+                         ("0.0.0.0", DATA_DIR, "shop"))
+        self.assertEqual(sorted(checks.ports), [("tcp", "0.0.0.0", 5006), ("udp", "0.0.0.0", 5006)])
+        self.assertEqual(int(service["environment"]["TXRAFT_HTTP_PORT"]), 5006)
+        self.assertIsNotNone(options["secret"])
+        for name in SERVICES:
+            self.assertNotIn(SPARE, option_value(self.command(name), "--members"))
 
     def test_services_are_identical_but_for_their_number(self):
         """Apart from the node's number, the five services are the same text, so a
