@@ -80,7 +80,7 @@ class JoinProcessTests(ClusterTestMixin, SynchronousTestCase):
         leader = cluster.wait_for_leader(15)
         wrong = os.path.join(cluster.root, "wrong.secret")
         with open(wrong, "w") as f:
-            f.write("not the secret\n")
+            f.write("not the cluster secret\n")  # long enough to be tried
         cases = [
             (["--id", "n9", "--secret-file", wrong], "--secret-file"),
             (["--id", "n2", "--secret-file", cluster.secret_file], "already has a member n2"),
