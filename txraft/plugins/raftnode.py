@@ -160,9 +160,11 @@ class Options(usage.Options):
     longdesc = (
         "Run one txraft node: Raft over UDP on --port, the application's HTTP API on TCP "
         "(--http-port, by default the same number). With no --members the node is a "
-        "single-node cluster. Example 3-node cluster on one machine: run, for i in 1 2 3, "
-        "'twistd -n raftnode --id n$i --port 500$i "
-        "--members n1=127.0.0.1:5001,n2=127.0.0.1:5002,n3=127.0.0.1:5003'."
+        "single-node cluster. Example 3-node cluster on one machine: make a secret, "
+        "'python3 -c \"import secrets; print(secrets.token_hex(32))\" > cluster.secret', "
+        "then run, for i in 1 2 3, 'twistd -n raftnode --id n$i --port 500$i "
+        "--members n1=127.0.0.1:5001,n2=127.0.0.1:5002,n3=127.0.0.1:5003 "
+        "--secret-file cluster.secret'."
     )
     optParameters = [
         ["port", "p", 5001, "UDP port for Raft; also the HTTP port unless --http-port.", int],
