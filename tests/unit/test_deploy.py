@@ -27,6 +27,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from txraft.tools.localcluster import REPO_ROOT
 from txraft.plugins import raftnode
 
+from tests.fakes import set_environ
+
 try:
     import yaml
 except ImportError:  # not a dependency (yet): the strict reader below does the work
@@ -391,19 +393,7 @@ def parse_twistd_command(test: SynchronousTestCase, command: List[str], secret: 
     from twisted.scripts.twistd import ServerOptions
 
     test.assertEqual(command[0], "twistd")
-    previous = os.environ.get(raftnode.SECRET_ENV)
-    if secret is None:
-        os.environ.pop(raftnode.SECRET_ENV, None)
-    else:
-        os.environ[raftnode.SECRET_ENV] = secret
-
-    def restore():
-        if previous is None:
-            os.environ.pop(raftnode.SECRET_ENV, None)
-        else:
-            os.environ[raftnode.SECRET_ENV] = previous
-
-    test.addCleanup(restore)
+    set_environ(test, raftnode.SECRET_ENV, secret)
     config = ServerOptions()
     config.parseOptions(command[1:])
     test.assertEqual(config.subCommand, "raftnode")

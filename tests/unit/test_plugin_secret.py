@@ -15,6 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from txraft.plugins import raftnode
 
+from tests.fakes import set_environ
+
 TWO = "n1=127.0.0.1:7001,n2=127.0.0.1:7002"
 GOOD = "0123456789abcdef"  # 16 bytes: the shortest accepted
 
@@ -26,19 +28,7 @@ class SecretOptionsTests(SynchronousTestCase):
         self.environ(None)
 
     def environ(self, value):
-        previous = os.environ.get(raftnode.SECRET_ENV)
-
-        def restore():
-            if previous is None:
-                os.environ.pop(raftnode.SECRET_ENV, None)
-            else:
-                os.environ[raftnode.SECRET_ENV] = previous
-
-        self.addCleanup(restore)
-        if value is None:
-            os.environ.pop(raftnode.SECRET_ENV, None)
-        else:
-            os.environ[raftnode.SECRET_ENV] = value
+        set_environ(self, raftnode.SECRET_ENV, value)
 
     def secret_file(self, content: bytes) -> str:
         path = os.path.abspath(self.mktemp())
@@ -83,7 +73,8 @@ class SecretOptionsTests(SynchronousTestCase):
 
     def test_several_members_with_a_secret(self):
         """A good secret from the file or the environment is taken as it is."""
-        options = self.parse("--members", TWO, "--secret-file", self.secret_file(b"%s\n" % GOOD.encode()))
+        options = self.parse("--members", TWO,
+                             "--secret-file", self.secret_file(GOOD.encode() + b"\n"))
         self.assertEqual(options["secret"], GOOD.encode())
         self.environ(GOOD + "x")
         self.dir = os.path.abspath(self.mktemp())
