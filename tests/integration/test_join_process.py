@@ -88,7 +88,7 @@ class JoinProcessTests(ClusterTestMixin, SynchronousTestCase):
         for extra, expected in cases:
             port = free_port()
             result = self.twistd("--port", str(port), "--join", cluster.url(leader),
-                                 "--data-dir", self.mktemp(), *extra)
+                                 "--data-dir", os.path.abspath(self.mktemp()), *extra)
             self.assertNotEqual(result.returncode, 0, result)
             lines = [line for line in result.stderr.splitlines() if line.strip()]
             self.assertEqual(len(lines), 1, result.stderr)
