@@ -342,3 +342,21 @@ class RecordingClient:
         if self.failure is not None:
             return defer.fail(self.failure)
         return self.inner.request(method, url, **kwargs)
+
+
+def set_environ(testcase, name: str, value: Optional[str]) -> None:
+    """Set environment variable ``name`` to ``value`` (unset it for None) until the end of
+    ``testcase``."""
+    previous = os.environ.get(name)
+
+    def restore():
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+    testcase.addCleanup(restore)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value

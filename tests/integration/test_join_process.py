@@ -80,7 +80,7 @@ class JoinProcessTests(ClusterTestMixin, SynchronousTestCase):
         leader = cluster.wait_for_leader(15)
         wrong = os.path.join(cluster.root, "wrong.secret")
         with open(wrong, "w") as f:
-            f.write("not the secret\n")
+            f.write("not the cluster secret\n")  # long enough to be tried
         cases = [
             (["--id", "n9", "--secret-file", wrong], "--secret-file"),
             (["--id", "n2", "--secret-file", cluster.secret_file], "already has a member n2"),
@@ -88,7 +88,7 @@ class JoinProcessTests(ClusterTestMixin, SynchronousTestCase):
         for extra, expected in cases:
             port = free_port()
             result = self.twistd("--port", str(port), "--join", cluster.url(leader),
-                                 "--data-dir", self.mktemp(), *extra)
+                                 "--data-dir", os.path.abspath(self.mktemp()), *extra)
             self.assertNotEqual(result.returncode, 0, result)
             lines = [line for line in result.stderr.splitlines() if line.strip()]
             self.assertEqual(len(lines), 1, result.stderr)

@@ -449,6 +449,19 @@ class CommandLineTests(SynchronousTestCase):
             "not among the members",
         )
 
+    def test_several_members_without_a_secret(self):
+        """A node of a two-member cluster started with no secret exits with a failure
+        status and one line on stderr saying how to make one; nothing on stdout."""
+        result = twistd("-n", "--pidfile=", "raftnode", "--members",
+                        "a=127.0.0.1:7001,b=127.0.0.1:7002", "--id", "a", "--port", "7001",
+                        cwd=self.mktemp_dir())
+        self.assertNotEqual(result.returncode, 0)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        self.assertEqual(len(lines), 1, result.stderr)
+        self.assertIn("needs a secret", lines[0])
+        self.assertIn("secrets.token_hex", lines[0])
+        self.assertEqual(result.stdout, "")
+
     def test_port_in_use(self):
         """A port already taken is refused with one line, not a retry loop."""
         import socket

@@ -1,9 +1,10 @@
-"""The deployment files, checked without Docker: docker-compose.yml, .env, docker/Dockerfile
-and .dockerignore.
+"""The deployment files, checked without Docker: docker-compose.yml, the .env the README
+makes, docker/Dockerfile and .dockerignore.
 
 Docker is not needed (nor run): the compose file is read by a strict reader for the small
 YAML subset it is written in (cross-checked against PyYAML when that is installed), its
-``${...}`` references are filled from ``.env`` as compose would, and every node's command
+``${...}`` references are filled as compose would from a ``.env`` made by the README's own
+command (no ``.env`` ships: a secret in git is public), and every node's command
 line is parsed by twistd's real ``ServerOptions`` and ``raftnode`` ``Options`` -- with the
 three checks that touch the host (free ports, the data directory, importing the app)
 replaced by recorders -- so the deployment cannot drift from the plugin.
@@ -14,7 +15,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -22,13 +27,16 @@ from twisted.trial.unittest import SynchronousTestCase
 from txraft.tools.localcluster import REPO_ROOT
 from txraft.plugins import raftnode
 
+from tests.fakes import set_environ
+
 try:
     import yaml
 except ImportError:  # not a dependency (yet): the strict reader below does the work
     yaml = None
 
 COMPOSE_PATH = os.path.join(REPO_ROOT, "docker-compose.yml")
-ENV_PATH = os.path.join(REPO_ROOT, ".env")
+README_PATH = os.path.join(REPO_ROOT, "README.md")
+DEPLOY_DOC_PATH = os.path.join(REPO_ROOT, "docs", "deploy.md")
 DOCKERFILE_PATH = os.path.join(REPO_ROOT, "docker", "Dockerfile")
 DOCKERIGNORE_PATH = os.path.join(REPO_ROOT, ".dockerignore")
 
@@ -319,8 +327,44 @@ def load_compose() -> Dict[str, Any]:
         return load_strict_yaml(f.read())
 
 
-def compose_with_env(env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
-    return interpolate(load_compose(), read_env_file(ENV_PATH) if env is None else env)
+def compose_with_env(env: Dict[str, str]) -> Dict[str, Any]:
+    return interpolate(load_compose(), env)
+
+
+def make_env_command() -> str:
+    """The README's command that makes ``.env`` (the first line of its compose section)."""
+    with open(README_PATH) as f:
+        section = f.read().split("\n## A 5-node cluster with Docker Compose", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    first = block.splitlines()[0]
+    assert first.startswith('echo "TXRAFT_SECRET='), first
+    return first
+
+
+def run_make_env_command() -> Dict[str, str]:
+    """Run the README's command, as a shell would, in an empty directory (``python3``
+    being this Python); the ``.env`` it made."""
+    folder = tempfile.mkdtemp(prefix="txraft-env-")
+    try:
+        bin_dir = os.path.join(folder, "bin")
+        os.mkdir(bin_dir)
+        os.symlink(sys.executable, os.path.join(bin_dir, "python3"))
+        env = dict(os.environ, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
+        subprocess.run(["sh", "-c", make_env_command()], cwd=folder, env=env, check=True,
+                       timeout=60)
+        return read_env_file(os.path.join(folder, ".env"))
+    finally:
+        shutil.rmtree(folder)
+
+
+_made_env: List[Dict[str, str]] = []
+
+
+def made_env() -> Dict[str, str]:
+    """The ``.env`` the README's command makes (made once per test run)."""
+    if not _made_env:
+        _made_env.append(run_make_env_command())
+    return dict(_made_env[0])
 
 
 class RecordingHostChecks:
@@ -358,19 +402,7 @@ def parse_twistd_command(test: SynchronousTestCase, command: List[str], secret: 
     from twisted.scripts.twistd import ServerOptions
 
     test.assertEqual(command[0], "twistd")
-    previous = os.environ.get(raftnode.SECRET_ENV)
-    if secret is None:
-        os.environ.pop(raftnode.SECRET_ENV, None)
-    else:
-        os.environ[raftnode.SECRET_ENV] = secret
-
-    def restore():
-        if previous is None:
-            os.environ.pop(raftnode.SECRET_ENV, None)
-        else:
-            os.environ[raftnode.SECRET_ENV] = previous
-
-    test.addCleanup(restore)
+    set_environ(test, raftnode.SECRET_ENV, secret)
     config = ServerOptions()
     config.parseOptions(command[1:])
     test.assertEqual(config.subCommand, "raftnode")
@@ -459,7 +491,8 @@ class InterpolationTests(SynchronousTestCase):
 class ComposeFileTests(SynchronousTestCase):
     def setUp(self):
         self.raw = load_compose()
-        self.compose = compose_with_env()
+        self.env = made_env()
+        self.compose = compose_with_env(self.env)
         self.services = self.compose["services"]
 
     def command(self, name: str) -> List[str]:
@@ -489,8 +522,8 @@ class ComposeFileTests(SynchronousTestCase):
     def test_ports_distinct_and_tcp_and_udp_published(self):
         """Node N listens on 500N and publishes it for TCP (HTTP) and UDP (Raft), on the
         same number outside as inside, on loopback unless TXRAFT_PUBLISH_ADDRESS says
-        otherwise (with and without .env)."""
-        for env in (None, {"TXRAFT_SECRET": "s"}):
+        otherwise (with the README's .env and with the secret alone)."""
+        for env in (self.env, {"TXRAFT_SECRET": "s"}):
             services = compose_with_env(env)["services"]
             seen = set()
             for i, name in enumerate(ALL_SERVICES, 1):
@@ -526,7 +559,7 @@ class ComposeFileTests(SynchronousTestCase):
         """Each service's command is accepted by twistd's ServerOptions and the raftnode
         Options: it is node N on 0.0.0.0:500N of a five-node cluster, keeps its data in
         the volume, runs the shop, and reads the secret compose passes in."""
-        secret = read_env_file(ENV_PATH)["TXRAFT_SECRET"]
+        secret = self.env["TXRAFT_SECRET"]
         for name in SERVICES:
             checks = RecordingHostChecks(self)
             service = self.services[name]
@@ -564,22 +597,43 @@ class ComposeFileTests(SynchronousTestCase):
         self.assertEqual(sorted(declared), sorted(mounted))
 
     def test_secret_comes_from_the_environment(self):
-        """TXRAFT_SECRET is a required compose variable (no silent empty secret), .env
-        gives it a local default, and the shell's value wins over .env."""
+        """TXRAFT_SECRET is a required compose variable (no silent empty secret) and the
+        value given (in the shell or .env) is what every node gets."""
         for name in ALL_SERVICES:
             raw = self.raw["services"][name]["environment"][raftnode.SECRET_ENV]
             self.assertTrue(raw.startswith("${TXRAFT_SECRET:?"), raw)
             self.assertRaises(KeyError, interpolate, raw, {})
             self.assertRaises(KeyError, interpolate, raw, {"TXRAFT_SECRET": ""})
             self.assertEqual(interpolate(raw, {"TXRAFT_SECRET": "from-shell"}), "from-shell")
-        default = read_env_file(ENV_PATH)["TXRAFT_SECRET"]
-        self.assertGreaterEqual(len(default), 16)
+        secret = self.env["TXRAFT_SECRET"]
         for name in ALL_SERVICES:
-            self.assertEqual(self.services[name]["environment"][raftnode.SECRET_ENV], default)
+            self.assertEqual(self.services[name]["environment"][raftnode.SECRET_ENV], secret)
         # The secret is never on a command line, where `ps` and `docker inspect` show it.
         for name in ALL_SERVICES:
             self.assertNotIn("--secret-file", self.command(name))
-            self.assertNotIn(default, " ".join(self.command(name)))
+            self.assertNotIn(secret, " ".join(self.command(name)))
+
+    def test_nodes_refuse_a_missing_weak_or_published_secret(self):
+        """Were compose to pass no secret, a short one or the value .env once shipped,
+        every node would refuse to start: one line on stderr, exit status 2."""
+        import io
+
+        published = "local-development-only-not-a-secret-3b9f1c7e"
+        for secret, expected in ((None, "needs a secret"), ("0123456789abcde", "fewer than 16"),
+                                 (published, "known to anyone")):
+            for name in ALL_SERVICES:
+                RecordingHostChecks(self)
+                stderr = io.StringIO()
+                self.patch(raftnode.sys, "stderr", stderr)
+                with self.assertRaises(SystemExit) as caught:
+                    parse_twistd_command(self, self.services[name]["command"], secret)
+                self.assertEqual(caught.exception.code, 2)
+                [line] = stderr.getvalue().splitlines()
+                if name == SPARE and secret is None:
+                    expected_here = "--join needs the cluster secret"
+                else:
+                    expected_here = expected
+                self.assertIn(expected_here, line)
 
     def test_init_and_restart_policy(self):
         """`init: true` (PID 1 forwards SIGTERM and reaps) and a restart policy that
@@ -632,6 +686,37 @@ class ComposeFileTests(SynchronousTestCase):
             return re.sub(r"node%s|500%s" % (number, number), "SELF", dumped)
 
         self.assertEqual(len({normalized(name) for name in SERVICES}), 1)
+
+
+class EnvFileTests(SynchronousTestCase):
+    """No secret ships: .env is made on each machine by one command, and never committed."""
+
+    def test_the_readme_command_makes_a_good_secret(self):
+        """The README's command writes .env with TXRAFT_SECRET, 64 hex digits from
+        `secrets` (another each time), which compose and every node accept; docs/deploy.md
+        and the compose file give the same command."""
+        first, second = made_env(), run_make_env_command()
+        self.assertEqual(sorted(first), [raftnode.SECRET_ENV])
+        for env in (first, second):
+            self.assertRegex(env[raftnode.SECRET_ENV], r"\A[0-9a-f]{64}\Z")
+        self.assertNotEqual(first, second)
+        command = make_env_command().split("#", 1)[0].strip()
+        with open(DEPLOY_DOC_PATH) as f:
+            self.assertIn(command, f.read())
+        with open(COMPOSE_PATH) as f:
+            self.assertIn("#   " + command + "\n", f.read())
+
+    def test_no_env_file_is_committed(self):
+        """.env is ignored by git and not in the repository (a value there is public)."""
+        with open(os.path.join(REPO_ROOT, ".gitignore")) as f:
+            self.assertIn("/.env", f.read().split())
+        if shutil.which("git") is None or not os.path.exists(os.path.join(REPO_ROOT, ".git")):
+            raise self.skipTest("not a git checkout: only .gitignore is checked")
+        tracked = subprocess.run(["git", "ls-files", "--", ".env"], cwd=REPO_ROOT,
+                                 capture_output=True, text=True, check=True).stdout
+        self.assertEqual(tracked, "")
+        ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=REPO_ROOT)
+        self.assertEqual(ignored.returncode, 0)
 
 
 class DockerfileTests(SynchronousTestCase):
@@ -798,6 +883,14 @@ class DocumentationTests(SynchronousTestCase):
             if short:
                 self.assertIn("`-%s`" % short, rows[option][0], option)
         self.assertIn("`%s`" % raftnode.SECRET_ENV, self.text)
+
+    def test_every_raftnode_flag(self):
+        """Each `twistd raftnode` flag has a row too, off by default."""
+        rows = self.rows("Configuration reference")
+        for long_name, *_ in raftnode.Options.optFlags:
+            option = "--" + long_name
+            self.assertIn(option, rows, "%s is not in the configuration reference" % option)
+            self.assertEqual(rows[option][1], "off", option)
 
     def test_every_cluster_command_option_with_its_default(self):
         """Each `txraft-cluster` option has a row with the parser's default."""

@@ -208,12 +208,15 @@ class PluginTests(SynchronousTestCase):
     def setUp(self):
         self.patch(raftnode, "_check_port_free", lambda *args: None)
         self.dir = os.path.abspath(self.mktemp())
+        self.secret = os.path.abspath(self.mktemp())
+        with open(self.secret, "w") as f:
+            f.write("a-cluster-secret-of-two-members\n")
 
     def parse(self, *args):
         options = raftnode.Options()
         options.parseOptions(["--app", "kv", "--data-dir", self.dir, "--port", "7001",
-                              "--members", "n1=127.0.0.1:7001,n2=127.0.0.1:7002"]
-                             + list(args))
+                              "--members", "n1=127.0.0.1:7001,n2=127.0.0.1:7002",
+                              "--secret-file", self.secret] + list(args))
         return options
 
     def test_identity_before_anything_else(self):

@@ -1,8 +1,10 @@
 """A local-only, authenticated admin endpoint for fault injection (chaos testing).
 
 Off unless the node is started with ``--admin-token-file``.  Requests must come from a
-loopback address and carry ``Authorization: Bearer <token>``; everything else gets 404
-(so the endpoint's existence is not advertised).
+loopback address and carry ``Authorization: Bearer <token>``; every other request, to
+any ``/admin`` path included, goes to the application untouched and gets its answer to
+a path it does not know (the same JSON 404 as ``/no-such-path``), so nothing tells a
+scanner the endpoint exists.
 
     GET    /admin/faults   -> {"drop_to": [...], "drop_from": [...], "loss_rate": 0.0}
     PUT    /admin/faults   <- the same shape (any subset of fields); replaces those fields
@@ -44,22 +46,15 @@ def _error(request: Any, status: int, code: str, message: str) -> bytes:
 
 
 class FaultsResource(Resource):
+    """``/admin/faults`` for a request ``AdminRoot`` has let through."""
+
     isLeaf = True
 
-    def __init__(self, transport: Any, token: bytes):
+    def __init__(self, transport: Any):
         super().__init__()
         self.transport = transport
-        self.token = token
 
     def render(self, request: Any) -> bytes:
-        client = request.getClientAddress()
-        host = getattr(client, "host", "")
-        supplied = request.getHeader(b"authorization") or b""
-        expected = b"Bearer " + self.token
-        if not _is_loopback(host) or not hmac.compare_digest(supplied, expected):
-            return _error(request, 404, "not_found", "no such resource")
-        if request.postpath not in ([], [b""]):
-            return _error(request, 404, "not_found", "no such resource")
         method = request.method
         if method == b"GET":
             return _json(request, 200, self._describe())
@@ -110,22 +105,36 @@ class FaultsResource(Resource):
         }
 
 
+#: ``request.postpath`` of the one admin path there is (a root that is a leaf sees them all).
+_FAULTS_PATHS = ([b"admin", b"faults"], [b"admin", b"faults", b""])
+
+
 @implementer(IResource)
-class AdminRoot(Resource):
-    """Serves ``/admin/faults`` itself and hands every other path to the application."""
+class AdminRoot:
+    """Serves ``/admin/faults`` to a loopback client with the token; hands every other
+    request, whatever its path, method or credentials, to the application untouched."""
+
+    isLeaf = True
 
     def __init__(self, app: IResource, transport: Any, token: bytes):
-        super().__init__()
         self.app = app
-        self.admin = Resource()
-        self.admin.putChild(b"faults", FaultsResource(transport, token))
+        self.faults = FaultsResource(transport)
+        self._expected = b"Bearer " + token
 
-    def getChildWithDefault(self, name: bytes, request: Any) -> IResource:
-        if name == b"admin":
-            return self.admin
-        # Give the whole path back to the application, untouched.
-        request.postpath.insert(0, request.prepath.pop())
-        return self.app
+    def getChildWithDefault(self, name: bytes, request: Any) -> IResource:  # pragma: no cover
+        return self  # a leaf: twisted.web renders it with the whole path in postpath
+
+    def putChild(self, path: bytes, child: IResource) -> None:  # pragma: no cover
+        raise NotImplementedError("AdminRoot has no children")
+
+    def _admitted(self, request: Any) -> bool:
+        host = getattr(request.getClientAddress(), "host", "")
+        supplied = request.getHeader(b"authorization") or b""
+        # Both checks always run, the token compared in constant time.
+        token_ok = hmac.compare_digest(supplied, self._expected)
+        return _is_loopback(host) and token_ok
 
     def render(self, request: Any) -> Any:
+        if self._admitted(request) and request.postpath in _FAULTS_PATHS:
+            return self.faults.render(request)
         return self.app.render(request)

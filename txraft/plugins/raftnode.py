@@ -34,6 +34,15 @@ APPLICATIONS = {"kv": "txraft.apps.kv_http:application", "shop": "shop.app:appli
 
 SECRET_ENV = "TXRAFT_SECRET"
 
+#: The shortest cluster secret (or admin token) accepted, in bytes.
+MIN_SECRET_BYTES = 16
+
+#: One command that prints a good secret, for the refusals to name.
+MAKE_SECRET = 'python3 -c "import secrets; print(secrets.token_hex(32))"'
+
+#: Secrets published with txraft (the value its .env once shipped): known to everyone.
+PUBLISHED_SECRETS = frozenset({b"local-development-only-not-a-secret-3b9f1c7e"})
+
 
 def parse_members(text: str, default_http_offset: int = 0) -> Dict[str, Member]:
     """Parse ``id=host:port[:http_port],...``; the HTTP port defaults to the UDP port."""
@@ -134,14 +143,28 @@ def _check_port_free(kind: int, host: str, port: int, label: str) -> None:
         sock.close()
 
 
+def _strong(secret: bytes, where: str, remedy: str) -> bytes:
+    """``secret`` from ``where``, unless it is too short to resist guessing or public;
+    the refusal ends with ``remedy``, a command that makes a good one."""
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ConfigError("the secret in %s is %d bytes, fewer than %d: make a good one "
+                          "with %s" % (where, len(secret), MIN_SECRET_BYTES, remedy))
+    if secret in PUBLISHED_SECRETS:
+        raise ConfigError("the secret in %s is the development value txraft once shipped "
+                          "in .env, known to anyone: make your own with %s" % (where, remedy))
+    return secret
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Run one txraft node: Raft over UDP on --port, the application's HTTP API on TCP "
         "(--http-port, by default the same number). With no --members the node is a "
-        "single-node cluster. Example 3-node cluster on one machine: run, for i in 1 2 3, "
-        "'twistd -n raftnode --id n$i --port 500$i "
-        "--members n1=127.0.0.1:5001,n2=127.0.0.1:5002,n3=127.0.0.1:5003'."
+        "single-node cluster. Example 3-node cluster on one machine: make a secret, "
+        "'python3 -c \"import secrets; print(secrets.token_hex(32))\" > cluster.secret', "
+        "then run, for i in 1 2 3, 'twistd -n raftnode --id n$i --port 500$i "
+        "--members n1=127.0.0.1:5001,n2=127.0.0.1:5002,n3=127.0.0.1:5003 "
+        "--secret-file cluster.secret'."
     )
     optParameters = [
         ["port", "p", 5001, "UDP port for Raft; also the HTTP port unless --http-port.", int],
@@ -167,8 +190,9 @@ class Options(usage.Options):
          "[default: ./data/<id>]."],
         ["app", None, "shop", "Application: shop (the store), kv, or module:attribute."],
         ["secret-file", None, None,
-         "File holding the cluster secret (HMAC-SHA256 key for every datagram); "
-         "or set %s. Without one, any host that reaches the UDP port can join." % SECRET_ENV],
+         "File holding the cluster secret (HMAC-SHA256 key for every datagram, at least "
+         "%d bytes); or set %s. Needed by every cluster of more than one member."
+         % (MIN_SECRET_BYTES, SECRET_ENV)],
         ["cluster-id", None, "txraft", "Cluster name; datagrams of other clusters are dropped."],
         ["election-timeout-ms", None, 150,
          "Minimum election timeout; each node draws from [T, 2T). Lower: faster failover, "
@@ -197,6 +221,10 @@ class Options(usage.Options):
     ]
 
     optFlags = [
+        ["insecure-no-secret", None,
+         "Run a cluster of several members without a secret: then any host that reaches "
+         "a UDP port can forge datagrams, join, vote, and move a member's address (its "
+         "real datagrams are then dropped as replayed until it restarts). Tests only."],
         ["with-tls", None,
          "Load Twisted's TLS support (pyOpenSSL) although txraft does not use it: only for "
          "an application that makes https requests itself."],
@@ -208,6 +236,12 @@ class Options(usage.Options):
         try:
             self._validate()
         except ConfigError as e:
+            if getattr(self, "parent", None) is not None:
+                # Under twistd, which would print its whole usage before the line: the
+                # operator gets the line alone, on stderr, and a failure status.
+                sys.stderr.write("twistd raftnode: %s\n" % (e,))
+                sys.stderr.flush()
+                raise SystemExit(2)
             raise usage.UsageError(str(e)) from None
 
     def _validate(self) -> None:
@@ -277,6 +311,8 @@ class Options(usage.Options):
             raise ConfigError("--snapshot-entries must be positive and the trailing count >= 0")
         self["application"] = load_application(self["app"])
         self["secret"] = self._secret()
+        if len(members) > 1:
+            self._check_cluster_secret()
         if self["join"] and not self["secret"]:
             raise ConfigError("--join needs the cluster secret (--secret-file or %s): the "
                               "cluster adds members only for those who hold it" % SECRET_ENV)
@@ -299,6 +335,8 @@ class Options(usage.Options):
                 "the data directory %s joined a running cluster (--join): start it without "
                 "--members; it knows its members from that record and its log"
                 % self["data-dir"])
+        if self["joined"] is not None and len(self["joined"][1].members) > 1:
+            self._check_cluster_secret()
         _check_port_free(socket.SOCK_DGRAM, self["bind"], port, "UDP")
         _check_port_free(socket.SOCK_STREAM, self["bind"], http_port, "HTTP (TCP)")
 
@@ -338,7 +376,19 @@ class Options(usage.Options):
         if self["secret-file"]:
             return self._read_secret_file(self["secret-file"], "--secret-file")
         env = os.environ.get(SECRET_ENV, "").strip()
-        return env.encode("utf-8") if env else None
+        if not env:
+            return None
+        return _strong(env.encode("utf-8"), "$%s" % SECRET_ENV,
+                       "export %s=$(%s)" % (SECRET_ENV, MAKE_SECRET))
+
+    def _check_cluster_secret(self) -> None:
+        """Several members need a secret: without one, a forged datagram is believed."""
+        if not self["secret"] and not self["insecure-no-secret"]:
+            raise ConfigError(
+                "a cluster of several members needs a secret: make one with %s > "
+                "cluster.secret and start every member with --secret-file cluster.secret "
+                "(or set %s); --insecure-no-secret runs it open to forged datagrams"
+                % (MAKE_SECRET, SECRET_ENV))
 
     def _read_secret_file(self, path: str, option: str) -> bytes:
         try:
@@ -348,7 +398,7 @@ class Options(usage.Options):
             raise ConfigError("cannot read %s %s: %s" % (option, path, e.strerror)) from None
         if not secret:
             raise ConfigError("%s %s is empty" % (option, path))
-        return secret
+        return _strong(secret, "%s %s" % (option, path), "%s > %s" % (MAKE_SECRET, path))
 
     def _check_data_dir(self, data_dir: str) -> None:
         try:

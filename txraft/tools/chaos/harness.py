@@ -30,6 +30,7 @@ import json
 import os
 import pkgutil
 import random
+import secrets
 import shutil
 import tempfile
 import threading
@@ -343,7 +344,9 @@ class ChaosRun(Context):
         report = Report(config)
         root = config.root or tempfile.mkdtemp(prefix="txraft-chaos-")
         os.makedirs(root, exist_ok=True)
-        token = "%032x" % random.Random(config.seed).getrandbits(128)
+        # From the OS, not the seed: the seed is printed and saved to replay a run, and
+        # anyone holding it must not hold the fault endpoint's token too.
+        token = secrets.token_hex(16)
         token_file = os.path.join(root, "admin.token")
         with open(token_file, "w") as f:
             f.write(token + "\n")
