@@ -639,3 +639,15 @@ class FileLogStorageTests(LogStorageMixin, SynchronousTestCase):
         append_bytes(path, b"\0" * 4096)
         self.assertEqual(self.make().load()[2], entries(1, 3))
         self.assertEqual(os.path.getsize(path), size)
+
+    def test_short_writes_at_segment_creation(self):
+        """Creating a segment loops on short writes (POSIX lets ``write`` write less):
+        with every ``os.write`` writing one byte, new and rolled segments are whole."""
+        real_write = os.write
+        self.patch(os, "write", lambda fd, data: real_write(fd, bytes(data[:1])))
+        s = self.make(segment_bytes=256)
+        s.save(HardState(2, "n1"), entries(1, 10, term=2))
+        s.save(None, entries(11, 20, term=2))
+        self.assertGreater(len(s.segment_paths()), 1)
+        self.assertEqual(self.reopen(s).load(), (HardState(2, "n1"), SnapshotMeta(),
+                                                 entries(1, 20, term=2)))

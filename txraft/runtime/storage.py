@@ -98,6 +98,14 @@ def _write(fd: int, data) -> int:
     return os.write(fd, data)
 
 
+def _write_all(fd: int, data) -> None:
+    """Write all of ``data``: ``write`` may write less than it was given (POSIX)."""
+    view = memoryview(data)
+    while view:
+        written = _write(fd, view)
+        view = view[written:]
+
+
 def fsync_directory(path: str) -> None:
     """Make the creation, renaming or removal of files in directory ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -579,10 +587,7 @@ class FileLogStorage:
     def _append(self, data: bytes) -> None:
         """Write ``data`` at the end of the current segment and fsync it, once."""
         try:
-            view = memoryview(data)
-            while view:
-                written = _write(self._fd, view)
-                view = view[written:]
+            _write_all(self._fd, data)
             self._sync(self._fd)
         except BaseException as e:
             # After a failed write or fsync the file's contents are unknown (a later
@@ -605,7 +610,7 @@ class FileLogStorage:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         try:
             data = FILE_HEADER.pack(FILE_MAGIC, seq) + self._state_records()
-            os.write(fd, data)
+            _write_all(fd, data)
             self._sync(fd)
             os.rename(tmp, path)
             self._sync_dir(self.directory)
