@@ -837,3 +837,25 @@ class FileLogStorageTests(LogStorageMixin, SynchronousTestCase):
         flip_byte(path, os.path.getsize(path) - 1)
         error = self.assertRaises(StorageCorrupted, FileLogStorage, self.directory)
         self.assertEqual(error.path, path)
+
+    def test_tail_cuts_reach_the_metrics(self):
+        """A node on a storage that cut a torn tail reports it in /metrics as
+        txraft_storage_tail_cuts_total."""
+        from twisted.internet.task import Clock
+
+        from tests.unit.test_metrics import parse, value
+        from tests.unit.test_node import JournalStateMachine, members
+        from txraft.http.metrics import prometheus_text
+        from txraft.runtime.node import RaftNode
+
+        s = self.make()
+        s.save(HardState(1, None), entries(1, 3))
+        path = s.segment_paths()[-1]
+        crash(s)
+        os.truncate(path, os.path.getsize(path) - 1)
+        s = self.make()
+        node = RaftNode("n1", members(1), s, JournalStateMachine([], "n1"), Clock(),
+                        random.Random(1))
+        families = parse(self, prometheus_text(node.status_view()))
+        self.assertEqual(value(families, "txraft_storage_tail_cuts_total"), 1)
+        self.assertEqual(node.status()["storage"], {"tail_cuts": 1})

@@ -646,6 +646,7 @@ class RaftNode(Service):
             counters=tuple(self.counters.items()),
             transport=tuple(self.transport.stats.items()) if self.transport is not None else None,
             snapshot_transfers=tuple(self.transfers.stats.items()),
+            storage=tuple(getattr(self.storage, "stats", {}).items()),
             fatal_error=str(self._dead.value) if self._dead is not None else None,
             ready=self.is_ready(),
             node_uuid=self.identity.uuid if self.identity is not None else None,
