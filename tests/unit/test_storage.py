@@ -827,6 +827,20 @@ class FileLogStorageTests(LogStorageMixin, SynchronousTestCase):
         self.assertFalse(os.path.exists(os.path.join(self.directory, "MANIFEST.tmp")))
         self.assertEqual(read_manifest(self.directory)[0], 2)
 
+    def test_a_failed_manifest_write_at_open_is_not_retried_at_close(self):
+        """When recording the manifest fails while opening, the error reaches the
+        caller and the clean-up does not write again (nor log a second failure)."""
+        s = self.make()
+        s.save(None, entries(1, 2))
+        s.close()
+
+        def fail(*args, **kwargs):
+            raise OSError(5, "Input/output error")
+
+        self.patch(storage, "write_atomically", fail)
+        self.assertRaises(OSError, FileLogStorage, self.directory)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_damaged_manifest_is_corrupt(self):
         """The manifest is replaced by a rename, so no crash tears it: a bad one is
         StorageCorrupted naming it."""

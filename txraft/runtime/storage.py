@@ -633,7 +633,6 @@ class FileLogStorage:
         # What replay read may be a crashed writer's unsynced pages: make it durable
         # before the manifest says it is.
         self._sync(self._fd)
-        self._recovered = True
         if manifest is None:
             log.info(
                 "No {name} in {directory} (written before txraft kept one, or a crash "
@@ -642,6 +641,7 @@ class FileLogStorage:
                 directory=self.directory,
             )
         self._write_manifest()
+        self._recovered = True
 
     def _check_hard_state(self, recorded: HardState) -> None:
         """The term and vote replayed are never older than the manifest's copy."""
