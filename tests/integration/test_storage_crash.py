@@ -11,14 +11,43 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests import storage_writer
+from tests import REPO_ROOT, storage_writer
 from tests.unit.test_storage import (SEED, WRITER, describe, partial, plausible_records,
                                      state_after)
 from txraft.errors import StorageCorrupted
 from txraft.runtime.storage import FileLogStorage
 
+#: Opens a storage (the recovery of a crashed directory: cutting its tail, fsyncing,
+#: writing its manifest) and is killed while it does.
+OPENER = (
+    "import sys; sys.path.insert(0, sys.argv[1]);"
+    "from txraft.runtime.storage import FileLogStorage;"
+    "print('imported', flush=True);"
+    "FileLogStorage(sys.argv[2], segment_bytes=int(sys.argv[3]))"
+)
+
+
 class CrashTests(SynchronousTestCase):
     """Kill a real writer process with SIGKILL and check what survives."""
+
+    def kill_while_opening(self, directory, segment_bytes, delay, context):
+        """Kill a process ``delay`` seconds into opening ``directory``."""
+        process = subprocess.Popen(
+            [sys.executable, "-c", OPENER, REPO_ROOT, directory, str(segment_bytes)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
+        )
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        ready, _, _ = select.select([process.stdout], [], [], 20)
+        line = process.stdout.readline() if ready else b""
+        if line != b"imported\n":
+            process.kill()
+            self.fail("%s: opener did not start: %r %s"
+                      % (context, line, process.communicate()[1].decode()))
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        _, err = process.communicate()
+        if process.returncode not in (0, -signal.SIGKILL):
+            self.fail("%s: opening the crashed directory failed: %s" % (context, err.decode()))
 
     def start_writer(self, directory, seed, segment_bytes, write_bytes):
         extra = [str(write_bytes)] if write_bytes else []
@@ -49,7 +78,9 @@ class CrashTests(SynchronousTestCase):
     def test_sigkill_loses_nothing_acknowledged(self):
         """After kill -9 at a random moment the reopened log is exactly what the writer
         had acknowledged, plus possibly a prefix of the records of the one save in
-        flight: nothing acknowledged is lost and nothing is invented."""
+        flight: nothing acknowledged is lost and nothing is invented.  In half of the
+        trials the recovery itself (cutting the tail, recording the manifest) is killed
+        too, first."""
         rng = random.Random(SEED)
         deadline = time.monotonic() + 15
         for trial in range(20):
@@ -76,6 +107,9 @@ class CrashTests(SynchronousTestCase):
             generated = storage_writer.operations(seed)
             operations = [next(generated) for _ in range(done + 1)]
             in_flight = operations[done]
+            if rng.random() < 0.5:
+                self.kill_while_opening(directory, segment_bytes, rng.uniform(0.0, 0.03),
+                                        context)
             try:
                 s = FileLogStorage(directory, segment_bytes=segment_bytes)
             except StorageCorrupted as e:

@@ -38,6 +38,7 @@ from txraft.core.messages import (
     SnapshotMeta,
 )
 from txraft.runtime.node import FatalNodeError, Member, RaftNode, Timing
+from txraft.http.errors import raft_error
 from txraft.runtime.snapshot import SnapshotStore
 from txraft.runtime.storage import MemoryLogStorage
 from txraft.runtime.transfer import encode_payload
@@ -357,6 +358,26 @@ class SingleNodeTests(SynchronousTestCase):
         self.assertEqual(len(cluster.fatal), 1)
         out[0].trap(FatalNodeError)
         self.assertFalse(cluster.nodes["n1"].is_ready())
+        self.flushLoggedErrors(OSError)
+
+    def test_writes_waiting_on_a_fatal_storage_error_are_outcome_unknown(self):
+        """A write waiting when the storage fails may have been appended (and copied):
+        it fails as outcome unknown, answered 504 commit_timeout over HTTP, not 500; a
+        write proposed after the node stopped had no effect: 503 unavailable."""
+        cluster = Cluster(self, 1)
+        cluster.clock.advance(0)
+        cluster.storages["n1"].fail = True
+        out = result_of(cluster.nodes["n1"].propose(b"x"))
+        cluster.clock.advance(0)
+        waiting = out[0].value
+        self.assertIsInstance(waiting, FatalNodeError)
+        self.assertFalse(waiting.definite)
+        self.assertIn("outcome unknown", str(waiting))
+        answer = raft_error(waiting)
+        self.assertEqual((answer.status, answer.code), (504, "commit_timeout"))
+        later = result_of(cluster.nodes["n1"].propose(b"y"))[0].value
+        self.assertTrue(later.definite)
+        self.assertEqual(raft_error(later).status, 503)
         self.flushLoggedErrors(OSError)
 
 

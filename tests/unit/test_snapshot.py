@@ -65,6 +65,18 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(SnapshotStore(path).latest(), (SnapshotMeta(20, 2), b"new"))
         self.assertFalse(SnapshotStore(path).write(SnapshotMeta(15, 2), b"old"))
 
+    def test_leftover_temporary_file_is_removed_at_start(self):
+        """A crash while writing leaves ``snapshot.bin.tmp`` (up to the state machine's
+        size, never read); opening the store deletes it and keeps the last image."""
+        directory = self.mktemp()
+        SnapshotStore(directory).save(SnapshotMeta(5, 2), b"image")
+        leftover = os.path.join(directory, "snapshot.bin.tmp")
+        with open(leftover, "wb") as f:
+            f.write(b"half an image")
+        store = SnapshotStore(directory)
+        self.assertFalse(os.path.exists(leftover))
+        self.assertEqual(store.latest(), (SnapshotMeta(5, 2), b"image"))
+
     def test_write_from_another_thread(self):
         """write() runs in a worker thread; remember() then publishes the image."""
         store = SnapshotStore(self.mktemp())

@@ -65,6 +65,36 @@ def append_bytes(path, data):
         f.write(data)
 
 
+MANIFEST_HEADER = struct.Struct("<8sII")
+
+
+def read_manifest(directory):
+    """``MANIFEST`` as the format documents it, parsed independently of the module:
+    ``(last seq, {seq: durable length}, (term, voted_for), tail_cuts)``."""
+    with open(os.path.join(directory, "MANIFEST"), "rb") as f:
+        raw = f.read()
+    magic, length, crc = MANIFEST_HEADER.unpack_from(raw)
+    payload = raw[MANIFEST_HEADER.size :]
+    assert (magic, length, crc) == (b"TXRMAN01", len(payload), zlib.crc32(payload)), raw
+    last, durable, term, voted_for, tail_cuts = msgpack.unpackb(payload, raw=False)
+    return last, dict(durable), (term, voted_for), tail_cuts
+
+
+def crash(s):
+    """Let go of ``s`` as ``kill -9`` would: nothing more is recorded (no manifest at
+    close), only the descriptors are closed."""
+    s._write_manifest = lambda: None
+    s.close()
+
+
+def flip_byte(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ 0x55]))
+
+
 def partial(operation, records):
     """The operation made of only the first ``records`` of the records it writes."""
     if operation[0] == "compact":
@@ -439,8 +469,8 @@ class FileLogStorageTests(LogStorageMixin, SynchronousTestCase):
     # --------------------------------------------------------------- recovery
 
     def build(self, count, segment_bytes=storage.DEFAULT_SEGMENT_BYTES, seed=SEED):
-        """Write ``count`` generated operations without compaction; return them with
-        ``(segment path, size)`` after each."""
+        """Write ``count`` generated operations without compaction, then crash; return
+        them with ``(segment path, size)`` after each."""
         operations = []
         ends = []
         s = self.make(segment_bytes=segment_bytes)
@@ -450,7 +480,7 @@ class FileLogStorageTests(LogStorageMixin, SynchronousTestCase):
             storage_writer.apply(s, operation)
             operations.append(operation)
             ends.append((s.segment_paths()[-1], os.path.getsize(s.segment_paths()[-1])))
-        s.close()
+        crash(s)
         return operations, ends
 
     def expected_after_cut(self, operations, ends, path, cut):
@@ -475,17 +505,19 @@ class FileLogStorageTests(LogStorageMixin, SynchronousTestCase):
         return state_after(operations[:done] + [partial(operations[done], complete)])
 
     def test_torn_tail_is_cut(self):
-        """Cutting the last segment anywhere after its file header loses only the
-        records that were cut: the torn record is truncated away, the prefix kept, and
-        the log can be appended to again."""
+        """After a crash, cutting the last segment anywhere past what the manifest
+        recorded as durable loses only the records that were cut: the torn record is
+        truncated away, the prefix kept, and the log can be appended to again."""
         rng = random.Random(SEED)
         original = self.mktemp()
         self.directory = original
         operations, ends = self.build(60, segment_bytes=16 * 1024)
         last = ends[-1][0]
         size = os.path.getsize(last)
+        durable = read_manifest(original)[1][int(os.path.basename(last)[:20])]
+        self.assertLess(durable, size / 2)
         for trial in range(40):
-            cut = rng.randint(FILE_HEADER_SIZE, size)
+            cut = rng.randint(durable, size)
             context = "seed %d trial %d cut %d" % (SEED, trial, cut)
             expected = self.expected_after_cut(operations, ends, last, cut)
             self.directory = self.mktemp()
@@ -517,15 +549,17 @@ class FileLogStorageTests(LogStorageMixin, SynchronousTestCase):
         self.assertEqual((error.path, error.offset), (path, 0))
 
     def test_flipped_bytes(self):
-        """A flipped byte anywhere is StorageCorrupted naming the file and the offset of
-        the damaged record, except in the very last record, which may be a torn write
-        and is cut off."""
+        """After a crash, a flipped byte anywhere is StorageCorrupted naming the file and
+        the offset of the damaged record, except in the very last record when it lies
+        past what the manifest recorded as durable: that may be a torn write, and is
+        cut off."""
         rng = random.Random(SEED + 1)
         original = self.mktemp()
         self.directory = original
         operations, ends = self.build(40, segment_bytes=8 * 1024)
         names = sorted(n for n in os.listdir(original) if n.endswith(".wal"))
         self.assertGreater(len(names), 2)
+        durable = read_manifest(original)[1][int(names[-1][:20])]
         corrupt = cut = 0
         for trial in range(60):
             self.directory = self.mktemp()
@@ -552,7 +586,7 @@ class FileLogStorageTests(LogStorageMixin, SynchronousTestCase):
                 start = 0
             else:
                 start = [a for a, b in spans if a <= offset < b][0]
-            if name == names[-1] and start == spans[-1][0]:
+            if name == names[-1] and start == spans[-1][0] and start >= durable:
                 s = self.make()
                 expected = state_after(
                     operations[:-1] + [partial(operations[-1], record_count(operations[-1]) - 1)]
@@ -639,3 +673,203 @@ class FileLogStorageTests(LogStorageMixin, SynchronousTestCase):
         append_bytes(path, b"\0" * 4096)
         self.assertEqual(self.make().load()[2], entries(1, 3))
         self.assertEqual(os.path.getsize(path), size)
+
+    # ------------------------------------------------------ refusing silent loss
+
+    def segments_of(self, count=30, segment_bytes=512, hard_states=False):
+        """A closed directory with entries 1..count over several segments; with
+        ``hard_states``, term and vote change at every save."""
+        s = self.make(segment_bytes=segment_bytes)
+        for first in range(1, count + 1, 5):
+            hard_state = HardState(first, "n%d" % (first,)) if hard_states else None
+            s.save(hard_state, entries(first, first + 4))
+        paths = s.segment_paths()
+        s.close()
+        self.assertGreaterEqual(len(paths), 2)
+        return paths
+
+    def test_lost_last_segment_is_corrupt(self):
+        """The last segment deleted is StorageCorrupted naming it and saying what to do,
+        never a log that opens with the older segments' fewer entries (on main: 20 of
+        30 entries and no error)."""
+        paths = self.segments_of(30)
+        os.unlink(paths[-1])
+        error = self.assertRaises(StorageCorrupted, FileLogStorage, self.directory)
+        self.assertEqual(error.path, paths[-1])
+        self.assertIn("missing", error.reason)
+        self.assertIn("lost its disk", str(error))
+        self.assertIn("docs/operations.md#replace-a-node-that-lost-its-disk", str(error))
+        self.assertNotIn("\n", str(error))
+
+    def test_term_and_vote_never_fall_back_when_the_last_segment_is_lost(self):
+        """Term and vote live in the last segment; losing it must not reopen the older
+        segment's copy (the node could then vote twice in one term)."""
+        paths = self.segments_of(30, hard_states=True)
+        os.unlink(paths[-1])
+        error = self.assertRaises(StorageCorrupted, FileLogStorage, self.directory)
+        self.assertEqual(error.path, paths[-1])
+
+    def test_term_and_vote_never_fall_back_to_an_older_copy(self):
+        """A last segment holding an older term than the manifest recorded (here swapped
+        for another copy that is long enough and checksums well) is StorageCorrupted."""
+        self.directory = older = self.mktemp()
+        s = self.make()
+        s.save(HardState(5, "n1"), entries(1, 200, term=5))
+        s.close()
+        self.directory = newer = self.mktemp()
+        s = self.make()
+        s.save(HardState(6, "n2"), entries(1, 3, term=6))
+        path = s.segment_paths()[-1]
+        s.close()
+        shutil.copyfile(os.path.join(older, os.path.basename(path)), path)
+        error = self.assertRaises(StorageCorrupted, FileLogStorage, newer)
+        self.assertIn("older than term 6", error.reason)
+
+    def test_checksum_error_in_the_durable_part_is_corrupt(self):
+        """A bad record before the length the manifest recorded as durable was fsynced,
+        so no crash tore it: StorageCorrupted, even in the last record of the last
+        segment (on main it was cut, silently losing an acknowledged entry)."""
+        s = self.make()
+        s.save(HardState(1, "n1"), entries(1, 5))
+        path = s.segment_paths()[-1]
+        s.close()
+        start = record_spans(path)[-1][0]
+        size = os.path.getsize(path)
+        flip_byte(path, size - 1)
+        error = self.assertRaises(StorageCorrupted, FileLogStorage, self.directory)
+        self.assertEqual((error.path, error.offset), (path, start))
+        self.assertIn("durable", error.reason)
+        self.assertEqual(os.path.getsize(path), size)
+
+    def test_segment_shorter_than_durable_is_corrupt(self):
+        """A segment cut at a record boundary below its durable length (no checksum can
+        see that) is StorageCorrupted."""
+        s = self.make()
+        s.save(HardState(1, "n1"), entries(1, 5))
+        path = s.segment_paths()[-1]
+        s.close()
+        os.truncate(path, record_spans(path)[-1][0])
+        error = self.assertRaises(StorageCorrupted, FileLogStorage, self.directory)
+        self.assertEqual(error.path, path)
+        self.assertIn("durable", error.reason)
+
+    def test_torn_tail_past_the_durable_part_is_cut_logged_and_counted(self):
+        """A torn last batch after a crash (past the durable length) is still cut and
+        the log opens; the cut is logged at error level and counted in ``stats``
+        (``tail_cuts``), which the manifest keeps across restarts."""
+        s = self.make()
+        s.save(HardState(1, "n1"), entries(1, 5))
+        s = self.reopen(s)
+        s.save(None, entries(6, 8))
+        path = s.segment_paths()[-1]
+        crash(s)
+        os.truncate(path, os.path.getsize(path) - 3)
+        events = []
+        from twisted.logger import LogLevel, globalLogPublisher
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        s = self.make()
+        self.assertEqual(s.load()[2], entries(1, 7))
+        cuts = [e for e in events if "torn tail" in e.get("log_format", "")]
+        self.assertEqual([e["log_level"] for e in cuts], [LogLevel.error])
+        self.assertEqual(s.stats, {"tail_cuts": 1})
+        self.assertEqual(self.reopen(s).stats, {"tail_cuts": 1})
+
+    def test_short_writes_at_segment_creation(self):
+        """Creating a segment loops on short writes (POSIX lets ``write`` write less):
+        with every ``os.write`` writing one byte, new and rolled segments are whole."""
+        real_write = os.write
+        self.patch(os, "write", lambda fd, data: real_write(fd, bytes(data[:1])))
+        s = self.make(segment_bytes=256)
+        s.save(HardState(2, "n1"), entries(1, 10, term=2))
+        s.save(None, entries(11, 20, term=2))
+        self.assertGreater(len(s.segment_paths()), 1)
+        self.assertEqual(self.reopen(s).load(), (HardState(2, "n1"), SnapshotMeta(),
+                                                 entries(1, 20, term=2)))
+
+    def test_directory_without_manifest_opens_and_gains_one(self):
+        """A data directory written before the manifest existed (the same segments,
+        built here byte by byte) opens with all it holds, and gets a MANIFEST (logged)."""
+        os.makedirs(self.directory)
+        records = frame(1, [3, "n2"]) + b"".join(
+            frame(2, [e.index, e.term, e.kind, e.data]) for e in entries(1, 4, term=3))
+        with open(os.path.join(self.directory, "%020d.wal" % (1,)), "wb") as f:
+            f.write(struct.pack("<8sQ", b"TXRWAL01", 1) + records)
+        events = []
+        from twisted.logger import globalLogPublisher
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        s = self.make()
+        self.assertEqual(s.load(), (HardState(3, "n2"), SnapshotMeta(), entries(1, 4, term=3)))
+        size = FILE_HEADER_SIZE + len(records)
+        self.assertEqual(read_manifest(self.directory), (1, {1: size}, (3, "n2"), 0))
+        self.assertTrue([e for e in events if "No {name}" in e.get("log_format", "")])
+        s.close()
+        os.unlink(os.path.join(self.directory, "%020d.wal" % (1,)))
+        self.assertRaises(StorageCorrupted, FileLogStorage, self.directory)
+
+    def test_roll_interrupted_before_the_manifest_opens(self):
+        """A crash after a new segment was renamed into place but before the manifest
+        named it (the manifest's last plus one is on disk) opens cleanly."""
+        s = self.make(segment_bytes=512)
+        s.save(None, entries(1, 5))
+        before = open(os.path.join(self.directory, "MANIFEST"), "rb").read()
+        while len(s.segment_paths()) == 1:
+            s.save(None, entries(s.load()[2][-1].index + 1, s.load()[2][-1].index + 5))
+        expected = s.load()
+        crash(s)
+        with open(os.path.join(self.directory, "MANIFEST"), "wb") as f:
+            f.write(before)
+        with open(os.path.join(self.directory, "MANIFEST.tmp"), "wb") as f:
+            f.write(b"half")
+        s = self.make(segment_bytes=512)
+        self.assertEqual(s.load(), expected)
+        self.assertFalse(os.path.exists(os.path.join(self.directory, "MANIFEST.tmp")))
+        self.assertEqual(read_manifest(self.directory)[0], 2)
+
+    def test_a_failed_manifest_write_at_open_is_not_retried_at_close(self):
+        """When recording the manifest fails while opening, the error reaches the
+        caller and the clean-up does not write again (nor log a second failure)."""
+        s = self.make()
+        s.save(None, entries(1, 2))
+        s.close()
+
+        def fail(*args, **kwargs):
+            raise OSError(5, "Input/output error")
+
+        self.patch(storage, "write_atomically", fail)
+        self.assertRaises(OSError, FileLogStorage, self.directory)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_damaged_manifest_is_corrupt(self):
+        """The manifest is replaced by a rename, so no crash tears it: a bad one is
+        StorageCorrupted naming it."""
+        s = self.make()
+        s.save(None, entries(1, 2))
+        s.close()
+        path = os.path.join(os.path.abspath(self.directory), "MANIFEST")
+        flip_byte(path, os.path.getsize(path) - 1)
+        error = self.assertRaises(StorageCorrupted, FileLogStorage, self.directory)
+        self.assertEqual(error.path, path)
+
+    def test_tail_cuts_reach_the_metrics(self):
+        """A node on a storage that cut a torn tail reports it in /metrics as
+        txraft_storage_tail_cuts_total."""
+        from twisted.internet.task import Clock
+
+        from tests.unit.test_metrics import parse, value
+        from tests.unit.test_node import JournalStateMachine, members
+        from txraft.http.metrics import prometheus_text
+        from txraft.runtime.node import RaftNode
+
+        s = self.make()
+        s.save(HardState(1, None), entries(1, 3))
+        path = s.segment_paths()[-1]
+        crash(s)
+        os.truncate(path, os.path.getsize(path) - 1)
+        s = self.make()
+        node = RaftNode("n1", members(1), s, JournalStateMachine([], "n1"), Clock(),
+                        random.Random(1))
+        families = parse(self, prometheus_text(node.status_view()))
+        self.assertEqual(value(families, "txraft_storage_tail_cuts_total"), 1)
+        self.assertEqual(node.status()["storage"], {"tail_cuts": 1})

@@ -27,6 +27,7 @@ from txraft.http.routing import Route, RouteTable
 from txraft.results import error_document
 from txraft.errors import Overloaded
 from txraft.interfaces import IRaftNode, IStateMachine
+from txraft.runtime.node import FatalNodeError
 
 from tests.fakes import FakeRaftNode, RecordingClient, request, start_request
 
@@ -227,6 +228,15 @@ class RaftErrorMappingTests(SynchronousTestCase):
         self.leader.drop_proposals = True
         answer = request(self, self.http, "DELETE", "http://n1/kv/a")
         self.assertEqual((answer.code, answer.error_code), (504, "commit_timeout"))
+
+    def test_fatal_error_while_a_write_waits(self):
+        """A write that was waiting when the node hit a fatal storage error is 504
+        commit_timeout (outcome unknown), not a 500."""
+        self.leader.propose = lambda data: defer.fail(
+            FatalNodeError("the node stopped after a fatal error (EIO)", definite=False))
+        answer = request(self, self.http, "PUT", "http://n1/kv/a", data=b"v")
+        self.assertEqual((answer.code, answer.error_code), (504, "commit_timeout"))
+        self.assertIn("EIO", answer.json()["error"]["message"])
 
     def test_read_timeout(self):
         """ReadTimeout (leadership not confirmed) is 503 read_timeout with Retry-After."""

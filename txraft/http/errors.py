@@ -6,8 +6,9 @@ response headers (``Retry-After``, ``Allow``); any ``Refusal`` raised while answ
 the web layer or by an application's validation, is rendered the same way.
 
 ``raft_error`` maps ``txraft.errors`` to answers: 503 ``no_leader``, 504
-``commit_timeout`` (the outcome is unknown), 503 ``read_timeout``, 503 ``overloaded``,
-503 ``unavailable``.  ``NotLeader`` is not here: it is answered by forwarding the request
+``commit_timeout`` (the outcome is unknown: a timeout, a dropped proposal, or any error
+whose ``definite`` is false, such as the writes waiting when a node stops after a fatal
+storage error), 503 ``read_timeout``, 503 ``overloaded``, 503 ``unavailable``.  ``NotLeader`` is not here: it is answered by forwarding the request
 to the leader (``txraft.http.forwarding``).
 """
 
@@ -108,6 +109,9 @@ def raft_error(error: RaftError) -> HTTPError:
     """The answer to a ``RaftError`` other than ``NotLeader``."""
     if isinstance(error, (CommitTimeout, ProposalDropped)):
         return commit_timeout()
+    if not error.definite:
+        return commit_timeout(
+            "%s: retry with the same Idempotency-Key or read before retrying" % (error,))
     if isinstance(error, ReadTimeout):
         return HTTPError(503, "read_timeout",
                          "the leader could not confirm its leadership in time; retry shortly",

@@ -124,6 +124,13 @@ SNAPSHOT_COUNTERS = {
                   "Whole snapshot payloads received whose header did not decode (dropped)."),
 }
 
+#: ``status()["storage"]`` counters (``FileLogStorage.stats``).
+STORAGE_COUNTERS = {
+    "tail_cuts": ("txraft_storage_tail_cuts_total",
+                  "Torn tails cut off the log at start since the data directory got its "
+                  "MANIFEST (a crash during a write; logged at error level)."),
+}
+
 _NOT_IN_NAMES = re.compile(r"[^a-zA-Z0-9_]")
 
 
@@ -205,6 +212,10 @@ def prometheus_text(node: Any) -> bytes:
         name, help_text = SNAPSHOT_COUNTERS.get(
             key, ("txraft_snapshot_transfer_%s_total" % (key,), "Snapshot transfer counter %s."
                   % (key,)))
+        out.add(name, "counter", help_text, {}, value)
+    for key, value in node.storage:
+        name, help_text = STORAGE_COUNTERS.get(
+            key, ("txraft_storage_%s_total" % (key,), "Storage counter %s." % (key,)))
         out.add(name, "counter", help_text, {}, value)
     return out.text()
 

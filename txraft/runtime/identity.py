@@ -43,7 +43,7 @@ from zope.interface import implementer
 
 from txraft.errors import ConfigError
 from txraft.interfaces import IPeerIdentityStore
-from txraft.runtime.storage import fsync_directory
+from txraft.runtime.storage import write_atomically
 from txraft.runtime.trust import parse_uuid
 
 log = Logger()
@@ -60,24 +60,6 @@ STATE_FILES = (("raft", ".wal"), ("snapshots", ""))
 
 class IdentityError(ConfigError):
     """The data directory is not this node's, or its identity file is damaged."""
-
-
-def write_atomically(path: str, data: bytes, fsync: Callable[[int], None] = os.fsync,
-                     fsync_directory: Callable[[str], None] = fsync_directory) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file
-    whole: write a temporary file, fsync it, rename it over ``path``, fsync the
-    directory."""
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_directory(os.path.dirname(os.path.abspath(path)))
 
 
 def has_raft_state(data_dir: str) -> bool:

@@ -41,6 +41,7 @@ from txraft.errors import (
     NotLeader,
     Overloaded,
     ProposalDropped,
+    RaftError,
     ReadTimeout,
     TransferFailed,
 )
@@ -130,8 +131,16 @@ class Timing:
         return election, heartbeat
 
 
-class FatalNodeError(Exception):
-    """Storage or the state machine failed: continuing could break a promise."""
+class FatalNodeError(RaftError):
+    """Storage or the state machine failed: continuing could break a promise.
+
+    ``definite`` is False for the work that was waiting when it happened (a write may
+    have been appended, even replicated: another leader may still commit it).
+    """
+
+    def __init__(self, message: str, definite: bool = True):
+        super().__init__(message)
+        self.definite = definite
 
 
 #: A node refused by a peer (an identity notice) reports it this long after the last
@@ -646,6 +655,7 @@ class RaftNode(Service):
             counters=tuple(self.counters.items()),
             transport=tuple(self.transport.stats.items()) if self.transport is not None else None,
             snapshot_transfers=tuple(self.transfers.stats.items()),
+            storage=tuple(getattr(self.storage, "stats", {}).items()),
             fatal_error=str(self._dead.value) if self._dead is not None else None,
             ready=self.is_ready(),
             node_uuid=self.identity.uuid if self.identity is not None else None,
@@ -973,8 +983,14 @@ class RaftNode(Service):
         )
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
-        error = FatalNodeError(str(failure.value))
-        self._fail_everything(error, error)
+        self._fail_everything(
+            FatalNodeError(str(failure.value)),
+            FatalNodeError(
+                "the node stopped after a fatal error (%s); this write may still be "
+                "committed by the other nodes (outcome unknown)" % (failure.value,),
+                definite=False,
+            ),
+        )
         if self._on_fatal is not None:
             self._on_fatal(failure)
 

@@ -50,10 +50,21 @@ class SnapshotStore:
             # compacted behind a file in it.
             fsync_directory(os.path.dirname(os.path.abspath(directory)))
         self.path = os.path.join(directory, _FILE)
+        self._tmp = self.path + ".tmp"
+        self._remove_leftover()
         self._latest: Optional[Tuple[SnapshotMeta, bytes]] = None
         self._loaded = False
         self._lock = threading.Lock()
         self._durable_index = self._index_on_disk()
+
+    def _remove_leftover(self) -> None:
+        """Delete the half-written image a crash during ``write`` left behind (it is never
+        read, and could be as large as the state machine)."""
+        try:
+            os.unlink(self._tmp)
+        except FileNotFoundError:
+            return
+        fsync_directory(self.directory)
 
     def _parse(self, raw: bytes) -> Tuple[SnapshotMeta, bytes]:
         """``(meta, image)`` of a whole file, or ``StorageCorrupted``."""
@@ -103,7 +114,7 @@ class SnapshotStore:
         with self._lock:
             if meta.index <= self._durable_index and os.path.exists(self.path):
                 return False
-            tmp = self.path + ".tmp"
+            tmp = self._tmp
             conf = meta.configuration.to_bytes() if meta.configuration is not None else b""
             header = _HEADER.pack(_MAGIC, meta.index, meta.term, meta.config_index, len(conf),
                                   len(data), zlib.crc32(data, zlib.crc32(conf)))

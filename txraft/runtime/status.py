@@ -34,6 +34,8 @@ class NodeStatus:
     #: The transport's counters, or None for a node without a transport.
     transport: Optional[Counters] = None
     snapshot_transfers: Counters = ()
+    #: The log storage's counters (``FileLogStorage.stats``); empty for others.
+    storage: Counters = ()
     #: Why the node stopped, once a fatal error stopped it.
     fatal_error: Optional[str] = None
     #: What ``GET /ready`` answers (``IRaftNode.is_ready``).
@@ -106,6 +108,7 @@ class NodeStatus:
         if self.transport is not None:
             out["transport"] = dict(self.transport)
         out["snapshot_transfers"] = dict(self.snapshot_transfers)
+        out["storage"] = dict(self.storage)
         if self.fatal_error is not None:
             out["fatal_error"] = self.fatal_error
         out["node_uuid"] = self.node_uuid

@@ -8,8 +8,8 @@ deterministic simulator and for tests.
 On-disk format
 --------------
 
-A data directory holds ``LOCK`` (``flock``-ed while open) and segments named
-``<seq, 20 digits>.wal``.  A segment starts with a 16-byte file header (``TXRWAL01`` and
+A data directory holds ``LOCK`` (``flock``-ed while open), ``MANIFEST`` (below) and
+segments named ``<seq, 20 digits>.wal``.  A segment starts with a 16-byte file header (``TXRWAL01`` and
 its sequence number as u64 little-endian) followed by records::
 
     u32 payload length | u32 CRC32 of (type byte + payload) | u8 type | msgpack payload
@@ -31,11 +31,58 @@ so a segment either exists whole or not at all.  ``compact`` deletes the oldest 
 once none of their entries can matter any more; replay then starts at a later segment,
 and the entries it lacks must be covered by a later snapshot marker (checked).
 
-Only the tail of the last segment may be torn: the first bad record there is cut off
-(truncate, fsync, log) when nothing valid follows it.  Anything else -- a bad record with
-a valid record after it, any damage in an older segment, an index gap, an unknown record
-type, a missing segment -- raises ``StorageCorrupted``: history is never rewritten
-silently.
+The manifest
+------------
+
+``MANIFEST`` says what was durable the last time it was written: the sequence number of
+the last segment, the length of every segment that was fsynced, the hard state, and how
+many torn tails were ever cut (``tail_cuts``, for ``/metrics``)::
+
+    "TXRMAN01" | u32 payload length | u32 CRC32 of payload | msgpack payload
+    payload: [last seq, [[seq, durable length], ...], term, voted_for, tail_cuts]
+
+It is replaced atomically (``MANIFEST.tmp``, fsync, rename, directory fsync) when a
+segment is created, after a compaction, at open and at a clean close -- never per
+append, so a ``save()`` still costs one write and one fsync.  Every length it records was
+already fsynced when it was written (each append is fsynced before ``save`` returns; a
+new segment is fsynced and its rename made durable before the manifest names it; at open
+the last segment is fsynced first), so the lengths it claims are true after any crash.
+
+Why a crash can only tear what the manifest does not cover
+---------------------------------------------------------
+
+A segment only ever grows, except when open cuts a torn tail, and that cut is always at
+or after the durable length (below it there is nothing torn to cut).  A kill between any
+two system calls therefore leaves:
+
+* during an append: the last segment longer than its durable length, with a torn last
+  batch; replay cuts the first bad record when nothing valid follows it.  This is the
+  only damage a crash makes, and the only one ever cut;
+* during a roll: a ``.tmp`` segment (deleted at open), or the new segment renamed into
+  place but not yet in the manifest: the last segment on disk is then the manifest's
+  last plus one, which is accepted (nothing was appended to it yet; more segments than
+  the manifest names are never a loss, e.g. after an older txraft ran on the directory);
+* during a manifest write: a ``MANIFEST.tmp`` (deleted at open) and the previous
+  manifest, whose claims are all still true (lengths only grow, segments only appear at
+  the end);
+* during a compaction: the oldest segments deleted but still named by the manifest;
+  segments missing below the first one are accepted exactly as before (a later snapshot
+  marker must cover their entries).
+
+Loss no crash can cause raises ``StorageCorrupted``: the manifest's last segment is
+missing (the last segment deleted would otherwise reopen an older log, and term and vote
+would fall back to the older segment's copy: a second vote in one term), a segment
+shorter than its durable length, a bad record before the durable length, a hard state
+older than the manifest's, a damaged manifest.  Past the durable length of the last
+segment only the per-record checksums speak, as before: a bad record there with nothing
+valid after it is cut (logged at error level, counted); the durable length catches up at
+every roll, compaction, open and clean close.
+
+A directory written before the manifest existed opens as before and gets one (logged).
+
+Anything else -- a bad record with a valid record after it, any damage in an older
+segment, an index gap, an unknown record type, a missing segment -- raises
+``StorageCorrupted`` too: history is never rewritten silently.
 """
 
 from __future__ import annotations
@@ -46,7 +93,7 @@ import os
 import re
 import struct
 import zlib
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import msgpack
 from twisted.logger import Logger
@@ -56,6 +103,7 @@ from txraft.errors import ConfigError, StorageCorrupted
 from txraft.interfaces import ILogStorage
 from txraft.core.config import ConfigChangeError, Configuration
 from txraft.core.messages import Entry, HardState, SnapshotMeta
+from txraft.runtime.status import REPLACE_DOC
 
 log = Logger()
 
@@ -73,6 +121,15 @@ MAX_RECORD_BYTES = 1 << 30
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 SEGMENT_SUFFIX = ".wal"
 LOCK_NAME = "LOCK"
+MANIFEST_NAME = "MANIFEST"
+MANIFEST_MAGIC = b"TXRMAN01"
+MANIFEST_HEADER = struct.Struct("<8sII")
+TMP_SUFFIX = ".tmp"
+#: The one line every ``StorageCorrupted`` found at open ends with: what to do.
+CORRUPTED_ADVICE = (
+    "the log cannot be trusted (acknowledged writes or the vote of a term may be gone); "
+    "do not edit the files: treat this node as one that lost its disk, %s" % (REPLACE_DOC,)
+)
 
 _SEGMENT_NAME = re.compile(r"^([0-9]{20})\.wal$")
 _CRC_SEED = {t: zlib.crc32(bytes([t])) for t in RECORD_TYPES}
@@ -98,6 +155,14 @@ def _write(fd: int, data) -> int:
     return os.write(fd, data)
 
 
+def _write_all(fd: int, data) -> None:
+    """Write all of ``data``: ``write`` may write less than it was given (POSIX)."""
+    view = memoryview(data)
+    while view:
+        written = _write(fd, view)
+        view = view[written:]
+
+
 def fsync_directory(path: str) -> None:
     """Make the creation, renaming or removal of files in directory ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -105,6 +170,22 @@ def fsync_directory(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_atomically(path: str, data: bytes, fsync: Callable[[int], None] = os.fsync,
+                     fsync_directory: Callable[[str], None] = fsync_directory) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file
+    whole: write a temporary file, fsync it, rename it over ``path``, fsync the
+    directory."""
+    tmp = path + TMP_SUFFIX
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(fd, data)
+        fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_directory(os.path.dirname(os.path.abspath(path)))
 
 
 def _frame(record_type: int, payload: bytes) -> bytes:
@@ -256,15 +337,63 @@ class _Segment:
 
     ``live_max`` only shrinks when later records supersede entries (a replaced suffix,
     a snapshot marker that discards the log), so ``live_max <= snapshot.index`` means
-    the segment can be deleted without changing what replay produces.
+    the segment can be deleted without changing what replay produces.  ``size`` is its
+    length once it is no longer the last segment (all of it fsynced).
     """
 
-    __slots__ = ("seq", "path", "live_max")
+    __slots__ = ("seq", "path", "live_max", "size")
 
     def __init__(self, seq: int, path: str) -> None:
         self.seq = seq
         self.path = path
         self.live_max = 0
+        self.size = 0
+
+
+class _Manifest:
+    """What ``MANIFEST`` recorded as durable (see the module docstring)."""
+
+    __slots__ = ("last", "durable", "hard_state", "tail_cuts")
+
+    def __init__(self, last: int, durable, hard_state: HardState, tail_cuts: int) -> None:
+        self.last = last
+        #: seq -> the length of that segment known to be fsynced.
+        self.durable = durable
+        self.hard_state = hard_state
+        self.tail_cuts = tail_cuts
+
+    def to_bytes(self) -> bytes:
+        payload = msgpack.packb(
+            [self.last, sorted(self.durable.items()), self.hard_state.term,
+             self.hard_state.voted_for, self.tail_cuts],
+            use_bin_type=True,
+        )
+        return MANIFEST_HEADER.pack(MANIFEST_MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> "_Manifest":
+        """Parse a whole manifest; ``_Corrupt`` when it is not one (it is replaced by a
+        rename, so no crash leaves it torn)."""
+        if len(raw) < MANIFEST_HEADER.size:
+            raise _Corrupt("MANIFEST is truncated")
+        magic, length, crc = MANIFEST_HEADER.unpack_from(raw)
+        payload = raw[MANIFEST_HEADER.size :]
+        if magic != MANIFEST_MAGIC:
+            raise _Corrupt("MANIFEST has a bad magic")
+        if len(payload) != length or zlib.crc32(payload) != crc:
+            raise _Corrupt("MANIFEST fails its checksum")
+        try:
+            last, durable, term, voted_for, tail_cuts = msgpack.unpackb(payload, raw=False)
+            durable = {seq: size for seq, size in durable}
+        except Exception as e:
+            raise _Corrupt("MANIFEST is malformed: %s" % (e,))
+        numbers = [last, term, tail_cuts] + list(durable) + list(durable.values())
+        if not (
+            all(type(n) is int and n >= 0 for n in numbers)
+            and (voted_for is None or isinstance(voted_for, str))
+        ):
+            raise _Corrupt("MANIFEST is malformed: %r" % (payload,))
+        return cls(last, durable, HardState(term, voted_for), tail_cuts)
 
 
 def _decode_record(record_type: int, payload) -> object:
@@ -360,12 +489,16 @@ class FileLogStorage:
         #: Counters for benchmarks and tests.
         self.save_count = 0
         self.fsync_count = 0
+        #: Torn tails cut off at open, over the directory's life (kept in MANIFEST).
+        self.tail_cuts = 0
         self._log = _Log()
         self._segments: List[_Segment] = []
         self._fd: Optional[int] = None
         self._size = 0
         self._lock_fd: Optional[int] = None
         self._failed: Optional[BaseException] = None
+        #: Set once replay is done: only then is there a durable state to record.
+        self._recovered = False
         self._packer = msgpack.Packer(use_bin_type=True)
         try:
             self._open()
@@ -421,6 +554,10 @@ class FileLogStorage:
             if e.errno in _CONFIG_ERRNOS:
                 raise self._config_error(e, "cannot write its segments") from None
             raise
+        except StorageCorrupted as e:
+            raise StorageCorrupted(
+                e.path, e.offset, "%s; %s" % (e.reason, CORRUPTED_ADVICE)
+            ) from None
 
     def _make_directory(self, path: str) -> None:
         if os.path.isdir(path):
@@ -433,15 +570,27 @@ class FileLogStorage:
 
     def _recover(self) -> None:
         names = os.listdir(self.directory)
-        leftovers = [n for n in names if n.endswith(SEGMENT_SUFFIX + ".tmp")]
+        leftovers = [
+            n for n in names if n.endswith((SEGMENT_SUFFIX + TMP_SUFFIX, MANIFEST_NAME + TMP_SUFFIX))
+        ]
         for name in leftovers:
-            # A rotation that crashed before its rename: the old segment is still last.
+            # A roll or a manifest write that crashed before its rename: what it would
+            # have replaced is still in place.
             os.unlink(os.path.join(self.directory, name))
         if leftovers:
             self._sync_dir(self.directory)
+        manifest = self._read_manifest()
         seqs = sorted(int(m.group(1)) for m in map(_SEGMENT_NAME.match, names) if m)
         if not seqs:
+            if manifest is not None:
+                raise StorageCorrupted(
+                    os.path.join(self.directory, _segment_name(manifest.last)),
+                    0,
+                    "every segment is missing, though MANIFEST names %s as the last"
+                    % (_segment_name(manifest.last),),
+                )
             self._create_segment(1)
+            self._recovered = True
             return
         for previous, seq in zip(seqs, seqs[1:]):
             if seq != previous + 1:
@@ -451,11 +600,26 @@ class FileLogStorage:
                     "segment missing (found %s after %s)"
                     % (_segment_name(seq), _segment_name(previous)),
                 )
+        durable = {}
+        if manifest is not None:
+            self.tail_cuts = manifest.tail_cuts
+            durable = manifest.durable
+            if seqs[-1] < manifest.last:
+                raise StorageCorrupted(
+                    os.path.join(self.directory, _segment_name(manifest.last)),
+                    0,
+                    "segment missing: MANIFEST names it as the last segment, with %d bytes "
+                    "made durable, but the last one found is %s"
+                    % (durable.get(manifest.last, 0), _segment_name(seqs[-1])),
+                )
         first_entry = [True]
         for position, seq in enumerate(seqs):
             segment = _Segment(seq, os.path.join(self.directory, _segment_name(seq)))
             self._segments.append(segment)
-            self._size = self._replay(segment, position == len(seqs) - 1, first_entry)
+            segment.size = self._replay(
+                segment, position == len(seqs) - 1, first_entry, durable.get(seq, 0)
+            )
+        self._size = segment.size
         if self._log.base != self._log.snapshot.index:
             raise StorageCorrupted(
                 self._segments[0].path,
@@ -463,15 +627,89 @@ class FileLogStorage:
                 "entries %d to %d are missing (an older segment was lost)"
                 % (self._log.snapshot.index + 1, self._log.base),
             )
+        if manifest is not None:
+            self._check_hard_state(manifest.hard_state)
         self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND)
+        # What replay read may be a crashed writer's unsynced pages: make it durable
+        # before the manifest says it is.
+        self._sync(self._fd)
+        if manifest is None:
+            log.info(
+                "No {name} in {directory} (written before txraft kept one, or a crash "
+                "while creating the directory): writing one",
+                name=MANIFEST_NAME,
+                directory=self.directory,
+            )
+        self._write_manifest()
+        self._recovered = True
 
-    def _replay(self, segment: _Segment, is_last: bool, first_entry: List[bool]) -> int:
-        """Apply one segment's records; returns the size of the segment that is kept."""
+    def _check_hard_state(self, recorded: HardState) -> None:
+        """The term and vote replayed are never older than the manifest's copy."""
+        replayed = self._log.hard_state
+        if replayed.term < recorded.term or (
+            replayed.term == recorded.term
+            and recorded.voted_for is not None
+            and replayed.voted_for != recorded.voted_for
+        ):
+            raise StorageCorrupted(
+                self._segments[-1].path,
+                0,
+                "the log holds term %d (vote %r), older than term %d (vote %r) recorded "
+                "in MANIFEST" % (replayed.term, replayed.voted_for, recorded.term,
+                                 recorded.voted_for),
+            )
+
+    def _manifest_path(self) -> str:
+        return os.path.join(self.directory, MANIFEST_NAME)
+
+    def _read_manifest(self) -> Optional[_Manifest]:
+        path = self._manifest_path()
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return None
+        try:
+            return _Manifest.from_bytes(raw)
+        except _Corrupt as e:
+            raise StorageCorrupted(path, 0, str(e)) from None
+
+    def _write_manifest(self) -> None:
+        """Atomically record what is durable now (every length here was fsynced)."""
+        durable = {segment.seq: segment.size for segment in self._segments[:-1]}
+        durable[self._segments[-1].seq] = self._size
+        manifest = _Manifest(
+            self._segments[-1].seq, durable, self._log.hard_state, self.tail_cuts
+        )
+        write_atomically(self._manifest_path(), manifest.to_bytes(), fsync=self._sync,
+                         fsync_directory=self._sync_dir)
+
+    def _record_manifest(self) -> None:
+        try:
+            self._write_manifest()
+        except BaseException as e:
+            self._failed = e
+            raise
+
+    def _replay(
+        self, segment: _Segment, is_last: bool, first_entry: List[bool], durable: int
+    ) -> int:
+        """Apply one segment's records; returns the size of the segment that is kept.
+
+        ``durable``: how much of it the manifest says was fsynced (0 when unknown).
+        """
         path = segment.path
         with open(path, "rb") as f:
             buf = f.read()
         if len(buf) < FILE_HEADER.size:
             raise StorageCorrupted(path, 0, "segment header is truncated")
+        if len(buf) < durable:
+            raise StorageCorrupted(
+                path,
+                len(buf),
+                "segment is %d bytes long, but MANIFEST recorded %d bytes of it as durable"
+                % (len(buf), durable),
+            )
         magic, seq = FILE_HEADER.unpack_from(buf, 0)
         if magic != FILE_MAGIC:
             raise StorageCorrupted(path, 0, "not a txraft segment (bad magic)")
@@ -507,6 +745,13 @@ class FileLogStorage:
             if reason is not None:
                 if not is_last:
                     raise StorageCorrupted(path, offset, reason)
+                if offset < durable:
+                    raise StorageCorrupted(
+                        path,
+                        offset,
+                        "%s, before byte %d, which MANIFEST recorded as durable (a crash "
+                        "cannot tear what was fsynced)" % (reason, durable),
+                    )
                 found = _valid_record_after(view, offset)
                 if found is not None:
                     raise StorageCorrupted(
@@ -535,14 +780,17 @@ class FileLogStorage:
         return offset
 
     def _cut_tail(self, path: str, offset: int, end: int, reason: str) -> None:
-        log.warn(
+        # An error, not a warning: after a crash it is expected, but it is also what
+        # damage past the durable length would look like, and it should be seen.
+        log.error(
             "Cutting a torn tail off {path} at offset {offset} ({reason}); "
-            "{cut} bytes were never acknowledged",
+            "{cut} bytes were never acknowledged (a crash during a write)",
             path=path,
             offset=offset,
             reason=reason,
             cut=end - offset,
         )
+        self.tail_cuts += 1
         fd = os.open(path, os.O_WRONLY)
         try:
             os.ftruncate(fd, offset)
@@ -579,10 +827,7 @@ class FileLogStorage:
     def _append(self, data: bytes) -> None:
         """Write ``data`` at the end of the current segment and fsync it, once."""
         try:
-            view = memoryview(data)
-            while view:
-                written = _write(self._fd, view)
-                view = view[written:]
+            _write_all(self._fd, data)
             self._sync(self._fd)
         except BaseException as e:
             # After a failed write or fsync the file's contents are unknown (a later
@@ -605,7 +850,7 @@ class FileLogStorage:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         try:
             data = FILE_HEADER.pack(FILE_MAGIC, seq) + self._state_records()
-            os.write(fd, data)
+            _write_all(fd, data)
             self._sync(fd)
             os.rename(tmp, path)
             self._sync_dir(self.directory)
@@ -614,9 +859,13 @@ class FileLogStorage:
             raise
         if self._fd is not None:
             os.close(self._fd)
+        if self._segments:
+            self._segments[-1].size = self._size
         self._fd = fd
         self._size = len(data)
         self._segments.append(_Segment(seq, path))
+        # Only now, with the segment durable, may the manifest name it as the last.
+        self._write_manifest()
 
     def _rotate_if_full(self) -> None:
         if self._size >= self.segment_bytes:
@@ -687,6 +936,8 @@ class FileLogStorage:
         if not keep_suffix:
             self._note_discard()
         self._delete_dead_segments()
+        # Compactions are rare: the durable length catches up with the log here.
+        self._record_manifest()
 
     def _delete_dead_segments(self) -> None:
         dead = []
@@ -715,9 +966,21 @@ class FileLogStorage:
         """The segment files currently in use, oldest first."""
         return [segment.path for segment in self._segments]
 
+    @property
+    def stats(self):
+        """Counters for ``/metrics`` (``txraft_storage_<name>_total``)."""
+        return {"tail_cuts": self.tail_cuts}
+
     def close(self) -> None:
-        """Release the segment and the directory lock; idempotent."""
+        """Record what is durable, release the segment and the directory lock; idempotent."""
         if self._fd is not None:
+            if self._recovered and self._failed is None:
+                try:
+                    self._write_manifest()
+                except Exception:
+                    # The previous manifest is still true, only less complete.
+                    log.failure("Could not record {directory}'s durable state at close",
+                                directory=self.directory)
             os.close(self._fd)
             self._fd = None
         if self._lock_fd is not None:
