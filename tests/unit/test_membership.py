@@ -459,18 +459,73 @@ class RemovalTests(SynchronousTestCase):
         self.assertTrue(all(m.pre_vote for m in tried))  # never a real election
 
     def test_a_removed_follower_stops_campaigning_once_it_knows(self):
-        """Section 4.2.3: a server that has its removal in its log is no voter of its
+        """Section 4.2.3: a server that has its removal in its log, and knows it
+        committed (the leader's last heartbeat to it says so), is no voter of its
         latest configuration: it never starts an election."""
         c = Cluster(list("abc"), config=MANUAL)
         c.elect("a")
         c.deliver()
         out = c.change("a", REMOVE, "c")
-        c.run(2)
+        c.run(3)
         self.assertEqual(c["c"].config_index, out.index)
+        self.assertGreaterEqual(c["c"].commit_index, out.index)
         c.isolate("c")
         term = c["c"].term
+        mark = len(c.nodes["c"].readies)
         c.tick("c", 5 * SCENARIO_CONFIG.election_ticks)
         self.assertEqual((c["c"].role, c["c"].term), (FOLLOWER, term))
+        self.assertEqual([m for rd in c.nodes["c"].readies[mark:] for m in rd.all_messages()
+                          if isinstance(m, RequestVote)], [])
+
+    def test_a_removed_server_that_may_hold_the_only_copy_of_its_removal_campaigns(self):
+        """Configurations in force once appended (section 4.1): a leader that appends its
+        own removal and fails before anyone else has the entry leaves the remaining
+        voters unable to elect anyone (their candidate's log is behind its, so it
+        refuses its vote, and by its own configuration it is no voter). Found by the
+        simulator (seed 10172). It campaigns while the removal may not have committed,
+        counting votes in its latest configuration; once elected it commits the removal
+        and steps down (4.2.2), and the remaining voter leads."""
+        c = Cluster(list("ab"), config=MANUAL)
+        c.elect("b")
+        c.deliver()
+        c.isolate("b")
+        out = c.change("b", REMOVE, "b")
+        self.assertIsInstance(out, Accepted)
+        c.run(1)
+        self.assertEqual((c["a"].config_index, c["b"].config_index), (0, out.index))
+        c.crash("b")
+        c.restart("b")
+        self.assertEqual(c["b"].voters, ("a",))
+        c.heal()
+        # a alone cannot win: the configuration it knows has two voters and b's log is
+        # the longer one.
+        c.run(10 * SCENARIO_CONFIG.election_ticks)
+        self.assertEqual(c["a"].voters, ("a",))
+        self.assertGreaterEqual(c["a"].commit_index, out.index)
+        self.assertEqual(c["a"].role, LEADER)
+        self.assertEqual(c["b"].role, FOLLOWER)
+        self.assertIsInstance(c.propose("a", b"x=1"), Accepted)
+
+    def test_an_uninformed_removed_server_only_asks(self):
+        """A removed server that never learnt its removal committed asks with PreVote
+        (section 9.6), which voters with a leader refuse: it raises no term."""
+        c = Cluster(list("abc"), config=MANUAL)
+        c.elect("a")
+        c.deliver()
+        c.isolate("b")
+        out = c.change("a", REMOVE, "c")
+        c.run(1)  # c has the entry; without b it cannot commit
+        self.assertEqual(c["c"].config_index, out.index)
+        c.heal()
+        c.isolate("c")
+        c.run(3)
+        self.assertGreaterEqual(c["a"].commit_index, out.index)
+        self.assertLess(c["c"].commit_index, out.index)  # the farewell was lost
+        c.heal()
+        term = c["a"].term
+        c.run(6 * SCENARIO_CONFIG.election_ticks)
+        self.assertEqual((c["a"].role, c["a"].term, c["b"].term, c["c"].term),
+                         (LEADER, term, term, term))
 
 
 class SnapshotConfigurationTests(SynchronousTestCase):

@@ -95,7 +95,10 @@ REGRESSIONS = {
 # Then by leadership transfer: the fault mix has a ``transfers`` field and RequestVote a
 # ``transfer`` one (in every trace's repr), and 40% of the seeds hand the leadership over
 # (again from a source of their own).  Not re-derived either.
-GENERATOR_FINGERPRINT = {0: "0bbe15d6a657", 1: "cb9094a42fd3"}
+# Then by a removed server that may hold the only copy of its removal campaigning, and
+# the leader's farewell AppendEntries to a member whose removal committed (seed 0's
+# trace has one more message); the scenario tests above all still hold.
+GENERATOR_FINGERPRINT = {0: "343ea6b812fa", 1: "cb9094a42fd3"}
 
 
 def fingerprint(seed: int) -> str:

@@ -385,15 +385,16 @@ class RaftCore:
             self._tick_leader()
         else:
             self.election_elapsed += 1
-            if self._is_voter and self.election_elapsed >= self.randomized_election_ticks:
+            if self.election_elapsed >= self.randomized_election_ticks and self._may_campaign():
                 self.election_elapsed = 0
                 self.campaign()
 
     def campaign(self) -> None:
         """Start an election now (PreVote first when enabled).  A leader ignores this, and
         so does a server that is not a voter of its latest configuration (a learner, a
-        removed server: dissertation sections 4.2.1 and 4.2.3)."""
-        if self.role == LEADER or not self._is_voter:
+        removed server: dissertation sections 4.2.1 and 4.2.3), unless that configuration
+        may not have committed (``_may_campaign``)."""
+        if self.role == LEADER or not self._may_campaign():
             return
         if self.config.pre_vote:
             self._become_pre_candidate()
@@ -749,6 +750,26 @@ class RaftCore:
             # here: this one was made by a buggy caller, not received.
             raise CoreError("configuration entry %d: %s" % (entry.index, e.message))
 
+    def _may_campaign(self) -> bool:
+        """A voter of the latest configuration may start elections; so may a server that
+        the latest configuration removes while it may not have committed, if it was a
+        voter of the one before.
+
+        Configurations are in force once appended (section 4.1), so a leader that appends
+        its own removal and then fails can leave the only copy of that entry with itself.
+        The voters of the configuration before it then cannot elect anyone without its
+        vote, which it refuses them (its log, holding the removal, is more up to date),
+        while by its own configuration it is not a voter: the cluster stalls for good
+        (found by the simulator, seed 10172). Letting it campaign is safe: votes are
+        still counted in its latest configuration, as for any candidate, and it leads as
+        a leader outside its configuration does (section 4.2.2) until the removal
+        commits, then steps down. Once it knows the removal committed it stops."""
+        if self._is_voter:
+            return True
+        configs = self._configs
+        return (len(configs) >= 2 and self.config_index > self.commit_index
+                and self.id in configs[-2][1].voters)
+
     def _use_latest_config(self) -> None:
         conf = self.configuration
         self.voters = conf.voters
@@ -775,7 +796,23 @@ class RaftCore:
         if self.commit_index >= self.config_index and len(self.progress) > len(self.peers):
             members = self.configuration
             for peer in [p for p in self.progress if p not in members]:
-                del self.progress[peer]
+                self._farewell(peer, self.progress.pop(peer))
+
+    def _farewell(self, peer: str, pr: Progress) -> None:
+        """A last AppendEntries to a member whose removal committed: the entries after
+        what it acknowledged (one batch) and the commit index, so that it learns its
+        removal committed and stops campaigning (``_may_campaign``).  Lost, or one batch
+        short of the removal, the server only asks with PreVote, which changes nothing
+        while the cluster has a leader."""
+        prev = pr.match_index
+        prev_term = self.log.term_at(prev)
+        if prev_term is None:
+            return
+        entries = self.log.batch_from(
+            prev + 1, self.config.max_append_bytes, self.config.max_append_entries
+        )
+        self._send(AppendEntries(self.term, self.id, peer, prev, prev_term, entries,
+                                 self.commit_index, self.read_seq))
 
     def _note_appended(self, entry: Entry) -> None:
         """A follower appended ``entry``: a configuration takes effect at once."""

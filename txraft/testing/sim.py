@@ -78,6 +78,12 @@ DEFAULT_REPLAY = "TXRAFT_SEED=%(seed)d python -m twisted.trial tests.unit.test_s
 CRASH_POINTS = ("before_persist", "torn", "persist", "send", "apply")
 
 
+
+#: ``await_quiet``: past its deadline, a cluster that applied nothing for this long is
+#: stuck; one still applying is waited for up to this many times the deadline.
+STALL_MS = 5000
+CATCH_UP_FACTOR = 4
+
 class SimCrash(Exception):
     """A crash point struck inside a batch: the executor stops where it is."""
 
@@ -1142,6 +1148,7 @@ class Simulation:
         start = self.now
         step = self.config.tick_ms
         leader_at = None
+        applied, moved_at = -1, start
         while True:
             if leader_at is None and self.stable_leader() is not None:
                 leader_at = self.now - start
@@ -1151,8 +1158,18 @@ class Simulation:
             waited = self.now - start
             if leader_at is None and waited > leader_within_ms:
                 self._liveness("no stable leader %d ms after healing" % waited)
-            if waited > quiet_within_ms:
-                self._liveness("not quiet %d ms after healing" % waited)
+            now_applied = sum(n.core.last_applied for n in self.node_list if n.core is not None)
+            if now_applied != applied:
+                applied, moved_at = now_applied, self.now
+            # Past the deadline, a cluster still catching up (a member far behind, at one
+            # small batch per round trip: seed 10746) is given time while it applies
+            # more, up to CATCH_UP_FACTOR times the deadline; one that stands still for
+            # STALL_MS is stuck.
+            if waited > quiet_within_ms and (
+                self.now - moved_at > STALL_MS or waited > CATCH_UP_FACTOR * quiet_within_ms
+            ):
+                self._liveness("not quiet %d ms after healing (nothing applied for %d ms)"
+                               % (waited, self.now - moved_at))
             self.run_for(step)
 
     def check_idle_traffic(self, ms: int = 1000, slack: float = 2.0) -> int:
