@@ -524,6 +524,19 @@ class ScheduleTests(SynchronousTestCase):
         events = [e for e in nemesis.events if e["action"] == "transfer"]
         self.assertIn(None, [e["target"] for e in events])
 
+        # Forwarded to the target after it became the leader: "already leads".
+        already, cluster = make_nemesis(self, seed=1, weights={"transfer": 1}, until=5.0)
+
+        def led_already(body):
+            wanted = body.get("id") or "n2"
+            cluster.leader, cluster.term = wanted, cluster.term + 1
+            return answer(200, {"leader": wanted, "term": cluster.term,
+                                "previous_leader": wanted if body.get("id") else "n1"})
+
+        cluster.transfer = led_already
+        run_schedule(already)
+        self.assertEqual((already.anomalies, already.errors), ([], []))
+
         moved_on, cluster = make_nemesis(self, seed=1, weights={"transfer": 1}, until=5.0)
 
         def fleeting(body):

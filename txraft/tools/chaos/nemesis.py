@@ -686,7 +686,9 @@ class Nemesis:
             problem = "answered 200 without a leader and a term: %r" % (outcome.body,)
         elif target is not None and named != target:
             problem = "asked for %s, answered 200 naming %s" % (target, named)
-        elif named == was:
+        elif named == was and named != target:
+            # (named == was == target: the request reached the target after it had
+            # become the leader, which answers that it already leads.)
             problem = "answered 200 naming the leader it was asked to hand over from"
         else:
             agreed = self._agreed_leader(5.0, lambda node_id, t: t >= named_term)
