@@ -53,10 +53,10 @@ class Forwarder:
     ``clock`` provides ``IReactorTime`` (the forward's timeout); ``http_client`` is
     treq-like (``request(method, url, headers=, data=, allow_redirects=)`` whose
     responses have ``code``, ``headers`` and ``content()``); a forwarded body is read
-    with the node's ``body_limit``.
+    with ``body_limit`` (None: the limit of the site serving it).
     """
 
-    def __init__(self, node_id: str, clock, http_client, body_limit: int,
+    def __init__(self, node_id: str, clock, http_client, body_limit: Optional[int],
                  timeout_seconds: float = DEFAULT_FORWARD_TIMEOUT_SECONDS):
         self.node_id = node_id
         self.clock = clock

@@ -3,8 +3,9 @@
 * ``JSONRequest`` and ``RequestGuard`` act before any route: a malformed form body
   reaches the application (which answers 415) instead of twisted.web's HTML 400, and a
   path or host that is not UTF-8 is a JSON 400 instead of Klein's plain-text one;
-* request bodies with a size limit (413), a JSON content type (415) and well-formed JSON
-  (400);
+* request bodies with a size limit (413; by default the limit of the site serving the
+  request, ``txraft.http.site``, which refuses a larger body before storing it), a JSON
+  content type (415) and well-formed JSON (400);
 * query parameters as text (400 when not UTF-8), ``?consistency=`` (422 unless
   ``linearizable`` or ``stale``), and the ``Idempotency-Key`` header (422 when
   malformed).
@@ -61,8 +62,17 @@ def is_json_type(content_type: Optional[bytes]) -> bool:
     return media == JSON_TYPE or (media.startswith(b"application/") and media.endswith(b"+json"))
 
 
-def read_body(request, limit: int) -> bytes:
-    """The raw request body, or 413 when it is over ``limit`` bytes."""
+def body_limit(request, limit: Optional[int] = None) -> int:
+    """``limit``, or when None the body limit of the site serving ``request`` (its
+    ``body_limit``), or ``DEFAULT_BODY_LIMIT`` for a site without one."""
+    if limit is not None:
+        return limit
+    return getattr(request, "body_limit", DEFAULT_BODY_LIMIT)
+
+
+def read_body(request, limit: Optional[int] = None) -> bytes:
+    """The raw request body, or 413 when it is over ``body_limit(request, limit)``."""
+    limit = body_limit(request, limit)
     length = request.getHeader(b"content-length")
     if length is not None:
         try:
@@ -70,22 +80,22 @@ def read_body(request, limit: int) -> bytes:
         except ValueError:
             raise HTTPError(400, "bad_request", "malformed Content-Length")
         if declared > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
     content = request.content
     if content is None:
         return b""
     content.seek(0)
     data = content.read(limit + 1)
     if len(data) > limit:
-        raise _too_large(limit)
+        raise too_large(limit)
     return data
 
 
-def _too_large(limit: int) -> HTTPError:
+def too_large(limit: int) -> HTTPError:
     return HTTPError(413, "body_too_large", "request body is over the limit of %d bytes" % (limit,))
 
 
-def read_json(request, limit: int) -> Any:
+def read_json(request, limit: Optional[int] = None) -> Any:
     """The request body parsed as JSON: 413 too large, 415 not JSON, 400 malformed."""
     data = read_body(request, limit)
     if not is_json_type(request.getHeader(b"content-type")):
