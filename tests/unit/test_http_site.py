@@ -1,21 +1,24 @@
 """The node's HTTP server over real sockets (``txraft.http.site``): body limits before
-buffering, the head and request deadlines and the connection cap.  Each test listens on 127.0.0.1 port 0 and talks raw HTTP/1.1
-with a bounded wait."""
+buffering, the head and request deadlines and the connection cap, and the
+``twistd raftnode`` options that set them.  Each test listens on 127.0.0.1 port 0 and
+talks raw HTTP/1.1 with a bounded wait."""
 
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from txraft.http.site import HTTPLimits, NodeSite
+from txraft.plugins import raftnode
 
 
 def serve(testcase, resource, limits: HTTPLimits) -> int:
@@ -289,3 +292,44 @@ class ConnectionCapTests(TestCase):
         fourth.transport.write(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         answer = yield until_closed(fourth, 3)
         self.assertEqual(parse(answer)[0], 200)
+
+
+class RaftnodeOptionTests(SynchronousTestCase):
+    """The limits are ``twistd raftnode`` options, checked before anything starts."""
+
+    def parse(self, *args):
+        options = raftnode.Options()
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            port = str(free.getsockname()[1])
+        options.parseOptions(["--app", "kv", "--data-dir", self.mktemp(), "--port", port]
+                             + list(args))
+        return options
+
+    def test_defaults(self):
+        """64 KiB bodies, a 10 s head, a 60 s request and 1024 connections by default:
+        the defaults of ``HTTPLimits``."""
+        options = self.parse()
+        limits = HTTPLimits()
+        self.assertEqual(
+            (options["max-body-bytes"], options["header-timeout-ms"] / 1000.0,
+             options["request-timeout-ms"] / 1000.0, options["max-connections"]),
+            (limits.body_bytes, limits.header_timeout_seconds,
+             limits.request_timeout_seconds, limits.max_connections))
+
+    def test_request_deadline_must_outlast_the_others(self):
+        """A request deadline no longer than the proposal, read or head timeout would cut
+        requests short before they can be answered: refused."""
+        from twisted.python.usage import UsageError
+
+        for args, problem in (
+                (["--request-timeout-ms", "5000"], "--request-timeout-ms must be longer"),
+                (["--request-timeout-ms", "9000", "--header-timeout-ms", "9000"],
+                 "--request-timeout-ms must be longer"),
+                (["--max-connections", "0"], "must be positive")):
+            error = self.assertRaises(UsageError, self.parse, *args)
+            self.assertIn(problem, str(error), args)
+
+    def test_the_node_site_is_a_node_site(self):
+        """The site ``twistd raftnode`` serves HTTP with enforces the limits."""
+        self.assertTrue(issubclass(raftnode._web_classes()[1], NodeSite))
