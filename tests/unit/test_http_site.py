@@ -1,7 +1,7 @@
 """The node's HTTP server over real sockets (``txraft.http.site``): body limits before
-buffering, the head and request deadlines and the connection cap, and the
-``twistd raftnode`` options that set them.  Each test listens on 127.0.0.1 port 0 and
-talks raw HTTP/1.1 with a bounded wait."""
+buffering, the head and request deadlines, the connection cap, request targets refused
+before routing, and the ``twistd raftnode`` options that set the limits.  Each test
+listens on 127.0.0.1 port 0 and talks raw HTTP/1.1 with a bounded wait."""
 
 from __future__ import annotations
 
@@ -11,14 +11,19 @@ import time
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from txraft.apps import kv_http
+from txraft.http.requests import RequestGuard
 from txraft.http.site import HTTPLimits, NodeSite
 from txraft.plugins import raftnode
+
+from tests.fakes import RecordingClient, kv_leader_and_follower
 
 
 def serve(testcase, resource, limits: HTTPLimits) -> int:
@@ -292,6 +297,60 @@ class ConnectionCapTests(TestCase):
         fourth.transport.write(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         answer = yield until_closed(fourth, 3)
         self.assertEqual(parse(answer)[0], 200)
+
+
+BAD_TARGETS = (b"X/kv/a", b"@kv/a?redirect=true", b"1/kv/a", b"http://evil/kv/a",
+               b"//kv/a", b"*")
+
+
+class RequestTargetTests(TestCase):
+    """Issue 13.2: a target that is not a path is a JSON 400 on every node, before any
+    route: never served as another path, never forwarded."""
+
+    timeout = 30
+
+    def setUp(self):
+        self.leader, self.follower = kv_leader_and_follower(
+            self, "http://127.0.0.1:5602", "http://127.0.0.1:5603")
+        self.to_leader = RecordingClient(failure=ConnectionRefusedError())
+        clock = Clock()
+        self.ports = {
+            "leader": serve(self, RequestGuard(kv_http.make_resource(self.leader, clock, None)),
+                            HTTPLimits()),
+            "follower": serve(self, RequestGuard(
+                kv_http.make_resource(self.follower, clock, self.to_leader)), HTTPLimits()),
+        }
+
+    @defer.inlineCallbacks
+    def test_malformed_targets_are_400_on_leader_and_follower(self):
+        """X/kv/a, @kv/a?redirect=true, 1/kv/a, absolute-form, //kv/a and * are each a
+        400 bad_request_target JSON answer for GET and PUT on both nodes: nothing
+        forwarded, proposed or served."""
+        for node, port in sorted(self.ports.items()):
+            for target in BAD_TARGETS:
+                for method in (b"GET", b"PUT"):
+                    client = yield connect(self, port)
+                    client.transport.write(
+                        method + b" " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close"
+                        b"\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+                    answer = yield until_closed(client, 3)
+                    status, _, body = parse(answer)
+                    self.assertEqual((status, body["error"]["code"]),
+                                     (400, "bad_request_target"), (node, method, target))
+        self.assertEqual(self.to_leader.requests, [])
+        self.assertEqual((self.leader.proposed, self.follower.proposed), ([], []))
+
+    @defer.inlineCallbacks
+    def test_good_target_still_forwarded(self):
+        """A path target on the follower is forwarded to the leader's URL, path and query
+        in place."""
+        client = yield connect(self, self.ports["follower"])
+        client.transport.write(b"PUT /kv/a?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                               b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+        answer = yield until_closed(client, 3)
+        self.assertEqual(parse(answer)[2]["error"]["code"], "no_leader")
+        self.assertEqual([url for _, url, _ in self.to_leader.requests],
+                         ["http://127.0.0.1:5602/kv/a?x=1"])
 
 
 class RaftnodeOptionTests(SynchronousTestCase):

@@ -1,8 +1,10 @@
 """Reading requests: what reaches the routes, bodies, query parameters, headers.
 
-* ``JSONRequest`` and ``RequestGuard`` act before any route: a malformed form body
-  reaches the application (which answers 415) instead of twisted.web's HTML 400, and a
-  path or host that is not UTF-8 is a JSON 400 instead of Klein's plain-text one;
+* ``JSONRequest`` and ``RequestGuard`` act before any route: a request target that is
+  not a path (``X/products``, ``http://host/products``) is a JSON 400 before twisted.web
+  cuts its first byte off and routes the rest, a malformed form body reaches the
+  application (which answers 415) instead of twisted.web's HTML 400, and a path or host
+  that is not UTF-8 is a JSON 400 instead of Klein's plain-text one;
 * request bodies with a size limit (413; by default the limit of the site serving the
   request, ``txraft.http.site``, which refuses a larger body before storing it), a JSON
   content type (415) and well-formed JSON (400);
@@ -22,7 +24,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from txraft import results
-from txraft.http.errors import HTTPError
+from txraft.http.errors import HTTPError, render_error
 from txraft.http.responses import JSON_TYPE, json_response
 from txraft.results import error_document
 
@@ -162,11 +164,55 @@ class RequestGuard:
         return self.app.render(request)
 
 
+def target_problem(uri: bytes) -> Optional[str]:
+    """Why ``uri`` is not a request target this node serves, or None.
+
+    Only the origin form, ``/path[?query]``: twisted.web drops the first byte of any
+    target and routes the rest (``X/products`` is served as ``/products``), and a
+    target spliced into the leader's URL could name another host or port.  ``//`` would
+    read as a host in a URL, ``#`` as a fragment the leader never sees.
+    """
+    if not uri.startswith(b"/"):
+        if b"://" in uri:
+            return "the request target must be a path (/...), not an absolute URL"
+        return "the request target must be a path starting with /"
+    if uri.startswith(b"//"):
+        return "the request target must not start with //"
+    if b"#" in uri:
+        return "the request target must not contain a fragment (#)"
+    return None
+
+
+@implementer(IResource)
+class _Refused:
+    """Renders one refusal, whatever the request."""
+
+    isLeaf = True
+
+    def __init__(self, error: HTTPError):
+        self.error = error
+
+    def render(self, request):
+        return render_error(request, self.error)
+
+
 class JSONRequest(Request):
-    """A request that never parses form submissions: txraft applications speak JSON, and
-    twisted.web answers a malformed multipart body with a bare HTML 400 before any
-    resource sees it.  Such a body now reaches the application, which answers 415."""
+    """A request that never parses form submissions and refuses a target that is not a
+    path (``target_problem``), before any resource is looked up.
+
+    txraft applications speak JSON, and twisted.web answers a malformed multipart body
+    with a bare HTML 400 before any resource sees it.  Such a body now reaches the
+    application, which answers 415.
+    """
 
     def __init__(self, *args, **kwargs):
         kwargs["parsePOSTFormSubmission"] = False
         super().__init__(*args, **kwargs)
+
+    def process(self):
+        problem = target_problem(self.uri)
+        if problem is None:
+            return super().process()
+        self.site = self.channel.site
+        self.prepath, self.postpath = [], []
+        self.render(_Refused(HTTPError(400, "bad_request_target", problem)))
