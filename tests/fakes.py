@@ -240,6 +240,22 @@ class FakeRaftNode:
 # -- HTTP helpers -----------------------------------------------------------------------
 
 
+def kv_leader_and_follower(testcase, leader_url: str, follower_url: str):
+    """``(leader, follower)``: FakeRaftNodes n1 (leading, at ``leader_url``) and n2
+    (following n1, at ``follower_url``) on kv state machines of their own."""
+    from txraft.apps import kv
+
+    base = testcase.mktemp()
+    nodes = []
+    for node_id, url in (("n1", leader_url), ("n2", follower_url)):
+        sm = kv.open_state_machine(os.path.join(base, node_id), durable=False)
+        testcase.addCleanup(sm.close)
+        nodes.append(FakeRaftNode(sm, node_id, url))
+    leader, follower = nodes
+    follower.follow("n1", leader_url)
+    return leader, follower
+
+
 class FakeCluster:
     """Two nodes of an application: n1 leads, n2 follows and forwards to n1 through its
     own client; ``replicate()`` brings followers up to the leader."""

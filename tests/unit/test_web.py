@@ -4,17 +4,20 @@ driven through the kv application and StubTreq."""
 from __future__ import annotations
 
 import ast
+import io
 import json
 import os
+from urllib.parse import parse_qs
 
 import attrs
 from treq.testing import StubTreq
 from twisted.internet import defer
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectingCancelledError, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.web.http_headers import Headers
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseNeverReceived
+from twisted.web.test.requesthelper import DummyRequest
 from zope.interface.verify import verifyObject
 
 import txraft
@@ -29,7 +32,8 @@ from txraft.errors import Overloaded
 from txraft.interfaces import IRaftNode, IStateMachine
 from txraft.runtime.node import FatalNodeError
 
-from tests.fakes import FakeRaftNode, RecordingClient, request, start_request
+from tests.fakes import (FakeRaftNode, RecordingClient, kv_leader_and_follower, request,
+                         start_request)
 
 
 class Cluster:
@@ -37,14 +41,10 @@ class Cluster:
 
     def __init__(self, testcase):
         self.clock = Clock()
-        base = testcase.mktemp()
-        self.leader_sm = kv.open_state_machine(os.path.join(base, "n1"), durable=False)
-        self.follower_sm = kv.open_state_machine(os.path.join(base, "n2"), durable=False)
-        testcase.addCleanup(self.leader_sm.close)
-        testcase.addCleanup(self.follower_sm.close)
-        self.leader = FakeRaftNode(self.leader_sm, "n1", "http://n1.test:5001")
-        self.follower = FakeRaftNode(self.follower_sm, "n2", "http://n2.test:5002")
-        self.follower.follow("n1", "http://n1.test:5001")
+        self.leader, self.follower = kv_leader_and_follower(
+            testcase, "http://n1.test:5001", "http://n2.test:5002")
+        self.leader_sm = self.leader.state_machine
+        self.follower_sm = self.follower.state_machine
         self.leader_http = StubTreq(kv_http.make_resource(self.leader, self.clock, None))
         self.to_leader = RecordingClient(self.leader_http)
         self.follower_http = StubTreq(kv_http.make_resource(self.follower, self.clock, self.to_leader))
@@ -406,6 +406,15 @@ class LeaderRoutingTests(SynchronousTestCase):
         self.assertEqual((answer.code, answer.error_code), (503, "no_leader"))
         self.assertEqual(answer.header("Retry-After"), "1")
 
+    def test_forward_timed_out_while_connecting_is_no_leader(self):
+        """A forward whose time ran out before a connection to the leader was made (a
+        slow name lookup, an unreachable address) sent nothing: 503 no_leader, not
+        "outcome unknown"."""
+        c = self.cluster
+        c.to_leader.failure = ConnectingCancelledError(None)
+        answer = request(self, c.follower_http, "PUT", "http://n2/kv/a", data=b"v")
+        self.assertEqual((answer.code, answer.error_code), (503, "no_leader"))
+
     def test_broken_forwarded_write_is_unknown_outcome(self):
         """A forwarded write whose answer never came may have been applied: 504."""
         c = self.cluster
@@ -460,6 +469,60 @@ class LeaderRoutingTests(SynchronousTestCase):
         answer = request(self, c.follower_http, "PUT", "http://n2/kv/a", data=b"v")
         self.assertEqual((answer.code, answer.error_code), (503, "no_leader"))
         self.assertEqual(c.to_leader.requests, [])
+
+    def forwarder(self):
+        c = self.cluster
+        return forwarding.Forwarder("n2", c.clock, c.to_leader, requests.DEFAULT_BODY_LIMIT)
+
+    def bare_request(self, uri: bytes, method: bytes = b"PUT"):
+        """A request as the forwarder sees it, with a target no site would let through."""
+        fake_request = DummyRequest([])
+        fake_request.uri = uri
+        fake_request.args = parse_qs(uri.partition(b"?")[2])
+        fake_request.method = method
+        fake_request.content = io.BytesIO(b"v")
+        return fake_request
+
+    def test_forward_goes_to_the_leaders_host_and_port_whatever_the_target(self):
+        """The forwarded URL is the leader's scheme, host and port with the request's
+        path and query in their places: a target of 1/kv/a cannot turn port 5602 into
+        56021, nor @kv/a the host into kv/a."""
+        c = self.cluster
+        for target, url in ((b"1/kv/a?x=1", "http://127.0.0.1:5602/1/kv/a?x=1"),
+                            (b"@kv/a", "http://127.0.0.1:5602/@kv/a"),
+                            (b"/kv/a?x=1&y=%20", "http://127.0.0.1:5602/kv/a?x=1&y=%20")):
+            c.to_leader.requests[:] = []
+            self.forwarder().forward(self.bare_request(target), "n1", "http://127.0.0.1:5602")
+            self.assertEqual([u for _, u, _ in c.to_leader.requests], [url], target)
+
+    def test_forward_keeps_the_leader_urls_path(self):
+        """A leader URL with a path (behind a proxy) keeps it as the prefix."""
+        c = self.cluster
+        self.forwarder().forward(self.bare_request(b"/kv/a?q=1"), "n1",
+                                 "http://leader.test:8080/raft/")
+        self.assertEqual(c.to_leader.requests[0][1], "http://leader.test:8080/raft/kv/a?q=1")
+
+    def test_redirect_stays_on_the_leaders_host(self):
+        """``@kv/a?redirect=true`` redirects to the leader's host, not to host kv."""
+        c = self.cluster
+        fake_request = self.bare_request(b"@kv/a?redirect=true", b"GET")
+        self.forwarder().forward(fake_request, "n1", "http://127.0.0.1:5602")
+        self.assertEqual(fake_request.responseHeaders.getRawHeaders(b"location"),
+                         [b"http://127.0.0.1:5602/@kv/a?redirect=true"])
+
+    def test_request_the_client_cannot_send_is_no_leader(self):
+        """A forward that fails before anything was sent (the client raises at once) is
+        503 no_leader, "retry": never a 500, never "outcome unknown"."""
+        c = self.cluster
+
+        class Refusing:
+            def request(self, *args, **kwargs):
+                raise ValueError("invalid URL")
+
+        follower_http = StubTreq(kv_http.make_resource(c.follower, c.clock, Refusing()))
+        answer = request(self, follower_http, "PUT", "http://n2/kv/a", data=b"v")
+        self.assertEqual((answer.code, answer.error_code), (503, "no_leader"))
+        self.assertIn("could not be sent", answer.json()["error"]["message"])
 
 
 class HelperTests(SynchronousTestCase):

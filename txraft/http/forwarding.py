@@ -7,15 +7,19 @@ A forwarded request is marked with ``X-Raft-Forwarded-By`` and is never forwarde
 so a request cannot loop while nodes disagree about who leads.  A forward that fails
 says whether the leader may have acted on it: 503 ``no_leader`` when it certainly did
 not (it was never sent whole, or it was a read), 504 ``commit_timeout`` (outcome unknown)
-for a write that may have reached it.
+for a write that may have reached it.  The URL forwarded (or redirected) to is the
+leader's configured URL with the request's path and query put in their places
+(``leader_location``), never the two strings joined: only the leader's scheme, host and
+port can be reached, whatever the request's target.
 """
 
 from __future__ import annotations
 
 from typing import Optional
+from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet import defer
-from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
 
 from txraft.http.errors import commit_timeout, no_leader
 from txraft.http.requests import read_body
@@ -53,10 +57,10 @@ class Forwarder:
     ``clock`` provides ``IReactorTime`` (the forward's timeout); ``http_client`` is
     treq-like (``request(method, url, headers=, data=, allow_redirects=)`` whose
     responses have ``code``, ``headers`` and ``content()``); a forwarded body is read
-    with the node's ``body_limit``.
+    with ``body_limit`` (None: the limit of the site serving it).
     """
 
-    def __init__(self, node_id: str, clock, http_client, body_limit: int,
+    def __init__(self, node_id: str, clock, http_client, body_limit: Optional[int],
                  timeout_seconds: float = DEFAULT_FORWARD_TIMEOUT_SECONDS):
         self.node_id = node_id
         self.clock = clock
@@ -79,16 +83,14 @@ class Forwarder:
         """
         if leader_url is None or leader_id is None or leader_id == self.node_id:
             raise no_leader()
-        location_bytes = leader_url.rstrip("/").encode("utf-8") + request.uri
-        location = location_bytes.decode("latin-1")
         if request.args.get(b"redirect") == [b"true"]:
-            public_bytes = (public_url or leader_url).rstrip("/").encode("utf-8") + request.uri
-            public = public_bytes.decode("latin-1")
+            public = leader_location(public_url or leader_url, request.uri)
             return json_response(
                 request,
                 307,
                 {"leader_id": leader_id, "location": public},
-                ((b"Location", public_bytes), (b"X-Raft-Leader", leader_id.encode("utf-8"))),
+                ((b"Location", public.encode("latin-1")),
+                 (b"X-Raft-Leader", leader_id.encode("utf-8"))),
             )
         if request.requestHeaders.hasHeader(FORWARDED_BY):
             # The node that sent us this request thought we lead; we think someone else
@@ -104,13 +106,18 @@ class Forwarder:
         headers[FORWARDED_BY] = [self._node_id_bytes]
         method = request.method
         body = read_body(request, self.body_limit)
-        inner = self.http_client.request(
-            method.decode("ascii"),
-            location,
-            headers=headers,
-            data=body if body else None,
-            allow_redirects=False,
-        )
+        try:
+            inner = self.http_client.request(
+                method.decode("ascii"),
+                leader_location(leader_url, request.uri),
+                headers=headers,
+                data=body if body else None,
+                allow_redirects=False,
+            )
+        except Exception as e:
+            # Raised before a connection was even asked for: nothing reached the leader.
+            raise no_leader("the request could not be sent to the leader %s (%s); retry "
+                            "shortly" % (leader_id, e)) from e
         inner.addCallback(_with_content)
         inner.addTimeout(self.timeout_seconds, self.clock)
         gone = []
@@ -129,6 +136,16 @@ class Forwarder:
         )
         inner.chainDeferred(outer)
         return outer
+
+
+def leader_location(leader_url: str, target: bytes) -> str:
+    """The URL of ``target`` (the request's path and query) on the leader at
+    ``leader_url``: its scheme, host and port, its path as a prefix of the target's."""
+    base = urlsplit(leader_url)
+    path, _, query = target.decode("latin-1").partition("?")
+    if not path.startswith("/"):
+        path = "/" + path  # a target no node serves (see requests.target_problem)
+    return urlunsplit((base.scheme, base.netloc, base.path.rstrip("/") + path, query, ""))
 
 
 def _with_content(response):
@@ -158,9 +175,10 @@ def _forward_failed(failure, leader_id, method, gone):
     from twisted.web.client import (RequestGenerationFailed, RequestNotSent,
                                     RequestTransmissionFailed)
 
-    if failure.check(ConnectError, DNSLookupError, RequestNotSent, RequestGenerationFailed,
-                     RequestTransmissionFailed):
-        # The leader never received the whole request: certainly no effect.
+    if failure.check(ConnectError, DNSLookupError, ConnectingCancelledError, RequestNotSent,
+                     RequestGenerationFailed, RequestTransmissionFailed):
+        # The leader never received the whole request: certainly no effect.  (Cancelled
+        # while connecting: the forward timed out before a connection was made.)
         raise no_leader("the leader %s is unreachable; retry shortly" % (leader_id,))
     if method in (b"GET", b"HEAD"):
         raise no_leader("the leader %s did not answer in time; retry shortly" % (leader_id,))

@@ -1,7 +1,8 @@
 """The node as an application's routes see it: reads and writes through Raft over HTTP.
 
 ``RaftHTTP`` gives a route what every replicated service needs and nothing application
-specific: request bodies under the node's limit; ``?consistency=stale`` local reads (with
+specific: request bodies under the node's limit (the serving site's, ``txraft.http.site``,
+unless one is given); ``?consistency=stale`` local reads (with
 ``X-Raft-Applied-Index``) and linearizable reads through ``IRaftNode.read_barrier()`` by
 default; writes through ``IRaftNode.propose()``; ``txraft.errors`` turned into answers,
 ``NotLeader`` by forwarding to the leader (``txraft.http.forwarding``); and
@@ -21,7 +22,7 @@ from txraft.errors import NotLeader, RaftError
 from txraft.http.errors import (RETRY_SHORTLY, HTTPError, internal_error, no_leader,
                                 raft_error, render_error)
 from txraft.http.forwarding import DEFAULT_FORWARD_TIMEOUT_SECONDS, Forwarder
-from txraft.http.requests import DEFAULT_BODY_LIMIT, is_stale, read_body, read_json
+from txraft.http.requests import is_stale, read_body, read_json
 
 log = Logger()
 
@@ -31,7 +32,8 @@ class RaftHTTP:
 
     ``node`` provides ``IRaftNode``; ``clock`` provides ``IReactorTime`` (forwarding
     timeouts, the leader's time in commands); ``http_client`` is treq-like, for
-    forwarding (see ``Forwarder``).
+    forwarding (see ``Forwarder``); ``body_limit``, when not None, replaces the limit of
+    the site serving each request (``txraft.http.requests.body_limit``).
     """
 
     def __init__(
@@ -39,7 +41,7 @@ class RaftHTTP:
         node,
         clock,
         http_client,
-        body_limit: int = DEFAULT_BODY_LIMIT,
+        body_limit: Optional[int] = None,
         forward_timeout_seconds: float = DEFAULT_FORWARD_TIMEOUT_SECONDS,
     ):
         self.node = node

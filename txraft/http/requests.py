@@ -1,10 +1,13 @@
 """Reading requests: what reaches the routes, bodies, query parameters, headers.
 
-* ``JSONRequest`` and ``RequestGuard`` act before any route: a malformed form body
-  reaches the application (which answers 415) instead of twisted.web's HTML 400, and a
-  path or host that is not UTF-8 is a JSON 400 instead of Klein's plain-text one;
-* request bodies with a size limit (413), a JSON content type (415) and well-formed JSON
-  (400);
+* ``JSONRequest`` and ``RequestGuard`` act before any route: a request target that is
+  not a path (``X/products``, ``http://host/products``) is a JSON 400 before twisted.web
+  cuts its first byte off and routes the rest, a malformed form body reaches the
+  application (which answers 415) instead of twisted.web's HTML 400, and a path or host
+  that is not UTF-8 is a JSON 400 instead of Klein's plain-text one;
+* request bodies with a size limit (413; by default the limit of the site serving the
+  request, ``txraft.http.site``, which refuses a larger body before storing it), a JSON
+  content type (415) and well-formed JSON (400);
 * query parameters as text (400 when not UTF-8), ``?consistency=`` (422 unless
   ``linearizable`` or ``stale``), and the ``Idempotency-Key`` header (422 when
   malformed).
@@ -21,7 +24,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from txraft import results
-from txraft.http.errors import HTTPError
+from txraft.http.errors import HTTPError, render_error
 from txraft.http.responses import JSON_TYPE, json_response
 from txraft.results import error_document
 
@@ -61,8 +64,17 @@ def is_json_type(content_type: Optional[bytes]) -> bool:
     return media == JSON_TYPE or (media.startswith(b"application/") and media.endswith(b"+json"))
 
 
-def read_body(request, limit: int) -> bytes:
-    """The raw request body, or 413 when it is over ``limit`` bytes."""
+def body_limit(request, limit: Optional[int] = None) -> int:
+    """``limit``, or when None the body limit of the site serving ``request`` (its
+    ``body_limit``), or ``DEFAULT_BODY_LIMIT`` for a site without one."""
+    if limit is not None:
+        return limit
+    return getattr(request, "body_limit", DEFAULT_BODY_LIMIT)
+
+
+def read_body(request, limit: Optional[int] = None) -> bytes:
+    """The raw request body, or 413 when it is over ``body_limit(request, limit)``."""
+    limit = body_limit(request, limit)
     length = request.getHeader(b"content-length")
     if length is not None:
         try:
@@ -70,22 +82,22 @@ def read_body(request, limit: int) -> bytes:
         except ValueError:
             raise HTTPError(400, "bad_request", "malformed Content-Length")
         if declared > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
     content = request.content
     if content is None:
         return b""
     content.seek(0)
     data = content.read(limit + 1)
     if len(data) > limit:
-        raise _too_large(limit)
+        raise too_large(limit)
     return data
 
 
-def _too_large(limit: int) -> HTTPError:
+def too_large(limit: int) -> HTTPError:
     return HTTPError(413, "body_too_large", "request body is over the limit of %d bytes" % (limit,))
 
 
-def read_json(request, limit: int) -> Any:
+def read_json(request, limit: Optional[int] = None) -> Any:
     """The request body parsed as JSON: 413 too large, 415 not JSON, 400 malformed."""
     data = read_body(request, limit)
     if not is_json_type(request.getHeader(b"content-type")):
@@ -152,11 +164,55 @@ class RequestGuard:
         return self.app.render(request)
 
 
+def target_problem(uri: bytes) -> Optional[str]:
+    """Why ``uri`` is not a request target this node serves, or None.
+
+    Only the origin form, ``/path[?query]``: twisted.web drops the first byte of any
+    target and routes the rest (``X/products`` is served as ``/products``), and a
+    target spliced into the leader's URL could name another host or port.  ``//`` would
+    read as a host in a URL, ``#`` as a fragment the leader never sees.
+    """
+    if not uri.startswith(b"/"):
+        if b"://" in uri:
+            return "the request target must be a path (/...), not an absolute URL"
+        return "the request target must be a path starting with /"
+    if uri.startswith(b"//"):
+        return "the request target must not start with //"
+    if b"#" in uri:
+        return "the request target must not contain a fragment (#)"
+    return None
+
+
+@implementer(IResource)
+class _Refused:
+    """Renders one refusal, whatever the request."""
+
+    isLeaf = True
+
+    def __init__(self, error: HTTPError):
+        self.error = error
+
+    def render(self, request):
+        return render_error(request, self.error)
+
+
 class JSONRequest(Request):
-    """A request that never parses form submissions: txraft applications speak JSON, and
-    twisted.web answers a malformed multipart body with a bare HTML 400 before any
-    resource sees it.  Such a body now reaches the application, which answers 415."""
+    """A request that never parses form submissions and refuses a target that is not a
+    path (``target_problem``), before any resource is looked up.
+
+    txraft applications speak JSON, and twisted.web answers a malformed multipart body
+    with a bare HTML 400 before any resource sees it.  Such a body now reaches the
+    application, which answers 415.
+    """
 
     def __init__(self, *args, **kwargs):
         kwargs["parsePOSTFormSubmission"] = False
         super().__init__(*args, **kwargs)
+
+    def process(self):
+        problem = target_problem(self.uri)
+        if problem is None:
+            return super().process()
+        self.site = self.channel.site
+        self.prepath, self.postpath = [], []
+        self.render(_Refused(HTTPError(400, "bad_request_target", problem)))

@@ -212,6 +212,15 @@ class Options(usage.Options):
         ["snapshot-trailing-entries", None, 1000,
          "Log entries kept behind a snapshot, so a slightly lagging follower is repaired "
          "from the log rather than by a snapshot transfer.", int],
+        ["max-body-bytes", None, 65536,
+         "Largest request body; a larger one is answered 413 before it is stored.", int],
+        ["header-timeout-ms", None, 10000,
+         "How long a client has to send a whole request head (408 after).", int],
+        ["request-timeout-ms", None, 60000,
+         "How long a whole request may take, body and answer included (408, or 504 "
+         "'outcome unknown' once it is being answered).", int],
+        ["max-connections", None, 1024,
+         "HTTP connections served at once; one more is answered 503.", int],
         ["access-log", None, None,
          "Write an HTTP access log (combined format) to this file. Off by default: one "
          "log line per request costs throughput."],
@@ -309,6 +318,15 @@ class Options(usage.Options):
         )
         if self["snapshot-entries"] < 1 or self["snapshot-trailing-entries"] < 0:
             raise ConfigError("--snapshot-entries must be positive and the trailing count >= 0")
+        if min(self["max-body-bytes"], self["header-timeout-ms"], self["max-connections"]) < 1:
+            raise ConfigError("--max-body-bytes, --header-timeout-ms and --max-connections "
+                              "must be positive")
+        if self["request-timeout-ms"] <= max(self["header-timeout-ms"],
+                                             self["proposal-timeout-ms"],
+                                             self["read-timeout-ms"]):
+            raise ConfigError("--request-timeout-ms must be longer than --header-timeout-ms, "
+                              "--proposal-timeout-ms and --read-timeout-ms (a request cut "
+                              "short before they answer learns nothing)")
         self["application"] = load_application(self["app"])
         self["secret"] = self._secret()
         if len(members) > 1:
@@ -601,7 +619,8 @@ class RaftNodeService(service.MultiService):
         self.node = node
         self.udp_port = transport.listen(opts["port"], opts["bind"])
         http_client = _ForwardingClient(reactor, _QuietPool)
-        from txraft.http.requests import JSONRequest, RequestGuard
+        from txraft.http.requests import RequestGuard
+        from txraft.http.site import HTTPLimits
 
         resource = RequestGuard(application.make_resource(node, reactor, http_client))
         if opts["admin-token"]:
@@ -609,8 +628,13 @@ class RaftNodeService(service.MultiService):
 
             resource = AdminRoot(resource, transport, opts["admin-token"])
             log.warn("fault-injection admin endpoint enabled at /admin/faults")
-        site = _Site(resource, logPath=opts["access-log"])
-        site.requestFactory = JSONRequest
+        limits = HTTPLimits(
+            body_bytes=opts["max-body-bytes"],
+            header_timeout_seconds=opts["header-timeout-ms"] / 1000.0,
+            request_timeout_seconds=opts["request-timeout-ms"] / 1000.0,
+            max_connections=opts["max-connections"],
+        )
+        site = _Site(resource, limits=limits, logPath=opts["access-log"], reactor=reactor)
         site.noisy = False
         self.http_service = internet.TCPServer(
             opts["http-port"], site, interface=opts["bind"], reactor=reactor
@@ -753,7 +777,8 @@ class _DirectEndpoints:
 
 def _web_classes():
     from twisted.web.client import HTTPConnectionPool
-    from twisted.web.server import Site
+
+    from txraft.http.site import NodeSite
 
     class QuietPool(HTTPConnectionPool):
         """A connection pool that does not log every connection it opens or closes."""
@@ -761,7 +786,7 @@ def _web_classes():
         class _factory(HTTPConnectionPool._factory):  # type: ignore[name-defined]
             noisy = False
 
-    class QuietSite(Site):
+    class QuietSite(NodeSite):
         """Logs requests only when an access log file was asked for."""
 
         def log(self, request):
