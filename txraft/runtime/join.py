@@ -33,6 +33,7 @@ import msgpack
 
 from txraft.core.config import ConfigChangeError, Configuration, Member
 from txraft.errors import ConfigError
+from txraft.runtime.storage import read_if_present
 
 JOINED_FILE = "joined"
 _FORMAT = 1
@@ -65,10 +66,8 @@ def save_joined(data_dir: str, config_index: int, configuration: Configuration,
 def load_joined(data_dir: str) -> Optional[Tuple[int, Configuration]]:
     """The recorded configuration, or None when this node did not join (or not yet)."""
     path = joined_path(data_dir)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
+    raw = read_if_present(path)
+    if raw is None:
         return None
     try:
         version, config_index, conf = msgpack.unpackb(raw, raw=False, use_list=False)

@@ -172,6 +172,15 @@ def fsync_directory(path: str) -> None:
         os.close(fd)
 
 
+def read_if_present(path: str) -> Optional[bytes]:
+    """The whole file at ``path``, or None when there is none."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
 def write_atomically(path: str, data: bytes, fsync: Callable[[int], None] = os.fsync,
                      fsync_directory: Callable[[str], None] = fsync_directory) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new file
@@ -664,10 +673,8 @@ class FileLogStorage:
 
     def _read_manifest(self) -> Optional[_Manifest]:
         path = self._manifest_path()
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
+        raw = read_if_present(path)
+        if raw is None:
             return None
         try:
             return _Manifest.from_bytes(raw)
