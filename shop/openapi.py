@@ -254,8 +254,9 @@ PARAMETERS = {
                        "node that lost its data or never caught up)."},
     "Redirect": {
         "name": "redirect", "in": "query", "required": False,
-        "schema": {"type": "string", "enum": ["true"]},
-        "description": "On a follower, answer 307 to the leader instead of forwarding."},
+        "schema": {"type": "string", "enum": ["true", "false"], "default": "false"},
+        "description": "true: on a follower, answer 307 to the leader instead of forwarding "
+                       "(false, the default). Any other value is 422 invalid_value."},
     "IdempotencyKey": {
         "name": "Idempotency-Key", "in": "header", "required": False,
         "schema": {"type": "string", "minLength": 1, "maxLength": schema.MAX_IDEMPOTENCY_KEY_CHARS},

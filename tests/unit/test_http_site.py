@@ -353,6 +353,43 @@ class RequestTargetTests(TestCase):
                          ["http://127.0.0.1:5602/kv/a?x=1"])
 
 
+class RedirectParameterTests(TestCase):
+    """Issue 13.9: ``?redirect=`` is ``true`` or ``false`` (the document's enum) on
+    every node; any other value was taken for false (Schemathesis: 17 cases)."""
+
+    timeout = 30
+    setUp = RequestTargetTests.setUp
+
+    @defer.inlineCallbacks
+    def ask(self, port, target):
+        client = yield connect(self, port)
+        client.transport.write(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n"
+                               b"Connection: close\r\n\r\n")
+        answer = yield until_closed(client, 3)
+        return parse(answer)
+
+    @defer.inlineCallbacks
+    def test_other_values_are_422_on_leader_and_follower(self):
+        """Other values, an empty one or two of them are 422 invalid_value naming the
+        field, before any route: nothing forwarded or read."""
+        for node, port in sorted(self.ports.items()):
+            for query in (b"yes", b"1", b"", b"TRUE", b"true&redirect=true"):
+                status, _, body = yield self.ask(port, b"/kv/a?redirect=" + query)
+                self.assertEqual((status, body["error"]["code"], body["error"]["field"]),
+                                 (422, "invalid_value", "redirect"), (node, query))
+        self.assertEqual(self.to_leader.requests, [])
+
+    @defer.inlineCallbacks
+    def test_true_redirects_and_false_forwards(self):
+        """On the follower, true is a 307 to the leader and false is forwarded."""
+        status, headers, _ = yield self.ask(self.ports["follower"], b"/kv/a?redirect=true")
+        self.assertEqual(status, 307)
+        status, _, body = yield self.ask(self.ports["follower"], b"/kv/a?redirect=false")
+        self.assertEqual(body["error"]["code"], "no_leader")  # the forward was refused
+        self.assertEqual([url for _, url, _ in self.to_leader.requests],
+                         ["http://127.0.0.1:5602/kv/a?redirect=false"])
+
+
 class RaftnodeOptionTests(SynchronousTestCase):
     """The limits are ``twistd raftnode`` options, checked before anything starts."""
 

@@ -9,7 +9,8 @@
   request, ``txraft.http.site``, which refuses a larger body before storing it), a JSON
   content type (415) and well-formed JSON (400);
 * query parameters as text (400 when not UTF-8), ``?consistency=`` (422 unless
-  ``linearizable`` or ``stale``), and the ``Idempotency-Key`` header (422 when
+  ``linearizable`` or ``stale``), ``?redirect=`` (422 unless ``true`` or ``false``, on
+  every node, before any route), and the ``Idempotency-Key`` header (422 when
   malformed).
 """
 
@@ -196,6 +197,17 @@ class _Refused:
         return render_error(request, self.error)
 
 
+def redirect_problem(args) -> Optional[HTTPError]:
+    """``?redirect=`` is ``true`` (a follower answers 307 to the leader) or ``false``
+    (the default: it forwards), once; anything else is refused on every node, leader
+    included, rather than taken for ``false``."""
+    values = args.get(b"redirect")
+    if values is None or (len(values) == 1 and values[0] in (b"true", b"false")):
+        return None
+    return HTTPError(422, "invalid_value", "redirect must be 'true' or 'false', given once",
+                     field="redirect")
+
+
 class JSONRequest(Request):
     """A request that never parses form submissions and refuses a target that is not a
     path (``target_problem``), before any resource is looked up.
@@ -211,8 +223,12 @@ class JSONRequest(Request):
 
     def process(self):
         problem = target_problem(self.uri)
-        if problem is None:
-            return super().process()
+        if problem is not None:
+            error = HTTPError(400, "bad_request_target", problem)
+        else:
+            error = redirect_problem(self.args)
+            if error is None:
+                return super().process()
         self.site = self.channel.site
         self.prepath, self.postpath = [], []
-        self.render(_Refused(HTTPError(400, "bad_request_target", problem)))
+        self.render(_Refused(error))
