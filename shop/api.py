@@ -131,7 +131,7 @@ class ShopAPI:
                 raise invalid("unknown_field", "unknown query parameter %r" % (text,), text)
         arg = lambda name: query_arg(request, name.encode("ascii"))
         limit = _integer(arg("limit"), "limit", 1, schema.MAX_LIMIT, schema.DEFAULT_LIMIT)
-        offset = _integer(arg("offset"), "offset", 0, 2**62, 0)
+        offset = _integer(arg("offset"), "offset", 0, schema.MAX_OFFSET, 0)
         sm = self.state_machine
         if prefix == "p":
             in_stock = arg("in_stock")

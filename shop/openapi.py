@@ -259,7 +259,8 @@ PARAMETERS = {
                        "(false, the default). Any other value is 422 invalid_value."},
     "IdempotencyKey": {
         "name": "Idempotency-Key", "in": "header", "required": False,
-        "schema": {"type": "string", "minLength": 1, "maxLength": schema.MAX_IDEMPOTENCY_KEY_CHARS},
+        "schema": {"type": "string", "minLength": 1, "maxLength": schema.MAX_IDEMPOTENCY_KEY_CHARS,
+                   "pattern": "^[!-~]+$"},  # visible ASCII, as txraft.results checks
         "description": "Repeating a key with the same method, path and body returns the first "
                        "answer without applying anything again; with a different request it is "
                        "422 idempotency_key_reused. Keys are kept %d hours (leader-stamped time) "
@@ -272,7 +273,8 @@ PARAMETERS = {
               "schema": {"type": "integer", "minimum": 1, "maximum": schema.MAX_LIMIT,
                          "default": schema.DEFAULT_LIMIT}},
     "Offset": {"name": "offset", "in": "query", "required": False,
-               "schema": {"type": "integer", "minimum": 0, "default": 0}},
+               "schema": {"type": "integer", "minimum": 0, "maximum": schema.MAX_OFFSET,
+                          "default": 0}},
 }
 
 
@@ -284,8 +286,8 @@ LIST_FILTERS = {
     "products": [
         _query("category", description="Exact category."),
         _query("q", description="Substring of the name (ASCII letters without case)."),
-        _query("min_price_cents", "integer", minimum=0),
-        _query("max_price_cents", "integer", minimum=0),
+        _query("min_price_cents", "integer", minimum=0, maximum=schema.MAX_PRICE_CENTS),
+        _query("max_price_cents", "integer", minimum=0, maximum=schema.MAX_PRICE_CENTS),
         _query("in_stock", enum=["true", "false"]),
     ],
     "customers": [

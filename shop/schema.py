@@ -27,6 +27,7 @@ MAX_QUANTITY = 10**6
 MAX_ORDER_LINES = 100  # so total_cents stays far below 2**63
 MAX_ID_CHARS = 32
 MAX_IDEMPOTENCY_KEY_CHARS = results.MAX_KEY_CHARS
+MAX_OFFSET = 2**62  # the largest ?offset= of a list (SQLite's OFFSET is a signed 64-bit int)
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 

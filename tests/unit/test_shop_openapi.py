@@ -209,6 +209,26 @@ class OpenAPITests(SynchronousTestCase):
                 mismatches["%s %s" % (method.upper(), path)] = (sorted(documented), sorted(produced))
         self.assertEqual(mismatches, {})
 
+    def test_documented_bounds_are_the_ones_enforced(self):
+        """Issue 13.9 (Schemathesis: documented-valid values refused): each documented
+        ``maximum`` of a list's query parameter is accepted and one more is 422, and the
+        Idempotency-Key pattern says what the key check accepts."""
+        cluster = self.build()
+        params = {p["name"]: p for p in spec()["paths"]["/products"]["get"]["parameters"]
+                  if "$ref" not in p}
+        components = spec()["components"]["parameters"]
+        bounds = {"offset": components["Offset"]["schema"]["maximum"]}
+        for name in ("min_price_cents", "max_price_cents"):
+            bounds[name] = params[name]["schema"]["maximum"]
+        for name, top in sorted(bounds.items()):
+            self.assertEqual(cluster("GET", "/products?%s=%d" % (name, top)).code, 200, name)
+            refused = cluster("GET", "/products?%s=%d" % (name, top + 1))
+            self.assertEqual((refused.code, refused.json()["error"]["field"]), (422, name))
+        pattern = re.compile(components["IdempotencyKey"]["schema"]["pattern"])
+        from txraft.results import key_problem as problem
+        for key in ("a", "k-1", "~!", "a b", "\u00e9", "\t", "x" * 3):
+            self.assertEqual(bool(pattern.match(key)), problem(key) is None, repr(key))
+
     def test_refs_resolve(self):
         """Every $ref in the document points at a component that exists."""
         document = spec()
