@@ -64,18 +64,21 @@ _CHALLENGE = ((b"WWW-Authenticate", b'Bearer realm="txraft"'),)
 
 
 def _authorize(node, request) -> None:
-    """401 without credentials, 403 with wrong ones or on a node without a secret."""
+    """401 without credentials (on any node: the document says the route needs them),
+    403 with wrong ones or on a node without a secret."""
     secret = getattr(node, "secret", None)
-    if not secret:
-        raise HTTPError(403, "forbidden",
-                        "this node has no cluster secret, so it accepts no membership "
-                        "changes; start every node with --secret-file")
     header = request.getHeader(b"authorization")
     scheme, _, token = (header or b"").partition(b" ")
     if header is None or scheme.lower() != b"bearer" or not token.strip():
         raise HTTPError(401, "unauthorized",
-                        "membership changes need 'Authorization: Bearer <the cluster secret>'",
+                        "membership changes need 'Authorization: Bearer <the cluster secret>'"
+                        + ("" if secret else " (and this node has none: start every node "
+                           "with --secret-file)"),
                         headers=_CHALLENGE)
+    if not secret:
+        raise HTTPError(403, "forbidden",
+                        "this node has no cluster secret, so it accepts no membership "
+                        "changes; start every node with --secret-file")
     if not hmac.compare_digest(token.strip(), secret):
         raise HTTPError(403, "forbidden", "that is not the cluster secret")
 
