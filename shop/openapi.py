@@ -82,13 +82,18 @@ def _list_schema(item: str) -> dict:
     }
 
 
+def _id_field() -> dict:
+    """An id in a request body, as ``shop.schema.check_id`` accepts it."""
+    return {"type": "string", "minLength": 1, "maxLength": schema.MAX_ID_CHARS}
+
+
 def _order_items() -> dict:
     return {
         "type": "array", "minItems": 1, "maxItems": schema.MAX_ORDER_LINES,
         "items": {
             "type": "object",
             "properties": {
-                "product_id": {"type": "string"},
+                "product_id": _id_field(),
                 "quantity": {"type": "integer", "minimum": 1, "maximum": schema.MAX_QUANTITY},
             },
             "required": ["product_id", "quantity"],
@@ -142,14 +147,14 @@ SCHEMAS: Dict[str, Any] = {
     },
     "OrderInput": {
         "type": "object",
-        "properties": {"customer_id": {"type": "string"}, "items": _order_items()},
+        "properties": {"customer_id": _id_field(), "items": _order_items()},
         "required": ["customer_id", "items"],
         "additionalProperties": False,
     },
     "OrderReplace": {
         "type": "object",
         "description": "New items for a pending order (and optionally another customer).",
-        "properties": {"customer_id": {"type": "string"}, "items": _order_items()},
+        "properties": {"customer_id": _id_field(), "items": _order_items()},
         "required": ["items"],
         "additionalProperties": False,
     },
