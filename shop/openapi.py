@@ -236,7 +236,8 @@ RESPONSES = {
     "BadRequest": _error("malformed_json: the body is not JSON."),
     "NotFound": _error("not_found: no such id."),
     "PreconditionFailed": _error("precondition_failed: If-Match does not match the version."),
-    "TooLarge": _error("body_too_large: the body is over 64 KiB."),
+    "TooLarge": _error("body_too_large: the body is over the node's --max-body-bytes "
+                       "(64 KiB by default)."),
     "UnsupportedMediaType": _error("unsupported_media_type: the body must be application/json."),
     "Invalid": _error("Validation: missing_field, unknown_field, invalid_type, invalid_value, "
                       "empty_order, unknown_product, unknown_customer, idempotency_key_reused. "
